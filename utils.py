@@ -10,7 +10,7 @@ import random
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -133,7 +133,3 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
-
-
-def count_parameters(modules: Iterable[nn.Module]) -> int:
-    return sum(p.numel() for module in modules for p in module.parameters())
