@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Train QPA (or a preference-based baseline) with one Hydra config: the loop of SPEC §2.
+
+    python train_QPA.py env=walker_walk seed=1 max_feedback=100 reward_batch=10 num_interact=20000
+    python train_QPA.py +preset=quick env=walker_walk        # a complete scaled-down run on a CPU
+
+Per env step: evaluate/reset at episode ends, act (random during the seed phase), update (PEBBLE
+state-entropy pre-training, then preference feedback every `num_interact` steps and SAC on the learned
+reward with hybrid replay while feedback remains), step the env and store the transition.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+import utils
+from agent.sac import SACAgent
+from config_check import ConfigError, check_config, resolve_query_scheme
+from logger import Logger
+from replay_buffer import ReplayBuffer
+from reward_model import RewardModel
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.yaml"
+# Keys a resumed run may change: the step budget (and the buffer sized from it) and where/how it runs.
+RESUME_MUTABLE_KEYS = ("num_train_steps", "replay_buffer_capacity", "resume", "device", "strict_device",
+                       "wandb", "wandb_project", "wandb_entity", "log_save_tb", "save_model")
+EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
+METHOD_SWITCHES = ("reward_source", "query_scheme", "hybrid_replay", "data_aug_ratio", "ensemble_size", "large_batch")
+QUERY_METHODS = {
+    "policy_aligned": "uniform_sampling",
+    "uniform": "history_uniform_sampling",
+    "disagreement": "disagreement_sampling",
+    "entropy": "entropy_sampling",
+    "kcenter": "kcenter_sampling",
+    "kcenter_disagree": "kcenter_disagree_sampling",
+    "kcenter_entropy": "kcenter_entropy_sampling",
+}
+METAWORLD_REWARD_ACCURACY = 0.97  # Meta-World reward training stops once the mean accuracy passes this
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or predicted reward became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+def method_run_dir(*, _root_: DictConfig) -> str:
+    """Run-directory component: '' for plain QPA (the reference layout), else the method and every switch
+    changed from the method preset, e.g. 'pebble/' or 'qpa_query_scheme-uniform/'."""
+    method = _root_.method
+    changed = [f"{key}-{_root_[key]}" for key in METHOD_SWITCHES if _root_[key] != method[key]]
+    if _root_.feed_type is not None:
+        changed.append(f"feed_type-{_root_.feed_type}")
+    parts = [method.name, *changed] + ([str(_root_.run_tag)] if _root_.run_tag else [])
+    return "" if parts == ["qpa"] else "_".join(parts) + "/"
+
+
+OmegaConf.register_new_resolver("method_dir", method_run_dir, replace=True)
+
+
+class Workspace:
+    def __init__(self, cfg: DictConfig, work_dir: Path) -> None:
+        self.cfg = cfg
+        self.work_dir = work_dir
+        self.device = utils.choose_device(cfg.device, strict=cfg.strict_device)
+        utils.set_seed_everywhere(cfg.seed)
+
+        self.env = utils.make_env(cfg.env, cfg.seed)
+        self.eval_env = utils.make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET)
+        self.is_metaworld = utils.is_metaworld(cfg.env)
+        self.max_episode_steps = self.env.max_episode_steps
+        obs_dim = self.env.observation_space.shape[0]
+        action_dim = self.env.action_space.shape[0]
+
+        agent_params = OmegaConf.to_container(cfg.agent.params, resolve=True)
+        agent_params.update(obs_dim=obs_dim, action_dim=action_dim, device=str(self.device),
+                            action_range=[float(self.env.action_space.low.min()),
+                                          float(self.env.action_space.high.max())])
+        self.agent = SACAgent(**agent_params)
+
+        self.replay_buffer = ReplayBuffer(self.env.observation_space.shape, self.env.action_space.shape,
+                                          int(cfg.replay_buffer_capacity), self.device,
+                                          max_episode_len=self.max_episode_steps, seed=cfg.seed)
+
+        self.learns_reward = cfg.reward_source == "learned"
+        self.query_scheme = resolve_query_scheme(cfg)
+        self.reward_model = RewardModel(
+            obs_dim, action_dim,
+            ensemble_size=cfg.ensemble_size, lr=cfg.reward_lr, mb_size=cfg.reward_batch,
+            size_segment=cfg.segment, max_size=cfg.max_reward_buffer_size, activation=cfg.activation,
+            large_batch=cfg.large_batch, label_margin=cfg.label_margin,
+            teacher_beta=cfg.teacher_beta, teacher_gamma=cfg.teacher_gamma,
+            teacher_eps_mistake=cfg.teacher_eps_mistake, teacher_eps_skip=cfg.teacher_eps_skip,
+            teacher_eps_equal=cfg.teacher_eps_equal, data_aug_ratio=cfg.data_aug_ratio,
+            device=str(self.device), max_feedback=cfg.max_feedback,
+            history_size=cfg.max_reward_buffer_size if self.query_scheme == "policy_aligned" else None,
+            explore=cfg.explore, hidden_dim=cfg.reward_hidden_dim, hidden_depth=cfg.reward_hidden_depth,
+            train_batch_size=cfg.reward_train_batch, seed=cfg.seed)
+
+        self.rng = np.random.default_rng(cfg.seed)  # seed-phase actions
+        self.step = 0
+        self.episode = 0
+        self.total_feedback = 0
+        self.labeled_feedback = 0
+        self.interact_count = 0
+        self.last_eval_step = -1
+        self.recent_returns: deque[float] = deque(maxlen=10)  # teacher thresholds (SPEC §4)
+        self.last_update_metrics: dict[str, torch.Tensor] = {}
+        self.last_eval_return = float("nan")
+
+        resumed_step = self.restore_checkpoint()
+        self.logger = Logger(
+            work_dir, save_tb=cfg.log_save_tb, use_wandb=cfg.wandb, resume_step=resumed_step,
+            wandb_init=dict(project=cfg.wandb_project, entity=cfg.wandb_entity,
+                            name=f"{cfg.env}_{cfg.experiment}_{cfg.max_feedback}_{cfg.num_interact}_{cfg.seed}",
+                            config=OmegaConf.to_container(cfg, resolve=True)))
+
+    # ------------------------------------------------------------------ the loop of SPEC §2
+    def run(self) -> None:
+        cfg = self.cfg
+        feedback_start = cfg.num_seed_steps + cfg.num_unsup_steps
+        self.start_time = time.perf_counter()
+        self.progress = tqdm(total=int(cfg.num_train_steps), initial=self.step, unit="step", dynamic_ncols=True,
+                             disable=None)
+        if self.step == 0:
+            self.evaluate()  # the untrained policy: every curve starts from the same point
+        while self.step < cfg.num_train_steps:
+            obs = self.reset_episode()
+            episode_start_time = time.perf_counter()
+            episode_step, episode_return, episode_success = 0, 0.0, 0.0
+            episode_return_hat = torch.zeros((), device=self.device)
+            done = False
+            while not done and self.step < cfg.num_train_steps:
+                if self.step < cfg.num_seed_steps:
+                    action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+                else:
+                    with utils.eval_mode(self.agent.actor):
+                        action = self.agent.act(obs, sample=True)
+
+                if not self.learns_reward:
+                    if self.step >= cfg.num_seed_steps:
+                        self.last_update_metrics = self.agent.update(self.replay_buffer, self.step,
+                                                                     cfg.gradient_update)
+                elif self.step == feedback_start:
+                    self.first_feedback()
+                elif self.step > feedback_start:
+                    if self.total_feedback < cfg.max_feedback and self.interact_count == cfg.num_interact:
+                        self.collect_feedback()
+                    self.update_agent()
+                elif self.step > cfg.num_seed_steps:
+                    self.last_update_metrics = self.agent.update_state_ent(self.replay_buffer, self.step,
+                                                                           gradient_update=1, K=cfg.topK)
+
+                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                done = terminated or truncated
+                # dm_control and Meta-World episodes end only at the time limit: bootstrap through it
+                done_no_max = float(terminated)
+                stored_reward = reward if not self.learns_reward else self.predict_step_reward(obs, action)
+                if self.learns_reward:
+                    episode_return_hat += stored_reward.squeeze()
+                    self.reward_model.add_data(obs, action, reward, done)
+                self.replay_buffer.add(obs, action, stored_reward, next_obs, float(done), done_no_max)
+
+                episode_return += reward
+                if self.is_metaworld:
+                    episode_success = max(episode_success, float(info["success"]))
+                obs = next_obs
+                episode_step += 1
+                self.step += 1
+                self.interact_count += 1
+            self.finish_episode(episode_step, episode_return, episode_return_hat, episode_success,
+                                time.perf_counter() - episode_start_time)
+        if self.last_eval_step != self.step:
+            self.evaluate()
+            self.save_checkpoint()
+        self.progress.close()
+        if cfg.save_model:
+            self.agent.save(self.work_dir, self.step)
+            self.reward_model.save(self.work_dir, self.step)
+        self.logger.close()
+
+    def reset_episode(self) -> np.ndarray:
+        # Seeding every episode makes a resumed run continue exactly like an uninterrupted one.
+        obs, _ = self.env.reset(seed=self.cfg.seed * 100_003 + self.episode)
+        return obs
+
+    def predict_step_reward(self, obs: np.ndarray, action: np.ndarray) -> torch.Tensor:
+        """r̂(s, a) as a device tensor: it goes straight into the replay buffer without a host sync."""
+        obs_action = torch.as_tensor(np.concatenate([obs, action])[None], device=self.device)
+        return self.reward_model.predict_reward(obs_action)
+
+    def update_agent(self) -> None:
+        """One SAC update after the first feedback: hybrid replay while feedback remains (QPA), else uniform."""
+        cfg = self.cfg
+        if cfg.hybrid_replay and self.total_feedback < cfg.max_feedback:
+            self.last_update_metrics = self.agent.update_onpolicy_sample(
+                self.replay_buffer, self.step, cfg.max_reward_buffer_size, cfg.gradient_update, cfg.her_ratio)
+        else:
+            self.last_update_metrics = self.agent.update(self.replay_buffer, self.step, cfg.gradient_update)
+
+    # ------------------------------------------------------------------ preference feedback
+    def first_feedback(self) -> None:
+        """First queries, relabel everything collected so far, and restart the critic (SPEC §2)."""
+        self.collect_feedback(first=True)
+        self.agent.reset_critic()
+        self.last_update_metrics = self.agent.update_after_reset(
+            self.replay_buffer, self.step, gradient_update=self.cfg.reset_update, policy_update=True)
+
+    def collect_feedback(self, first: bool = False) -> None:
+        cfg = self.cfg
+        self.reward_model.change_batch(self.batch_fraction())
+        margin = (np.mean(self.recent_returns) if self.recent_returns else 0.0) * cfg.segment / self.max_episode_steps
+        self.reward_model.set_teacher_thres_skip(margin)
+        self.reward_model.set_teacher_thres_equal(margin)
+        if self.reward_model.mb_size + self.total_feedback > cfg.max_feedback:
+            self.reward_model.set_batch(cfg.max_feedback - self.total_feedback)
+
+        scheme = self.query_scheme
+        if first and scheme not in ("policy_aligned", "uniform"):
+            scheme = "uniform"  # ensemble-based scores mean nothing before the first training (B-Pref)
+        labeled = getattr(self.reward_model, QUERY_METHODS[scheme])()
+        self.total_feedback += self.reward_model.mb_size
+        self.labeled_feedback += labeled
+        if self.labeled_feedback > 0:
+            self.train_reward()
+        self.replay_buffer.relabel_with_predictor(self.reward_model)
+        self.interact_count = 0
+
+    def batch_fraction(self) -> float:
+        """B-Pref's `reward_schedule`: 0 keeps the query batch, 1 shrinks it, 2 grows it over training."""
+        cfg = self.cfg
+        if cfg.reward_schedule == 1:
+            return max((cfg.num_train_steps - self.step) / cfg.num_train_steps, 0.01)
+        if cfg.reward_schedule == 2:
+            return cfg.num_train_steps / (cfg.num_train_steps - self.step + 1)
+        return 1.0
+
+    def train_reward(self) -> None:
+        cfg = self.cfg
+        if self.is_metaworld:
+            for _ in range(cfg.reward_update):
+                accuracy, loss = self.reward_model.train_reward()
+                if np.mean(accuracy) > METAWORLD_REWARD_ACCURACY:
+                    break
+        else:
+            num_iters = math.ceil(cfg.reward_update * self.labeled_feedback / cfg.reward_train_batch)
+            accuracy, loss = self.reward_model.train_reward_iter(num_iters)
+        if not math.isfinite(loss):
+            raise NonFiniteError(f"reward-model loss became {loss} at step {self.step}")
+        self.logger.log("train/reward_train_acc", float(np.mean(accuracy)), self.step)
+        self.logger.log("train/reward_loss", loss, self.step)
+
+    # ------------------------------------------------------------------ episode ends, evaluation, logging
+    def finish_episode(self, length: int, episode_return: float, episode_return_hat: torch.Tensor,
+                       success: float, duration: float) -> None:
+        self.episode += 1
+        self.recent_returns.append(episode_return)
+        log = self.logger.log
+        log("train/episode", self.episode, self.step)
+        log("train/episode_reward", episode_return, self.step)
+        if self.learns_reward:
+            log("train/episode_reward_hat", episode_return_hat, self.step)
+            log("train/total_feedback", self.total_feedback, self.step)
+            log("train/labeled_feedback", self.labeled_feedback, self.step)
+        if self.is_metaworld:
+            log("train/success_rate", 100.0 * success, self.step)
+        for name, value in self.last_update_metrics.items():
+            log(f"train/{name}", value, self.step)
+        log("train/fps", length / max(duration, 1e-9), self.step)
+        log("train/duration", duration, self.step)
+        log("train/total_time", time.perf_counter() - self.start_time, self.step)
+        self.check_finite(self.last_update_metrics)
+        self.logger.dump(self.step)
+        self.progress.update(length)
+        self.progress.set_postfix(feedback=f"{self.total_feedback}/{self.cfg.max_feedback}",
+                                  eval_return=f"{self.last_eval_return:.1f}", refresh=False)
+
+        if self.step - self.last_eval_step >= self.cfg.eval_frequency:
+            self.evaluate()
+            self.save_checkpoint()
+
+    def check_finite(self, metrics: dict[str, Any]) -> None:
+        for name, value in metrics.items():
+            if not math.isfinite(float(value)):
+                raise NonFiniteError(f"{name} became {float(value)} at step {self.step}")
+
+    def evaluate(self) -> None:
+        cfg = self.cfg
+        returns, returns_hat, successes = [], [], []
+        obs_actions = np.empty((self.max_episode_steps, self.env.observation_space.shape[0]
+                                + self.env.action_space.shape[0]), dtype=np.float32)
+        for index in range(cfg.num_eval_episodes):
+            obs, _ = self.eval_env.reset(seed=cfg.seed * 100_003 + EVAL_SEED_OFFSET + self.step + index)
+            done, length, episode_return, success = False, 0, 0.0, 0.0
+            while not done:
+                with utils.eval_mode(self.agent.actor):
+                    action = self.agent.act(obs, sample=False)
+                obs_actions[length] = np.concatenate([obs, action])
+                obs, reward, terminated, truncated, info = self.eval_env.step(action)
+                done = terminated or truncated
+                episode_return += reward
+                length += 1
+                if self.is_metaworld:
+                    success = max(success, float(info["success"]))
+            returns.append(episode_return)
+            successes.append(success)
+            if self.learns_reward:
+                predicted = self.reward_model.predict_reward(torch.as_tensor(obs_actions[:length], device=self.device))
+                returns_hat.append(float(predicted.sum()))
+
+        log = self.logger.log
+        log("eval/episode", self.episode, self.step)
+        log("eval/episode_reward", float(np.mean(returns)) if returns else float("nan"), self.step)
+        if self.learns_reward:
+            self.check_finite({"eval/episode_reward_hat": np.mean(returns_hat) if returns_hat else 0.0})
+            log("eval/episode_reward_hat", float(np.mean(returns_hat)) if returns_hat else float("nan"), self.step)
+        if self.is_metaworld:
+            log("eval/success_rate", 100.0 * float(np.mean(successes)) if successes else float("nan"), self.step)
+        log("eval/total_feedback", self.total_feedback, self.step)
+        log("eval/labeled_feedback", self.labeled_feedback, self.step)
+        self.logger.dump(self.step)
+        self.last_eval_return = float(np.mean(returns)) if returns else float("nan")
+        self.last_eval_step = self.step
+
+    # ------------------------------------------------------------------ checkpoint and resume
+    def save_checkpoint(self) -> None:
+        if not self.cfg.save_checkpoint:
+            return
+        state = {
+            "step": self.step, "episode": self.episode, "total_feedback": self.total_feedback,
+            "labeled_feedback": self.labeled_feedback, "interact_count": self.interact_count,
+            "last_eval_step": self.last_eval_step, "recent_returns": list(self.recent_returns),
+            "last_eval_return": self.last_eval_return,
+            "rng": self.rng.bit_generator.state, "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "agent": self.agent.state_dict(), "replay_buffer": self.replay_buffer.state_dict(),
+            "reward_model": self.reward_model.state_dict(),
+        }
+        utils.atomic_torch_save(state, self.work_dir / CHECKPOINT_NAME)
+
+    def restore_checkpoint(self) -> int | None:
+        """Load the run directory's checkpoint when there is one; return its step (None for a fresh run)."""
+        path = self.work_dir / CHECKPOINT_NAME
+        if not path.exists():
+            return None
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.step, self.episode = state["step"], state["episode"]
+        self.total_feedback, self.labeled_feedback = state["total_feedback"], state["labeled_feedback"]
+        self.interact_count, self.last_eval_step = state["interact_count"], state["last_eval_step"]
+        self.recent_returns.extend(state["recent_returns"])
+        self.last_eval_return = state["last_eval_return"]
+        self.rng.bit_generator.state = state["rng"]
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.agent.load_state_dict(state["agent"])
+        self.replay_buffer.load_state_dict(state["replay_buffer"])
+        self.reward_model.load_state_dict(state["reward_model"])
+        print(f"resumed from {path} at step {self.step}", file=sys.stderr)
+        return self.step
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def prepare_run_dir(cfg: DictConfig, work_dir: Path) -> bool:
+    """Check that `work_dir` may hold this run; save its config. Returns False when the run already finished.
+
+    A directory from an earlier run is resumed only when its config matches (except RESUME_MUTABLE_KEYS);
+    otherwise the differing keys are named and nothing is touched.
+    """
+    config_path = work_dir / CONFIG_NAME
+    has_run = (work_dir / CHECKPOINT_NAME).exists() or (work_dir / "eval.csv").exists()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if has_run:
+        if not cfg.resume:
+            raise ConfigError(f"resume=false but {work_dir} already holds a run; pick another directory "
+                              "(hydra.run.dir=...) or delete it")
+        if not (work_dir / CHECKPOINT_NAME).exists():
+            raise ConfigError(f"{work_dir} holds logs but no {CHECKPOINT_NAME} to resume from; "
+                              "pick another directory or delete it")
+        saved = flatten(OmegaConf.to_container(OmegaConf.load(config_path), resolve=True))
+        current = flatten(resolved)
+        differing = sorted(key for key in saved.keys() | current.keys()
+                           if saved.get(key) != current.get(key)
+                           and not any(key == mutable or key.startswith(f"{mutable}.")
+                                       for mutable in RESUME_MUTABLE_KEYS))
+        if differing:
+            details = ", ".join(f"{key} ({saved.get(key)!r} -> {current.get(key)!r})" for key in differing)
+            raise ConfigError(f"refusing to resume {work_dir}: its saved config differs in {details}")
+        state = torch.load(work_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=False, mmap=True)
+        if state["step"] >= cfg.num_train_steps:
+            print(f"{work_dir} already finished ({state['step']} steps); nothing to do", file=sys.stderr)
+            return False
+    work_dir.mkdir(parents=True, exist_ok=True)
+    utils.atomic_write_bytes(config_path, OmegaConf.to_yaml(resolved).encode())
+    return True
+
+
+def select_agent_config(cfg: DictConfig) -> DictConfig:
+    """Meta-World tasks use the Meta-World SAC config unless the command line picked an agent itself."""
+    overrides = list(HydraConfig.get().overrides.task)
+    if not utils.is_metaworld(str(cfg.env)) or any(item.startswith("agent=") for item in overrides):
+        return cfg
+    return hydra.compose(config_name="train_QPA", overrides=[*overrides, "agent=sac_metaworld"])
+
+
+@hydra.main(version_base="1.3", config_path="config", config_name="train_QPA")
+def main(cfg: DictConfig) -> None:
+    work_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        cfg = select_agent_config(cfg)
+        check_config(cfg)
+        if not prepare_run_dir(cfg, work_dir):
+            return
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    workspace = Workspace(cfg, work_dir)
+    try:
+        workspace.run()
+    except NonFiniteError as error:
+        sys.exit(f"error: {error}; the last good checkpoint is {work_dir / CHECKPOINT_NAME}")
+
+
+if __name__ == "__main__":
+    main()
