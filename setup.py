@@ -1,10 +1,9 @@
-"""Install the QPA project: `pip install -e ".[dev]"` (the Makefile does it, torch first)."""
+"""Install the QPA project (the Makefile does it, torch first):
 
-from pathlib import Path
+    pip install -e ./custom_dmcontrol -e ./custom_dmc2gym -e ".[dev]"
+"""
 
 from setuptools import setup
-
-HERE = Path(__file__).resolve().parent
 
 # Versions known to work together (SPEC §7, checked 2026-11 on Python 3.11).
 REQUIRES = [
@@ -22,13 +21,13 @@ REQUIRES = [
     "tensorboard==2.21.0",
     "termcolor==3.3.0",
     "tqdm==4.70.1",
-    "pandas==3.1.1",
+    "pandas==2.3.3"  # rliable 1.2 -> arch 7.2 does not import with pandas 3,
     "matplotlib==3.11.2",
     "scipy==1.17.1",
     "rliable==1.2.0",
-    # our own packages, installed from this checkout
-    f"custom_dmcontrol @ {(HERE / 'custom_dmcontrol').as_uri()}",
-    f"custom_dmc2gym @ {(HERE / 'custom_dmc2gym').as_uri()}",
+    # our own packages in this checkout: pip install -e ./custom_dmcontrol -e ./custom_dmc2gym -e ".[dev]"
+    "custom_dmcontrol==0.1.0",
+    "custom_dmc2gym==0.1.0",
 ]
 
 setup(

@@ -5,6 +5,8 @@ Imports no other module of this project (SPEC §10).
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 import random
 import tempfile
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -134,3 +137,146 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+
+
+# ======================================================================================================================
+# Environments
+#
+# `make_env` is the one door to both benchmarks. dm_control and metaworld are imported inside functions: importing
+# this module must stay cheap, and name validation must fail fast, before any model is compiled.
+# ======================================================================================================================
+
+METAWORLD_PREFIX = "metaworld_"
+_METAWORLD_REGISTRY_SUFFIX = "-goal-observable"
+_announced_aliases: set[str] = set()  # v2 names whose v3 mapping was already announced in this process
+
+
+def is_metaworld(name: str) -> bool:
+    """True for `metaworld_<task>` names; whether the task exists is `canonical_env_name`'s job."""
+    return isinstance(name, str) and name.startswith(METAWORLD_PREFIX)
+
+
+@functools.cache
+def _dmc_env_names() -> frozenset[str]:
+    from custom_dmcontrol import task_names
+
+    return frozenset(task_names())
+
+
+@functools.cache
+def _metaworld_env_names() -> frozenset[str]:
+    # Loads the class registry only (about 0.4 s, no model compiled).
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+
+    tasks = (key.removesuffix(_METAWORLD_REGISTRY_SUFFIX) for key in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE)
+    return frozenset(METAWORLD_PREFIX + task for task in tasks)
+
+
+def canonical_env_name(name: str) -> str:
+    """Validate an environment name and return the one `make_env` builds.
+
+    DMC names are `domain_task` (`walker_walk`, `ball_in_cup_catch`); Meta-World names are `metaworld_<task>-v3`.
+    The reference's `metaworld_<task>-v2` names map to their v3 task with a one-time notice. Anything else raises a
+    one-line ValueError naming the value and the closest valid names.
+    """
+    if isinstance(name, str) and name in _dmc_env_names():
+        return name
+    wanted = name if isinstance(name, str) else ""
+    if is_metaworld(wanted):
+        if wanted.endswith("-v2"):
+            wanted = wanted.removesuffix("-v2") + "-v3"
+        if wanted in _metaworld_env_names():
+            if wanted != name and name not in _announced_aliases:
+                _announced_aliases.add(name)
+                warnings.warn(
+                    f"{name} is the reference's Meta-World v2 name; running {wanted} (metaworld 3.1.1 has only v3)",
+                    stacklevel=2,
+                )
+            return wanted
+    valid = sorted(_dmc_env_names() | _metaworld_env_names())
+    suggestions = difflib.get_close_matches(wanted, valid, n=3) or ["walker_walk", "metaworld_drawer-open-v3"]
+    raise ValueError(
+        f"unknown environment {name!r}; valid names are DMC domain_task or metaworld_<task>-v3, "
+        f"closest: {', '.join(suggestions)}"
+    )
+
+
+class MetaWorldEnv(gym.Env):
+    """A Meta-World v3 goal-observable task with a new seeded goal/object layout every reset.
+
+    Episodes are exactly `max_episode_steps` (500) steps ending with `truncated=True` (never `terminated`, not even
+    on success), observations float32 of dim 39, actions Box(-1, 1) of dim 4, `info['success']` from Meta-World.
+    """
+
+    def __init__(self, task: str, seed: int) -> None:
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+
+        env_cls = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[task + _METAWORLD_REGISTRY_SUFFIX]
+        self._env = env_cls(seed=seed, render_mode="rgb_array")
+        # The class freezes the layout drawn at construction. Unfreezing alone would draw from numpy's global RNG;
+        # `seeded_rand_vec` draws from the env's own seeded generator, so the sequence of layouts is reproducible.
+        self._env._freeze_rand_vec = False
+        self._env.seeded_rand_vec = True
+        self._seed = seed
+        self._seeded = False
+        self._elapsed_steps: int | None = None
+        self.max_episode_steps = int(self._env.max_path_length)
+        self.metadata = {"render_modes": ["rgb_array"], "render_fps": self._env.metadata["render_fps"]}
+        self.render_mode = "rgb_array"
+        # `self._env.observation_space` is stale (built before the goal became observable, goal bounds are zero);
+        # `sawyer_observation_space` holds the bounds Meta-World clips observations to.
+        sawyer_space = self._env.sawyer_observation_space
+        self.observation_space = gym.spaces.Box(
+            sawyer_space.low.astype(np.float32), sawyer_space.high.astype(np.float32), dtype=np.float32, seed=seed
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=self._env.action_space.shape, dtype=np.float32, seed=seed)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if seed is None and not self._seeded:
+            seed = self._seed
+        if seed is not None:
+            # Meta-World's reset ignores its seed argument; `seed()` re-seeds the generator the layouts come from.
+            self._env.seed(seed)
+            self.action_space.seed(seed)
+            self.observation_space.seed(seed)
+            self._seeded = True
+        obs, info = self._env.reset()
+        self._elapsed_steps = 0
+        return obs.astype(np.float32), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._elapsed_steps is None or self._elapsed_steps >= self.max_episode_steps:
+            raise RuntimeError("step() called before reset() or after the episode was truncated; call reset() first")
+        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action shape {action.shape} is not valid; allowed: {self.action_space.shape}")
+        obs, reward, _, _, info = self._env.step(action)
+        self._elapsed_steps += 1
+        # Our own counter decides the end: Meta-World skips its truncation flag on a step that hit a simulator error.
+        truncated = self._elapsed_steps >= self.max_episode_steps
+        return obs.astype(np.float32), float(reward), False, truncated, info
+
+    def render(self) -> np.ndarray:
+        """An RGB uint8 frame (480, 480, 3) from Meta-World's default camera."""
+        from custom_dmcontrol import configure_rendering_backend
+
+        configure_rendering_backend()
+        return self._env.render()
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def make_env(name: str, seed: int) -> gym.Env:
+    """A seeded Gymnasium env for a DMC (`walker_walk`, 1000-step episodes) or Meta-World (`metaworld_<task>-v3`,
+    500-step episodes) name; see `canonical_env_name` for the accepted names."""
+    name = canonical_env_name(name)
+    if is_metaworld(name):
+        return MetaWorldEnv(name.removeprefix(METAWORLD_PREFIX), seed)
+    import dmc2gym
+
+    from custom_dmcontrol import split_task_name
+
+    domain, task = split_task_name(name)
+    return dmc2gym.make(domain_name=domain, task_name=task, seed=seed, visualize_reward=False)

@@ -18,6 +18,4 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
     "${pip[@]}" install "torch==$torch_version" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"${pip[@]}" install -e ".[dev]"
-# editable copies of our two environment packages, so edits to them take effect without reinstalling
-"${pip[@]}" install --no-deps -e ./custom_dmcontrol -e ./custom_dmc2gym
+"${pip[@]}" install -e ./custom_dmcontrol -e ./custom_dmc2gym -e ".[dev]"
