@@ -1,0 +1,257 @@
+"""Scalar logging to the console, CSV files, and optionally TensorBoard and wandb.
+
+Knows nothing of RL: it averages whatever scalars it is given under `train/<name>` or `eval/<name>` between two
+dumps and writes one row per group and dump. Console and CSV always work; TensorBoard and wandb are optional and
+imported only when asked for, so a run never depends on them (SPEC §9).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import numbers
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from termcolor import colored
+
+from utils import atomic_write_bytes
+
+GROUPS = ("train", "eval")
+GROUP_COLORS = {"train": "yellow", "eval": "green"}
+CONSOLE_KINDS = ("int", "float", "time")
+
+# Metric name -> (short console label, kind). Metrics not listed print under their own name.
+DEFAULT_CONSOLE_FORMATS: dict[str, tuple[str, str]] = {
+    "episode": ("E", "int"),
+    "duration": ("D", "time"),
+    "episode_reward": ("R", "float"),
+    "episode_reward_hat": ("R_hat", "float"),
+    "true_episode_reward": ("R_true", "float"),
+    "success_rate": ("SR", "float"),
+    "total_feedback": ("FB", "int"),
+    "labeled_feedback": ("LFB", "int"),
+    "fps": ("FPS", "float"),
+    "batch_reward": ("BR", "float"),
+    "actor_loss": ("A_LOSS", "float"),
+    "critic_loss": ("CR_LOSS", "float"),
+    "alpha_loss": ("TEMP_LOSS", "float"),
+    "alpha": ("TEMP", "float"),
+    "actor_entropy": ("ENT", "float"),
+    "reward_loss": ("RM_LOSS", "float"),
+    "reward_train_acc": ("RM_ACC", "float"),
+    "total_time": ("T", "time"),
+}
+
+
+def _check_scalar(key: str, value: Any) -> None:
+    """Reject non-scalars at log time without reading a tensor's value (that would force a device sync)."""
+    if isinstance(value, bool | str | bytes) or not (
+        isinstance(value, numbers.Number | np.generic | np.ndarray) or hasattr(value, "numel")
+    ):
+        raise ValueError(
+            f"value for {key!r} has type {type(value).__name__}; allowed: int, float, numpy or torch scalar"
+        )
+    size = value.numel() if hasattr(value, "numel") else np.size(value)
+    if size != 1:
+        raise ValueError(f"value for {key!r} has {size} elements; allowed: a single scalar")
+
+
+def _average(values: list[Any]) -> float | int:
+    """Mean of logged values, converting tensors with a single host transfer for the whole list."""
+    if all(hasattr(v, "detach") for v in values) and len({v.device for v in values}) == 1:
+        import torch
+
+        return torch.stack([v.detach().reshape(()).double() for v in values]).mean().item()
+    mean = sum(float(v.reshape(())) if isinstance(v, np.ndarray) else float(v) for v in values) / len(values)
+    if all(isinstance(v, numbers.Integral) for v in values) and mean.is_integer():
+        return int(mean)
+    return mean
+
+
+def _format_float(value: float) -> str:
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4f}"
+    return f"{value:.4e}"
+
+
+def format_value(value: float | int, kind: str) -> str:
+    """Console text for one metric value of the given kind (`int`, `float` or `time`)."""
+    if not math.isfinite(value):
+        return str(value)
+    if kind == "int":
+        return str(round(value))
+    if kind == "time":
+        return f"{value:.1f}s"
+    return _format_float(value)
+
+
+class _CsvFile:
+    """One CSV of complete rows: each row is one write + flush, new columns widen the header atomically."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        self.columns: list[str] = []
+        self._handle: io.TextIOWrapper | None = None
+        if resume_step is not None and path.exists():
+            self._keep_rows_up_to(resume_step)
+        elif path.exists():
+            # A fresh run in an existing directory starts fresh logs instead of mixing two runs in one file.
+            path.unlink()
+
+    def _read_rows(self) -> tuple[list[str], list[list[str]]]:
+        with open(self.path, newline="") as handle:
+            text = handle.read()
+        if text and not text.endswith("\n"):
+            # A process killed inside a write can leave a partial last line; it is not a row.
+            text = text[: text.rfind("\n") + 1]
+        lines = list(csv.reader(io.StringIO(text, newline="")))
+        if not lines:
+            return [], []
+        header, rows = lines[0], lines[1:]
+        return header, [row for row in rows if len(row) == len(header)]
+
+    def _keep_rows_up_to(self, resume_step: int) -> None:
+        header, rows = self._read_rows()
+        if not header:
+            self.path.unlink()
+            return
+        if header[0] != "step":
+            raise ValueError(f"{self.path} has first column {header[0]!r}; allowed: 'step' (a file written by Logger)")
+        self.columns = header
+        self._rewrite([row for row in rows if float(row[0]) <= resume_step])
+
+    def _rewrite(self, rows: list[list[str]]) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)
+        writer.writerow(self.columns)
+        writer.writerows(row + [""] * (len(self.columns) - len(row)) for row in rows)
+        atomic_write_bytes(self.path, buffer.getvalue().encode())
+        self._handle = open(self.path, "a", newline="")  # noqa: SIM115 -- kept open for the run, closed in close()
+
+    def write(self, row: Mapping[str, float | int]) -> None:
+        new_columns = [key for key in row if key not in self.columns]
+        if new_columns or self._handle is None:
+            old_rows = self._read_rows()[1] if self.path.exists() else []
+            self.columns += new_columns
+            self._rewrite(old_rows)
+        buffer = io.StringIO(newline="")
+        csv.writer(buffer).writerow([row.get(column, "") for column in self.columns])
+        self._handle.write(buffer.getvalue())
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class Logger:
+    """Averages scalars between dumps; writes `<log_dir>/train.csv`, `<log_dir>/eval.csv` and a console line.
+
+    `resume_step`: a resumed run keeps the CSV rows with `step <= resume_step` and appends after them.
+    `wandb_init`: keyword arguments for `wandb.init` (project, entity, name, config as a plain dict, mode, ...);
+    the run directory defaults to `log_dir`. `console_formats` maps metric names to (label, kind) pairs and
+    overrides `DEFAULT_CONSOLE_FORMATS`.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        save_tb: bool = False,
+        use_wandb: bool = False,
+        wandb_init: Mapping[str, Any] | None = None,
+        resume_step: int | None = None,
+        console_formats: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.console_formats = {**DEFAULT_CONSOLE_FORMATS, **(console_formats or {})}
+        for name, (_, kind) in self.console_formats.items():
+            if kind not in CONSOLE_KINDS:
+                raise ValueError(f"console format kind {kind!r} for {name!r} is not valid; allowed: {CONSOLE_KINDS}")
+        self._meters: dict[str, dict[str, list[Any]]] = {group: {} for group in GROUPS}
+        self._last_step: dict[str, int] = {}
+        self._csv = {group: _CsvFile(self.log_dir / f"{group}.csv", resume_step) for group in GROUPS}
+
+        self._tb_writer = None
+        if save_tb:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a crashed run wrote after the checkpoint it resumes from.
+            purge_step = None if resume_step is None else resume_step + 1
+            self._tb_writer = SummaryWriter(str(self.log_dir / "tb"), purge_step=purge_step)
+
+        self._wandb_run = None
+        if use_wandb:
+            try:
+                import wandb
+            except ImportError as error:
+                raise ImportError("use_wandb=true needs the `wandb` package (pip install wandb)") from error
+            kwargs = {"dir": str(self.log_dir), **(wandb_init or {})}
+            self._wandb_run = wandb.init(**kwargs)
+            # Each group carries its own step so train and eval rows may arrive in any order.
+            for group in GROUPS:
+                self._wandb_run.define_metric(f"{group}/step")
+                self._wandb_run.define_metric(f"{group}/*", step_metric=f"{group}/step")
+
+    def log(self, key: str, value: Any, step: int) -> None:
+        """Record `value` under `key` (`train/<name>` or `eval/<name>`); converted to a float only at dump."""
+        group, _, name = key.partition("/")
+        if group not in GROUPS or not name or "/" in name or name == "step":
+            raise ValueError(f"log key {key!r} is not valid; allowed: 'train/<name>' or 'eval/<name>', name not 'step'")
+        _check_scalar(key, value)
+        self._meters[group].setdefault(name, []).append(value)
+        self._last_step[group] = step
+
+    def dump(self, step: int | None = None, group: str | None = None) -> None:
+        """Write one averaged row per group holding data (or only `group`); `step` defaults to the last logged."""
+        if group is not None and group not in GROUPS:
+            raise ValueError(f"group {group!r} is not valid; allowed: {GROUPS}")
+        for name in GROUPS if group is None else (group,):
+            meters = self._meters[name]
+            if not meters:
+                continue
+            row_step = self._last_step[name] if step is None else step
+            values = {metric: _average(logged) for metric, logged in meters.items()}
+            meters.clear()
+            self._write(name, row_step, values)
+
+    def _write(self, group: str, step: int, values: dict[str, float | int]) -> None:
+        self._csv[group].write({"step": step, **values})
+        print(self._console_line(group, step, values), flush=True)
+        if self._tb_writer is not None:
+            for name, value in values.items():
+                self._tb_writer.add_scalar(f"{group}/{name}", value, step)
+            self._tb_writer.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log({f"{group}/step": step, **{f"{group}/{name}": v for name, v in values.items()}})
+
+    def _console_line(self, group: str, step: int, values: Mapping[str, float | int]) -> str:
+        parts = [colored(f"| {group:<5}", GROUP_COLORS[group]), f"S: {step}"]
+        for name, value in values.items():
+            label, kind = self.console_formats.get(name, (name, "int" if isinstance(value, int) else "float"))
+            parts.append(f"{label}: {format_value(value, kind)}")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        """Dump nothing further; flush and close the CSVs, TensorBoard and wandb. Safe to call twice."""
+        for csv_file in self._csv.values():
+            csv_file.close()
+        if self._tb_writer is not None:
+            self._tb_writer.close()
+            self._tb_writer = None
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

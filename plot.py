@@ -1,0 +1,588 @@
+"""Learning curves, method comparisons and final-performance tables from run directories.
+
+    python -m plot exp/walker_walk                       # = curves: mean and 95% CI over seeds per method
+    python -m plot curves exp/ --x both --out figure/curves.png
+    python -m plot compare exp/qpa exp/pebble --out-dir figure/compare --last 3
+    python -m plot sweep exp/feedback_sweep --out-dir figure
+    python -m plot export-reference exp/qpa --name qpa_dmc --out figure/reference
+
+A run directory holds `config.yaml` (the resolved Hydra config) and `eval.csv` (written by `logger.Logger`).
+Runs are grouped by what their config says (task = `env`, method = `run_label` or else `experiment`, `seed`,
+`max_feedback`), never by directory names. Aggregation choices:
+- Seeds are aligned by linear interpolation onto the union of their x values inside the range that every seed
+  covers, so a curve ends where its shortest seed ends and slightly different eval steps still line up.
+- Against feedback, each seed contributes its last evaluation at each `total_feedback` level (the performance
+  reached with that much feedback); evals without `total_feedback` take it from `train.csv` at the same step.
+- Bands are 95% percentile-bootstrap intervals of the mean over seeds (numpy, fixed seed).
+- Final performance of a seed is the mean of its last K evaluations; tables give mean ± std (ddof=0) over seeds.
+- IQM across tasks (rliable's `aggregate_iqm`, 25% trimmed mean) with a 95% stratified-bootstrap interval that
+  resamples seeds within each task (rliable's default scheme), over the tasks every method has. `rliable.library`
+  itself cannot be used with pandas 3 (its `arch` dependency fails to import, and arch 8 no longer takes the
+  `random_state` rliable passes), so the resampling is done here. Scores are put on one scale per task first:
+  `success_rate` (Meta-World, in %) is divided by 100, any other metric by the largest |final score| of that task
+  over all methods and seeds (`--normalise none` keeps raw scores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+from rliable.metrics import aggregate_iqm
+from scipy.stats import trim_mean
+
+DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parent / "figure" / "reference"
+REFERENCE_COLUMNS = ("task", "method", "seed", "step", "total_feedback", "episode_reward")
+X_AXES = {"step": "environment steps", "feedback": "feedback (queries)"}
+BOOTSTRAP_SEED = 0
+SUBCOMMANDS = ("curves", "compare", "sweep", "export-reference")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: who it is (from its config) and its evaluation rows sorted by step."""
+
+    task: str
+    method: str
+    seed: int
+    max_feedback: int | None
+    evals: pd.DataFrame
+    source: str
+    reference: bool = False
+
+
+def find_run_dirs(path: str | Path) -> list[Path]:
+    """Every directory at or under `path` holding both `eval.csv` and `config.yaml`."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"path {str(path)!r} does not exist; allowed: a run directory or a folder of runs")
+    candidates = [path] if (path / "eval.csv").is_file() else []
+    candidates += [csv.parent for csv in path.rglob("eval.csv")]
+    return sorted({c.resolve() for c in candidates if (c / "config.yaml").is_file()})
+
+
+def _with_feedback(evals: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """Give eval rows the `total_feedback` of the latest train row at or before their step when eval lacks it."""
+    train_csv = run_dir / "train.csv"
+    if "total_feedback" in evals.columns or not train_csv.is_file() or train_csv.stat().st_size == 0:
+        return evals
+    train = pd.read_csv(train_csv)
+    if "total_feedback" not in train.columns:
+        return evals
+    feedback = train[["step", "total_feedback"]].dropna().sort_values("step")
+    merged = pd.merge_asof(evals, feedback, on="step", direction="backward")
+    # Evaluations before the first train row happen before any query was asked.
+    merged["total_feedback"] = merged["total_feedback"].fillna(0)
+    return merged
+
+
+def load_run(run_dir: str | Path) -> Run | None:
+    """The run stored in `run_dir`, or None when it has not written an evaluation yet."""
+    run_dir = Path(run_dir)
+    config = OmegaConf.load(run_dir / "config.yaml")
+    task, method = config.get("env"), config.get("run_label") or config.get("experiment")
+    if not task or not method or config.get("seed") is None:
+        raise ValueError(f"{run_dir / 'config.yaml'} lacks env, seed or run_label/experiment; allowed: a train config")
+    eval_csv = run_dir / "eval.csv"
+    evals = pd.read_csv(eval_csv) if eval_csv.stat().st_size > 0 else pd.DataFrame()
+    if evals.empty:
+        return None
+    if "step" not in evals.columns:
+        raise ValueError(f"{eval_csv} has no 'step' column; allowed: a CSV written by logger.Logger")
+    evals = _with_feedback(evals.sort_values("step", kind="stable").reset_index(drop=True), run_dir)
+    max_feedback = config.get("max_feedback")
+    return Run(
+        task=str(task),
+        method=str(method),
+        seed=int(config.seed),
+        max_feedback=None if max_feedback is None else int(max_feedback),
+        evals=evals,
+        source=str(run_dir),
+    )
+
+
+def load_runs(paths: str | Path | Iterable[str | Path]) -> list[Run]:
+    """All runs with at least one evaluation under `paths`; a ValueError when there is none."""
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    run_dirs = sorted({run_dir for path in paths for run_dir in find_run_dirs(path)})
+    runs = []
+    for run_dir in run_dirs:
+        run = load_run(run_dir)
+        if run is None:
+            print(f"plot: skipping {run_dir}: eval.csv has no rows yet", file=sys.stderr)
+        else:
+            runs.append(run)
+    if not runs:
+        shown = ", ".join(repr(str(p)) for p in paths)
+        raise ValueError(f"no runs under {shown}; allowed: folders holding run dirs with config.yaml and eval.csv")
+    return runs
+
+
+def load_reference(reference_dir: str | Path = DEFAULT_REFERENCE_DIR) -> list[Run]:
+    """Reference curves from every `<name>.csv` in `reference_dir` (columns `REFERENCE_COLUMNS`)."""
+    reference_dir = Path(reference_dir)
+    csv_files = sorted(reference_dir.glob("*.csv")) if reference_dir.is_dir() else []
+    if not csv_files:
+        raise ValueError(f"no reference CSVs in {str(reference_dir)!r}; allowed: a folder of export-reference CSVs")
+    runs = []
+    for csv_file in csv_files:
+        table = pd.read_csv(csv_file)
+        missing = [column for column in REFERENCE_COLUMNS if column not in table.columns]
+        if missing:
+            raise ValueError(f"{csv_file} lacks columns {missing}; allowed: {list(REFERENCE_COLUMNS)}[, success_rate]")
+        for (task, method, seed), rows in table.groupby(["task", "method", "seed"], sort=True):
+            evals = rows.drop(columns=["task", "method", "seed"]).sort_values("step").reset_index(drop=True)
+            runs.append(Run(str(task), str(method), int(seed), None, evals, str(csv_file), reference=True))
+    return runs
+
+
+def resolve_metric(runs: Sequence[Run], metric: str) -> str:
+    """`auto` means `success_rate` when every run logged it (Meta-World), else `episode_reward`."""
+    if metric != "auto":
+        return metric
+    has_success = all("success_rate" in r.evals.columns and r.evals["success_rate"].notna().any() for r in runs)
+    return "success_rate" if runs and has_success else "episode_reward"
+
+
+def run_curve(run: Run, metric: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x values, metric values) of one run, x strictly increasing."""
+    if x not in X_AXES:
+        raise ValueError(f"x axis {x!r} is not valid; allowed: {list(X_AXES)}")
+    if metric not in run.evals.columns:
+        raise ValueError(f"{run.source} has no eval column {metric!r}; allowed: {list(run.evals.columns)}")
+    column = "step" if x == "step" else "total_feedback"
+    if column not in run.evals.columns:
+        raise ValueError(f"{run.source} logs no total_feedback (eval.csv or train.csv); allowed x here: step")
+    points = run.evals[[column, metric]].dropna()
+    # Several evals share one x (a resumed step, or every eval at one feedback level): keep the latest.
+    points = points.drop_duplicates(subset=column, keep="last").sort_values(column)
+    return points[column].to_numpy(float), points[metric].to_numpy(float)
+
+
+def align_seeds(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolate every seed onto the x values inside the range all seeds cover: (grid [T], values [seeds, T])."""
+    start = max(xs[0] for xs, _ in curves)
+    end = min(xs[-1] for xs, _ in curves)
+    all_x = np.unique(np.concatenate([xs for xs, _ in curves]))
+    grid = all_x[(all_x >= start) & (all_x <= end)]
+    if grid.size == 0:
+        raise ValueError(f"seeds cover disjoint x ranges (starts up to {start}, ends from {end}); allowed: overlap")
+    return grid, np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
+
+
+def bootstrap_ci(
+    values: np.ndarray, reps: int = 2000, level: float = 0.95, seed: int = BOOTSTRAP_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap interval of the mean over axis 0 of `values` [seeds, T], one resample matrix for all T."""
+    num_seeds = values.shape[0]
+    rng = np.random.default_rng(seed)
+    # Resampling seeds with replacement is the same as drawing multinomial counts; mean = counts @ values / n.
+    weights = rng.multinomial(num_seeds, np.full(num_seeds, 1.0 / num_seeds), size=reps) / num_seeds
+    means = weights @ values
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    return low, high
+
+
+def aggregate_curve(runs: Sequence[Run], metric: str, x: str, reps: int = 2000) -> pd.DataFrame:
+    """Mean and 95% bootstrap CI over the seeds in `runs`: columns x, mean, low, high, seeds."""
+    grid, values = align_seeds([run_curve(run, metric, x) for run in runs])
+    low, high = bootstrap_ci(values, reps)
+    return pd.DataFrame({"x": grid, "mean": values.mean(0), "low": low, "high": high, "seeds": len(runs)})
+
+
+def _group(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.task, run.method), []).append(run)
+    for (task, method), members in groups.items():
+        seeds = [run.seed for run in members]
+        if len(set(seeds)) < len(seeds):
+            print(f"plot: warning: {task}/{method} has repeated seeds {sorted(seeds)}", file=sys.stderr)
+    return groups
+
+
+def _axes_list(x: str) -> list[str]:
+    if x == "both":
+        return list(X_AXES)
+    if x not in X_AXES:
+        raise ValueError(f"x axis {x!r} is not valid; allowed: step, feedback, both")
+    return [x]
+
+
+def plot_curves(
+    runs: Sequence[Run],
+    out: str | Path,
+    x: str = "step",
+    metric: str = "auto",
+    reference: Sequence[Run] = (),
+    reps: int = 2000,
+) -> Path:
+    """One subplot per task (one row per x axis) with each method's mean and 95% CI; references dashed."""
+    x_axes = _axes_list(x)
+    groups = _group(runs)
+    tasks = sorted({task for task, _ in groups})
+    reference_groups = {key: members for key, members in _group(reference).items() if key[0] in tasks}
+    methods = sorted({method for _, method in groups} | {method for _, method in reference_groups})
+    colors = {method: f"C{i % 10}" for i, method in enumerate(methods)}
+    fig, axes = plt.subplots(
+        len(x_axes), len(tasks), figsize=(4.8 * len(tasks), 3.6 * len(x_axes)), squeeze=False, layout="constrained"
+    )
+    for col, task in enumerate(tasks):
+        task_metric = resolve_metric([r for r in runs if r.task == task], metric)
+        for row, x_axis in enumerate(x_axes):
+            ax = axes[row][col]
+            for (group_task, method), members in sorted(groups.items()):
+                if group_task == task:
+                    _draw(ax, aggregate_curve(members, task_metric, x_axis, reps), method, colors[method], "-", 0.2)
+            for (group_task, method), members in sorted(reference_groups.items()):
+                if group_task != task:
+                    continue
+                if any(task_metric not in r.evals.columns for r in members):
+                    print(f"plot: reference {method} on {task} has no {task_metric}; not drawn", file=sys.stderr)
+                    continue
+                curve = aggregate_curve(members, task_metric, x_axis, reps)
+                _draw(ax, curve, f"{method} (reference)", colors[method], "--", 0.08)
+            ax.set_title(task)
+            ax.set_xlabel(X_AXES[x_axis])
+            ax.set_ylabel(task_metric)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _draw(ax: plt.Axes, curve: pd.DataFrame, label: str, color: str, style: str, band_alpha: float) -> None:
+    seeds = int(curve["seeds"].iloc[0])
+    ax.plot(curve["x"], curve["mean"], style, color=color, label=f"{label} (n={seeds})")
+    ax.fill_between(curve["x"], curve["low"], curve["high"], color=color, alpha=band_alpha, linewidth=0)
+
+
+def final_scores(runs: Sequence[Run], metric: str = "auto", last: int = 1) -> pd.DataFrame:
+    """One row per run: task, method, seed, max_feedback, metric, final (mean of its last `last` evals)."""
+    if last < 1:
+        raise ValueError(f"--last {last} is not valid; allowed: an integer >= 1")
+    rows = []
+    for task, task_runs in _group_by_task(runs).items():
+        task_metric = resolve_metric(task_runs, metric)
+        for run in task_runs:
+            _, values = run_curve(run, task_metric, "step")
+            rows.append(
+                {
+                    "task": task,
+                    "method": run.method,
+                    "seed": run.seed,
+                    "max_feedback": run.max_feedback,
+                    "metric": task_metric,
+                    "final": float(values[-last:].mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _group_by_task(runs: Iterable[Run]) -> dict[str, list[Run]]:
+    by_task: dict[str, list[Run]] = {}
+    for run in runs:
+        by_task.setdefault(run.task, []).append(run)
+    return dict(sorted(by_task.items()))
+
+
+def final_table(scores: pd.DataFrame, keys: Sequence[str] = ("task", "method")) -> pd.DataFrame:
+    """Mean and population std (ddof=0) of final scores over seeds, per `keys`."""
+    grouped = scores.groupby([*keys, "metric"], sort=True, dropna=False)["final"]
+    table = grouped.agg(seeds="count", mean="mean", std=lambda v: float(np.std(v.to_numpy(), ddof=0)))
+    return table.reset_index()
+
+
+def normalise_scores(scores: pd.DataFrame, how: str = "max") -> pd.Series:
+    """Per-task scale: success_rate / 100, other metrics / the task's largest |final| (`how='none'`: raw)."""
+    if how == "none":
+        return scores["final"]
+    if how != "max":
+        raise ValueError(f"normalisation {how!r} is not valid; allowed: max, none")
+    task_max = scores.groupby("task")["final"].transform(lambda v: v.abs().max())
+    scale = task_max.where(scores["metric"] != "success_rate", 100.0).replace(0.0, 1.0)
+    return scores["final"] / scale
+
+
+def iqm_table(scores: pd.DataFrame, normalise: str = "max", reps: int = 2000, level: float = 0.95) -> pd.DataFrame:
+    """IQM over (task, seed) of normalised final scores per method with a stratified-bootstrap CI.
+
+    Only tasks every method has are used, so the methods are compared on the same tasks. Each bootstrap
+    replicate resamples seeds with replacement inside each task, as rliable's StratifiedBootstrap does.
+    """
+    scores = scores.assign(score=normalise_scores(scores, normalise))
+    methods = sorted(scores["method"].unique())
+    common = sorted(set.intersection(*(set(scores.loc[scores["method"] == m, "task"]) for m in methods)))
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    tail = 100 * (1 - level) / 2
+    rows = []
+    for method in methods:
+        per_task = [
+            scores.loc[(scores["method"] == method) & (scores["task"] == t), "score"].to_numpy() for t in common
+        ]
+        if not per_task:
+            continue
+        replicates = np.concatenate([v[rng.integers(0, v.size, size=(reps, v.size))] for v in per_task], axis=1)
+        boot = trim_mean(replicates, proportiontocut=0.25, axis=1)
+        low, high = np.percentile(boot, [tail, 100 - tail])
+        rows.append(
+            {
+                "method": method,
+                "tasks": len(common),
+                "runs": sum(v.size for v in per_task),
+                "iqm": float(aggregate_iqm(np.concatenate(per_task))),
+                "ci_low": float(low),
+                "ci_high": float(high),
+                "normalisation": normalise,
+            }
+        )
+    return pd.DataFrame(rows, columns=["method", "tasks", "runs", "iqm", "ci_low", "ci_high", "normalisation"])
+
+
+def _markdown(table: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> str:
+    """A Markdown table from (header, spec) pairs; spec is a column name, `mean±std` or `ci`."""
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(_cell(row, spec) for _, spec in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(row: pd.Series, spec: str) -> str:
+    if spec == "mean±std":
+        return f"{row['mean']:.2f} ± {row['std']:.2f}"
+    if spec == "ci":
+        return f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    value = row[spec]
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def write_report(
+    scores: pd.DataFrame, out_dir: Path, keys: Sequence[str], last: int, normalise: str, reps: int
+) -> dict[str, Path]:
+    """Final-performance table and IQM, as CSV files and one Markdown file, in `out_dir`."""
+    table = final_table(scores, keys)
+    iqm = iqm_table(scores, normalise, reps)
+    paths = {
+        "final_csv": out_dir / "final_performance.csv",
+        "iqm_csv": out_dir / "iqm.csv",
+        "markdown": out_dir / "final_performance.md",
+    }
+    table.to_csv(paths["final_csv"], index=False)
+    iqm.to_csv(paths["iqm_csv"], index=False)
+    columns = [(key, key) for key in keys] + [("metric", "metric"), ("seeds", "seeds"), ("final", "mean±std")]
+    scale = "success_rate / 100, other metrics / the task's max |final|" if normalise == "max" else "raw scores"
+    iqm_text = (
+        _markdown(iqm, [("method", "method"), ("tasks", "tasks"), ("runs", "runs"), ("IQM", "iqm"), ("95% CI", "ci")])
+        if len(iqm)
+        else "No task is shared by every method, so no IQM."
+    )
+    text = (
+        "# Final performance\n\n"
+        f"Final score of a seed = mean of its last {last} evaluation(s); mean ± std (ddof=0) over seeds.\n\n"
+        f"{_markdown(table, columns)}\n\n"
+        "## IQM across tasks\n\n"
+        f"Interquartile mean over (task, seed) of scores normalised per task ({scale}), on the tasks every method has;"
+        f" 95% stratified-bootstrap CI ({reps} resamples of seeds within each task, seed {BOOTSTRAP_SEED}).\n\n"
+        f"{iqm_text}\n"
+    )
+    paths["markdown"].write_text(text)
+    return paths
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def compare(
+    paths: Sequence[str | Path],
+    out_dir: str | Path = "figure/compare",
+    metric: str = "auto",
+    x: str = "step",
+    last: int = 1,
+    normalise: str = "max",
+    reference: Sequence[Run] = (),
+    reps: int = 2000,
+    by_feedback: bool = False,
+) -> dict[str, Path]:
+    """One PNG per task with every method's curve, plus final-performance and IQM tables in `out_dir`.
+
+    `by_feedback` also separates runs by their config's `max_feedback` (what `sweep` does).
+    """
+    runs = load_runs(paths)
+    keys: tuple[str, ...] = ("task", "method")
+    if by_feedback:
+        runs = [replace(run, method=f"{run.method} fb={run.max_feedback}") for run in runs]
+        keys = ("task", "method", "max_feedback")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = write_report(final_scores(runs, metric, last), out_dir, keys, last, normalise, reps)
+    for task, task_runs in _group_by_task(runs).items():
+        outputs[f"curves/{task}"] = plot_curves(
+            task_runs, out_dir / f"{_safe_name(task)}.png", x, metric, reference, reps
+        )
+    return outputs
+
+
+def sweep(
+    path: str | Path,
+    out_dir: str | Path = "figure",
+    metric: str = "auto",
+    x: str = "step",
+    last: int = 1,
+    normalise: str = "max",
+    reference: Sequence[Run] = (),
+    reps: int = 2000,
+) -> dict[str, Path]:
+    """`compare` for every run under `path`, grouped by (task, method, max_feedback) from the configs."""
+    return compare([path], out_dir, metric, x, last, normalise, reference, reps, by_feedback=True)
+
+
+def export_reference(
+    paths: Sequence[str | Path],
+    name: str,
+    out_dir: str | Path = DEFAULT_REFERENCE_DIR,
+    machine: str = "not recorded",
+    train_command: str = "not recorded",
+) -> Path:
+    """Write `<out_dir>/<name>.csv` in the reference format from run directories and note it in README.md."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"reference name {name!r} is not valid; allowed: letters, digits, '_', '.', '-'")
+    runs = load_runs(paths)
+    frames = []
+    for run in runs:
+        frame = run.evals.reindex(columns=["step", "total_feedback", "episode_reward", "success_rate"])
+        frames.append(frame.assign(task=run.task, method=run.method, seed=run.seed))
+    table = pd.concat(frames, ignore_index=True)
+    columns = list(REFERENCE_COLUMNS) + (["success_rate"] if table["success_rate"].notna().any() else [])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.csv"
+    table[columns].to_csv(out, index=False)
+    export_command = shlex.join(
+        ["python", "-m", "plot", "export-reference", *map(str, paths), "--name", name, "--out", str(out_dir)]
+    )
+    _note_reference(out_dir / "README.md", name, runs, export_command, machine, train_command)
+    return out
+
+
+def _note_reference(
+    readme: Path, name: str, runs: Sequence[Run], export_command: str, machine: str, train_command: str
+) -> None:
+    """Replace (or add) the README section describing reference set `name`."""
+    header = (
+        "# Reference curves\n\n"
+        "One CSV per reference set, columns `task, method, seed, step, total_feedback, episode_reward"
+        "[, success_rate]`, written by `python -m plot export-reference`. Overlay them with `--reference`.\n"
+    )
+    text = readme.read_text() if readme.is_file() else header
+    sections = [s for s in re.split(r"(?m)^(?=## )", text) if not s.startswith(f"## {name}\n")]
+    groups = _group(runs)
+    lines = [
+        f"- {task} / {method}: seeds {sorted(r.seed for r in members)}" for (task, method), members in groups.items()
+    ]
+    entry = (
+        f"## {name}\n\n"
+        f"- exported {datetime.now(UTC):%Y-%m-%d} with: `{export_command}`\n"
+        f"- training command: {train_command}\n"
+        f"- machine: {machine}\n" + "\n".join(lines) + "\n"
+    )
+    readme.write_text("".join(sections).rstrip("\n") + "\n\n" + entry)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m plot", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="subcommand", required=True)
+
+    def add_common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--metric", default="auto", help="eval column; auto: success_rate if logged, else reward")
+        sub.add_argument("--x", default="step", choices=["step", "feedback", "both"], help="x axis of the curves")
+        sub.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+        sub.add_argument(
+            "--reference",
+            nargs="?",
+            const=str(DEFAULT_REFERENCE_DIR),
+            default=None,
+            metavar="DIR",
+            help=f"overlay reference CSVs (default folder {DEFAULT_REFERENCE_DIR})",
+        )
+
+    curves = commands.add_parser("curves", help="mean ± 95%% CI learning curves, one subplot per task")
+    curves.add_argument("paths", nargs="+", help="run directories or folders holding them")
+    curves.add_argument("--out", default="figure/curves.png")
+    add_common(curves)
+
+    for name, help_text, default_out in (
+        ("compare", "per-task curves of every method + final-performance and IQM tables", "figure/compare"),
+        ("sweep", "like compare, grouped by (task, method, max_feedback)", "figure"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("paths", nargs="+" if name == "compare" else 1, help="folders holding run directories")
+        sub.add_argument("--out-dir", default=default_out)
+        sub.add_argument("--last", type=int, default=1, help="final score = mean of the last K evaluations")
+        sub.add_argument("--normalise", default="max", choices=["max", "none"], help="per-task scale for the IQM")
+        add_common(sub)
+
+    export = commands.add_parser("export-reference", help="write run directories as a reference CSV")
+    export.add_argument("paths", nargs="+")
+    export.add_argument("--name", required=True)
+    export.add_argument("--out", default=str(DEFAULT_REFERENCE_DIR))
+    export.add_argument("--machine", default="not recorded", help="the machine that trained the runs")
+    export.add_argument("--train-command", default="not recorded", help="the command line that trained the runs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "curves")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.subcommand == "export-reference":
+            print(export_reference(args.paths, args.name, args.out, args.machine, args.train_command))
+            return 0
+        reference = load_reference(args.reference) if args.reference else []
+        if args.subcommand == "curves":
+            print(plot_curves(load_runs(args.paths), args.out, args.x, args.metric, reference, args.reps))
+            return 0
+        outputs = compare(
+            args.paths,
+            args.out_dir,
+            args.metric,
+            args.x,
+            args.last,
+            args.normalise,
+            reference,
+            args.reps,
+            by_feedback=args.subcommand == "sweep",
+        )
+    except ValueError as error:
+        print(f"plot: error: {error}", file=sys.stderr)
+        return 2
+    for path in outputs.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
