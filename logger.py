@@ -156,8 +156,9 @@ class Logger:
 
     `resume_step`: a resumed run keeps the CSV rows with `step <= resume_step` and appends after them.
     `wandb_init`: keyword arguments for `wandb.init` (project, entity, name, config as a plain dict, mode, ...);
-    the run directory defaults to `log_dir`. `console_formats` maps metric names to (label, kind) pairs and
-    overrides `DEFAULT_CONSOLE_FORMATS`.
+    the run directory defaults to `log_dir`. `wandb_names` renames keys for wandb only (e.g.
+    `eval/episode_reward` -> `episode_reward`, so dashboards built on another codebase's names keep working).
+    `console_formats` maps metric names to (label, kind) pairs and overrides `DEFAULT_CONSOLE_FORMATS`.
     """
 
     def __init__(
@@ -168,6 +169,7 @@ class Logger:
         wandb_init: Mapping[str, Any] | None = None,
         resume_step: int | None = None,
         console_formats: Mapping[str, tuple[str, str]] | None = None,
+        wandb_names: Mapping[str, str] | None = None,
     ) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -199,6 +201,9 @@ class Logger:
             for group in GROUPS:
                 self._wandb_run.define_metric(f"{group}/step")
                 self._wandb_run.define_metric(f"{group}/*", step_metric=f"{group}/step")
+            self.wandb_names = dict(wandb_names or {})
+            for key, wandb_name in self.wandb_names.items():
+                self._wandb_run.define_metric(wandb_name, step_metric=f"{key.partition('/')[0]}/step")
 
     def log(self, key: str, value: Any, step: int) -> None:
         """Record `value` under `key` (`train/<name>` or `eval/<name>`); converted to a float only at dump."""
@@ -230,7 +235,8 @@ class Logger:
                 self._tb_writer.add_scalar(f"{group}/{name}", value, step)
             self._tb_writer.flush()
         if self._wandb_run is not None:
-            self._wandb_run.log({f"{group}/step": step, **{f"{group}/{name}": v for name, v in values.items()}})
+            renamed = {self.wandb_names.get(f"{group}/{name}", f"{group}/{name}"): v for name, v in values.items()}
+            self._wandb_run.log({f"{group}/step": step, **renamed})
 
     def _console_line(self, group: str, step: int, values: Mapping[str, float | int]) -> str:
         parts = [colored(f"| {group:<5}", GROUP_COLORS[group]), f"S: {step}"]
