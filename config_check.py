@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import utils
 
@@ -25,6 +25,8 @@ QUERY_SCHEMES = (
 FEED_TYPE_SCHEMES = ("uniform", "disagreement", "entropy", "kcenter", "kcenter_disagree", "kcenter_entropy")
 ACTIVATIONS = ("tanh", "sig", "relu")
 REWARD_SOURCES = ("learned", "true")
+# Top-level keys that switch a method's behaviour; each one changed from the method preset names the run directory.
+METHOD_SWITCHES = ("reward_source", "query_scheme", "hybrid_replay", "data_aug_ratio", "ensemble_size", "large_batch")
 CROP_SHRINK = 15  # temporal cropping draws lengths in U{S-15 ... S-5}
 DMC_EPISODE_STEPS = 1000
 METAWORLD_EPISODE_STEPS = 500
@@ -123,3 +125,19 @@ def check_config(cfg: DictConfig) -> None:
         utils.choose_device(cfg.device, strict=cfg.strict_device)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def method_run_dir(*, _root_: DictConfig) -> str:
+    """Run-directory component: '' for plain QPA (the reference layout), else the method and every switch
+    changed from the method preset, e.g. 'pebble/' or 'qpa_query_scheme-uniform/'."""
+    method = _root_.method
+    changed = [f"{key}-{_root_[key]}" for key in METHOD_SWITCHES if _root_[key] != method[key]]
+    if _root_.feed_type is not None:
+        changed.append(f"feed_type-{_root_.feed_type}")
+    parts = [method.name, *changed] + ([str(_root_.run_tag)] if _root_.run_tag else [])
+    return "" if parts == ["qpa"] else "_".join(parts) + "/"
+
+
+# Registered here rather than in train_QPA.py so that whatever composes the config (scripts/sweep.py) resolves
+# run directories exactly as training does.
+OmegaConf.register_new_resolver("method_dir", method_run_dir, replace=True)

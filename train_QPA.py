@@ -11,18 +11,21 @@ reward with hybrid replay while feedback remains), step the env and store the tr
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
 import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -35,11 +38,12 @@ from reward_model import RewardModel
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
+STATUS_NAME = "status.json"  # {"state": running | finished | failed, "step": ..., "error": ...} for sweep summaries
+RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, STATUS_NAME, "train.csv", "eval.csv")
 # Keys a resumed run may change: the step budget (and the buffer sized from it) and where/how it runs.
-RESUME_MUTABLE_KEYS = ("num_train_steps", "replay_buffer_capacity", "resume", "device", "strict_device",
+RESUME_MUTABLE_KEYS = ("num_train_steps", "replay_buffer_capacity", "resume", "overwrite", "device", "strict_device",
                        "wandb", "wandb_project", "wandb_entity", "log_save_tb", "save_model")
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
-METHOD_SWITCHES = ("reward_source", "query_scheme", "hybrid_replay", "data_aug_ratio", "ensemble_size", "large_batch")
 QUERY_METHODS = {
     "policy_aligned": "uniform_sampling",
     "uniform": "history_uniform_sampling",
@@ -49,6 +53,14 @@ QUERY_METHODS = {
     "kcenter_disagree": "kcenter_disagree_sampling",
     "kcenter_entropy": "kcenter_entropy_sampling",
 }
+# wandb receives the reference release's metric names, so existing dashboards keep working.
+REFERENCE_WANDB_NAMES = {
+    "eval/episode_reward": "episode_reward",
+    "eval/episode_reward_hat": "episode_reward_hat",
+    "eval/success_rate": "success_rate",
+    "train/reward_train_acc": "train_acc",
+    "train/reward_loss": "reward_loss",
+}
 METAWORLD_REWARD_ACCURACY = 0.97  # Meta-World reward training stops once the mean accuracy passes this
 
 
@@ -56,18 +68,8 @@ class NonFiniteError(RuntimeError):
     """A loss or predicted reward became NaN/inf; the run stops and keeps its last good checkpoint."""
 
 
-def method_run_dir(*, _root_: DictConfig) -> str:
-    """Run-directory component: '' for plain QPA (the reference layout), else the method and every switch
-    changed from the method preset, e.g. 'pebble/' or 'qpa_query_scheme-uniform/'."""
-    method = _root_.method
-    changed = [f"{key}-{_root_[key]}" for key in METHOD_SWITCHES if _root_[key] != method[key]]
-    if _root_.feed_type is not None:
-        changed.append(f"feed_type-{_root_.feed_type}")
-    parts = [method.name, *changed] + ([str(_root_.run_tag)] if _root_.run_tag else [])
-    return "" if parts == ["qpa"] else "_".join(parts) + "/"
-
-
-OmegaConf.register_new_resolver("method_dir", method_run_dir, replace=True)
+class RunFailedError(RuntimeError):
+    """Ends one job of a --multirun sweep; its message is in the run directory's status.json."""
 
 
 class Workspace:
@@ -107,7 +109,7 @@ class Workspace:
             device=str(self.device), max_feedback=cfg.max_feedback,
             history_size=cfg.max_reward_buffer_size if self.query_scheme == "policy_aligned" else None,
             explore=cfg.explore, hidden_dim=cfg.reward_hidden_dim, hidden_depth=cfg.reward_hidden_depth,
-            train_batch_size=cfg.reward_train_batch, seed=cfg.seed)
+            seed=cfg.seed)
 
         self.rng = np.random.default_rng(cfg.seed)  # seed-phase actions
         self.step = 0
@@ -123,6 +125,7 @@ class Workspace:
         resumed_step = self.restore_checkpoint()
         self.logger = Logger(
             work_dir, save_tb=cfg.log_save_tb, use_wandb=cfg.wandb, resume_step=resumed_step,
+            wandb_names=REFERENCE_WANDB_NAMES,
             wandb_init=dict(project=cfg.wandb_project, entity=cfg.wandb_entity,
                             name=f"{cfg.env}_{cfg.experiment}_{cfg.max_feedback}_{cfg.num_interact}_{cfg.seed}",
                             config=OmegaConf.to_container(cfg, resolve=True)))
@@ -392,15 +395,19 @@ def prepare_run_dir(cfg: DictConfig, work_dir: Path) -> bool:
     otherwise the differing keys are named and nothing is touched.
     """
     config_path = work_dir / CONFIG_NAME
+    if cfg.overwrite:
+        for name in RUN_FILES:
+            (work_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(work_dir / "tb", ignore_errors=True)
     has_run = (work_dir / CHECKPOINT_NAME).exists() or (work_dir / "eval.csv").exists()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if has_run:
         if not cfg.resume:
             raise ConfigError(f"resume=false but {work_dir} already holds a run; pick another directory "
-                              "(hydra.run.dir=...) or delete it")
+                              "(hydra.run.dir=...) or start it over with overwrite=true")
         if not (work_dir / CHECKPOINT_NAME).exists():
             raise ConfigError(f"{work_dir} holds logs but no {CHECKPOINT_NAME} to resume from; "
-                              "pick another directory or delete it")
+                              "pick another directory or start it over with overwrite=true")
         saved = flatten(OmegaConf.to_container(OmegaConf.load(config_path), resolve=True))
         current = flatten(resolved)
         differing = sorted(key for key in saved.keys() | current.keys()
@@ -413,10 +420,16 @@ def prepare_run_dir(cfg: DictConfig, work_dir: Path) -> bool:
         state = torch.load(work_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=False, mmap=True)
         if state["step"] >= cfg.num_train_steps:
             print(f"{work_dir} already finished ({state['step']} steps); nothing to do", file=sys.stderr)
+            write_status(work_dir, "finished", state["step"])
             return False
     work_dir.mkdir(parents=True, exist_ok=True)
     utils.atomic_write_bytes(config_path, OmegaConf.to_yaml(resolved).encode())
     return True
+
+
+def write_status(work_dir: Path, state: str, step: int, error: str | None = None) -> None:
+    status = {"state": state, "step": step, "error": error}
+    utils.atomic_write_bytes(work_dir / STATUS_NAME, json.dumps(status).encode())
 
 
 def select_agent_config(cfg: DictConfig) -> DictConfig:
@@ -436,12 +449,29 @@ def main(cfg: DictConfig) -> None:
         if not prepare_run_dir(cfg, work_dir):
             return
     except ConfigError as error:
-        sys.exit(f"error: {error}")
-    workspace = Workspace(cfg, work_dir)
+        write_status(work_dir, "failed", 0, str(error))
+        stop(str(error))
+    workspace = None
     try:
+        workspace = Workspace(cfg, work_dir)
+        write_status(work_dir, "running", workspace.step)
         workspace.run()
     except NonFiniteError as error:
-        sys.exit(f"error: {error}; the last good checkpoint is {work_dir / CHECKPOINT_NAME}")
+        write_status(work_dir, "failed", workspace.step, str(error))
+        stop(f"{error}; the last good checkpoint is {work_dir / CHECKPOINT_NAME}")
+    except BaseException as error:
+        write_status(work_dir, "failed", workspace.step if workspace else 0, f"{type(error).__name__}: {error}")
+        raise
+    write_status(work_dir, "finished", workspace.step)
+
+
+def stop(message: str) -> NoReturn:
+    """End the run with a one-line error. In a --multirun, raise instead: sys.exit would end the whole sweep (the
+    basic, joblib and submitit launchers all let SystemExit through), while Hydra records an exception as this
+    job's failure and runs the other jobs."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise RunFailedError(message)
+    sys.exit(f"error: {message}")
 
 
 if __name__ == "__main__":

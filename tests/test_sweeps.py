@@ -1,0 +1,222 @@
+"""run_QPA.sh / scripts/sweep.py: the paper's commands, joblib and SLURM multiruns, resume, skip and failures.
+
+The runs are real (walker_walk, real networks) with budgets small enough for CI; SLURM is replaced by three
+small shell scripts (sbatch, srun, sacct) that run the submitted array tasks on this machine, so the generated
+sbatch script, submitit's job protocol and the Hydra launcher config are all exercised.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# SPEC §8, written out here independently of scripts/sweeps/qpa.yaml:
+# task: (env, num_train_steps, lr, num_interact, max_feedback, reward_batch, Meta-World max_reward_buffer_size)
+PAPER = {
+    "walker_walk": ("walker_walk", 500_000, 5e-4, 20000, 100, 10, None),
+    "cheetah_run": ("cheetah_run", 1_000_000, 5e-4, 20000, 100, 10, None),
+    "walker_run": ("walker_run", 1_000_000, 5e-4, 20000, 250, 10, None),
+    "quadruped_walk": ("quadruped_walk", 1_000_000, 1e-4, 30000, 1000, 100, None),
+    "quadruped_run": ("quadruped_run", 1_000_000, 1e-4, 30000, 1000, 100, None),
+    "humanoid_stand": ("humanoid_stand", 2_000_000, 1e-4, 5000, 10000, 50, None),
+    "metaworld_drawer-open": ("metaworld_drawer-open-v3", 1_000_000, 1e-4, 5000, 3000, 30, 30),
+    "metaworld_door-open": ("metaworld_door-open-v3", 1_000_000, 1e-4, 5000, 3000, 30, 60),
+    "metaworld_door-unlock": ("metaworld_door-unlock-v3", 1_000_000, 1e-4, 20000, 2000, 100, 30),
+}
+PAPER_COMMON = {
+    "gradient_update": 1, "activation": "tanh", "num_unsup_steps": 9000, "segment": 50, "ensemble_size": 1,
+    "explore": "false", "her_ratio": 0.5, "teacher_beta": -1, "teacher_gamma": 1, "teacher_eps_mistake": 0,
+    "teacher_eps_skip": 0, "teacher_eps_equal": 0,
+}  # fmt: skip
+SEEDS = [1, 2, 3, 4, 5]
+# A complete run in seconds: random actions for the first episode, then one query batch and SAC updates. The
+# replay buffer is sized for the largest budget used below: a checkpoint loads only into a buffer of its capacity.
+TINY = [
+    "num_seed_steps=1000", "num_unsup_steps=0", "num_interact=500", "max_feedback=20", "reward_batch=10",
+    "reward_update=20", "reward_hidden_dim=32", "segment=20", "eval_frequency=1000", "num_eval_episodes=1",
+    "agent.params.batch_size=64", "double_q_critic.params.hidden_dim=32", "diag_gaussian_actor.params.hidden_dim=32",
+    "replay_buffer_capacity=2000",
+]  # fmt: skip
+RUN_NAME = "maxFeedback20_numInteract500_seed{}"
+SUMMARY_LINE = re.compile(r"^\s+(finished|failed|incomplete|not started)\s+walker_walk seed (\d+)\s+(\d+)/(\d+) steps")
+
+
+def paper_overrides(task: str) -> dict[str, float | str]:
+    env, steps, lr, interact, feedback, batch, buffer_size = PAPER[task]
+    expected = {**PAPER_COMMON, "env": env, "num_train_steps": steps, "agent.params.actor_lr": lr,
+                "agent.params.critic_lr": lr, "num_interact": interact, "max_feedback": feedback,
+                "reward_batch": batch}  # fmt: skip
+    if buffer_size is None:
+        expected.update(reward_update=2000, max_reward_buffer_size=10, data_aug_ratio=20)
+    else:
+        expected.update(reward_update=200, max_reward_buffer_size=buffer_size, num_eval_episodes=100)
+    return {key: normalise(value) for key, value in expected.items()}
+
+
+def normalise(value: object) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return str(value)
+
+
+def sweep(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHON": sys.executable, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(["bash", str(REPO / "run_QPA.sh"), *args], capture_output=True, text=True, env=environment,
+                          timeout=600, cwd=REPO)  # fmt: skip
+
+
+def summary(output: str) -> dict[int, tuple[str, int, int]]:
+    """{seed: (state, step, target)} from the summary the sweep prints last."""
+    tail = output[output.rindex("[sweep] qpa:") :]
+    return {int(m[2]): (m[1], int(m[3]), int(m[4])) for line in tail.splitlines() if (m := SUMMARY_LINE.match(line))}
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+@pytest.mark.parametrize("launcher", ["local", "joblib", "slurm"])
+def test_dry_run_prints_the_paper_commands(launcher: str) -> None:
+    result = sweep("--dry-run", "--launcher", launcher)
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert all(command[:2] == [sys.executable, "train_QPA.py"] for command in commands)
+    found = {}
+    for command in commands:
+        overrides = dict(item.split("=", 1) for item in command[2:] if item != "--multirun")
+        seeds = [int(seed) for seed in overrides.pop("seed").split(",")]
+        if launcher == "local":
+            assert "--multirun" not in command and len(seeds) == 1
+        else:
+            assert command[2] == "--multirun" and seeds == SEEDS
+            assert overrides.pop("hydra/launcher") == launcher
+            if launcher == "joblib":
+                assert int(overrides.pop("hydra.launcher.n_jobs")) >= 1
+        task = next(name for name, spec in PAPER.items() if spec[0] == overrides["env"])
+        assert {key: normalise(value) for key, value in overrides.items()} == paper_overrides(task)
+        found.setdefault(task, []).extend(seeds)
+    assert found == {task: SEEDS for task in PAPER}
+
+
+def test_unknown_task_is_a_one_line_error() -> None:
+    result = sweep("walker_wlak", "--dry-run")
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "walker_wlak" in result.stderr and all(task in result.stderr for task in PAPER)
+
+
+@pytest.fixture(scope="module")
+def joblib_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Seeds 4, 1, 2 of walker_walk, two at a time; seed 4's directory holds logs of another run, so it fails."""
+    root = tmp_path_factory.mktemp("sweep")
+    stray = root / "walker_walk" / RUN_NAME.format(4)
+    stray.mkdir(parents=True)
+    (stray / "eval.csv").write_text("step,episode_reward\n0,1.0\n")
+    result = sweep("walker_walk", "--launcher", "joblib", "--jobs", "2", "--seeds", "4 1 2", "--root", str(root),
+                   "--", "num_train_steps=1000", *TINY)  # fmt: skip
+    return root, result
+
+
+def test_joblib_sweep_finishes_every_run_but_the_failing_one(joblib_sweep) -> None:
+    root, result = joblib_sweep
+    output = result.stdout + result.stderr
+    assert "hydra.launcher.n_jobs=2" in output
+    assert result.returncode == 1  # not every run finished
+    # seed 4 failed first, and the runs after it still ran
+    assert summary(result.stdout) == {4: ("failed", 0, 1000), 1: ("finished", 1000, 1000), 2: ("finished", 1000, 1000)}
+    assert "holds logs but no checkpoint.pt" in result.stdout[result.stdout.rindex("[sweep] qpa:") :]
+    assert status(root / "walker_walk" / RUN_NAME.format(4))["state"] == "failed"
+    for seed in (1, 2):
+        run_dir = root / "walker_walk" / RUN_NAME.format(seed)
+        assert {"config.yaml", "train.csv", "eval.csv", "checkpoint.pt"} <= {p.name for p in run_dir.iterdir()}
+        assert status(run_dir) == {"state": "finished", "step": 1000, "error": None}
+        assert f"seed: {seed}" in (run_dir / "config.yaml").read_text()
+    assert (root / "sweep_logs" / "qpa" / "walker_walk.log").stat().st_size > 0
+
+
+FAKE_SLURM = {
+    "sbatch": """
+        # Runs every array task of the submitted script in the background, as SLURM would on a node.
+        set -eu
+        script=$1 job=$$
+        read -r first last < <(sed -n 's/^#SBATCH --array=\\([0-9]*\\)-\\([0-9]*\\).*/\\1 \\2/p' "$script"; echo 0 0)
+        cp "$script" "$FAKE_SLURM_DIR/$job.sbatch"
+        for ((task = first; task <= last; task++)); do
+          state=$FAKE_SLURM_DIR/${job}_$task.state
+          echo RUNNING >"$state"
+          (
+            export SLURM_JOB_ID=$job$task SLURM_ARRAY_JOB_ID=$job SLURM_ARRAY_TASK_ID=$task SLURM_NTASKS=1 \\
+              SLURM_JOB_NUM_NODES=1 SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_JOB_NODELIST=localhost
+            if bash "$script"; then echo COMPLETED >"$state"; else echo FAILED >"$state"; fi
+          ) </dev/null >/dev/null 2>&1 &
+        done
+        echo "Submitted batch job $job"
+    """,
+    "srun": """
+        # Expands SLURM's file-name patterns of --output/--error and runs the command.
+        out=/dev/null err=/dev/null
+        while [[ $1 == --* ]]; do
+          case $1 in --output) out=$2; shift 2 ;; --error) err=$2; shift 2 ;; *) shift ;; esac
+        done
+        expand() { local p=${1//%A/$SLURM_ARRAY_JOB_ID}; p=${p//%a/$SLURM_ARRAY_TASK_ID}; echo "${p//%t/0}"; }
+        out=$(expand "$out") err=$(expand "$err")
+        mkdir -p "$(dirname "$out")" "$(dirname "$err")"
+        exec "$@" >>"$out" 2>>"$err"
+    """,
+    "sacct": """
+        echo "JobID|State|NodeList"
+        for state in "$FAKE_SLURM_DIR"/*.state; do
+          [[ -e $state ]] && echo "$(basename "$state" .state)|$(cat "$state")|localhost"
+        done
+        exit 0
+    """,
+}
+
+
+def test_rerun_resumes_interrupted_and_skips_finished_runs(joblib_sweep, tmp_path: Path) -> None:
+    root, _ = joblib_sweep
+    seed1, seed2 = (root / "walker_walk" / RUN_NAME.format(seed) for seed in (1, 2))
+    # A larger budget makes both runs interrupted; the local launcher resumes seed 2 from its checkpoint.
+    result = sweep("walker_walk", "--seeds", "2", "--root", str(root), "--", "num_train_steps=2000", *TINY)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"resumed from {seed2 / 'checkpoint.pt'} at step 1000" in result.stdout
+    assert summary(result.stdout) == {2: ("finished", 2000, 2000)}
+    assert (root / "sweep_logs" / "qpa" / "walker_walk_seed2.log").is_file()
+
+    # The SLURM launcher (on the stand-in SLURM): seed 2 is skipped, seed 1 resumes, seed 4 still fails.
+    bin_dir, jobs_dir = tmp_path / "bin", tmp_path / "slurm"
+    bin_dir.mkdir()
+    jobs_dir.mkdir()
+    for name, script in FAKE_SLURM.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + textwrap.dedent(script))
+        (bin_dir / name).chmod(0o755)
+    checkpoint_time = (seed2 / "checkpoint.pt").stat().st_mtime_ns
+    result = sweep("walker_walk", "--launcher", "slurm", "--seeds", "1 2 4", "--root", str(root),
+                   "--", "num_train_steps=2000", *TINY,
+                   env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(jobs_dir)})  # fmt: skip
+    assert result.returncode == 1
+    assert summary(result.stdout) == {1: ("finished", 2000, 2000), 2: ("finished", 2000, 2000), 4: ("failed", 0, 2000)}
+    assert (seed2 / "checkpoint.pt").stat().st_mtime_ns == checkpoint_time  # skipped, not re-run
+    job_logs = "".join(path.read_text() for path in (root / ".submitit").rglob("*_log.err"))
+    assert "already finished (2000 steps)" in job_logs
+    assert f"resumed from {seed1 / 'checkpoint.pt'} at step 1000" in job_logs
+    with (seed1 / "eval.csv").open() as eval_csv:
+        assert [int(float(row["step"])) for row in csv.DictReader(eval_csv)] == [0, 1000, 2000]  # one log, continued
+    # the launcher config's defaults reached sbatch: one 3-task array with a GPU, 8 CPUs, 32 GB and 48 h each
+    (sbatch,) = jobs_dir.glob("*.sbatch")
+    script = sbatch.read_text()
+    for flag in ("--array=0-2%3", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB", "--time=2880",
+                 "--job-name=train_QPA_walker_walk"):  # fmt: skip
+        assert f"#SBATCH {flag}\n" in script
+    assert "--partition" not in script
