@@ -233,12 +233,16 @@ class ReplayBuffer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a saved buffer. The capacity may differ (a resumed run with a larger step budget) as long as the
+        saved buffer never wrapped, since then every transition still sits at its global index."""
         layout = {
             "obs_shape": self.obs_shape,
             "action_shape": self.action_shape,
             "capacity": self.capacity,
             "max_episode_len": self.max_episode_len,
         }
+        if int(state["num_added"]) <= min(int(state["capacity"]), self.capacity):
+            del layout["capacity"]
         for key, expected in layout.items():
             saved = tuple(state[key]) if isinstance(expected, tuple) else state[key]
             if saved != expected:

@@ -295,8 +295,8 @@ def test_state_dict_partial_buffer_saves_filled_part_only():
 
 def test_load_rejects_other_layout():
     state = make_buffer().state_dict()
-    with pytest.raises(ValueError, match="capacity"):
-        make_buffer(capacity=300).load_state_dict(state)
+    with pytest.raises(ValueError, match="obs_shape"):
+        ReplayBuffer((OBS_DIM + 1,), (ACT_DIM,), CAPACITY, "cpu", max_episode_len=EPISODE_LEN).load_state_dict(state)
 
 
 def test_bad_arguments_raise_value_error():
@@ -312,3 +312,22 @@ def test_bad_arguments_raise_value_error():
         buf.sample_onpolicy(4, 0)
     with pytest.raises(ValueError, match="batch_size"):
         buf.sample(0)
+
+
+def test_load_into_a_larger_buffer_when_the_saved_one_never_wrapped():
+    small = ReplayBuffer((3,), (2,), capacity=100, device="cpu", max_episode_len=40, seed=3)
+    for step in range(90):
+        small.add(np.full(3, step, np.float32), np.zeros(2, np.float32), float(step), np.zeros(3, np.float32),
+                  float(step % 40 == 39), 0.0)
+    large = ReplayBuffer((3,), (2,), capacity=400, device="cpu", max_episode_len=40, seed=0)
+    large.load_state_dict(small.state_dict())
+    assert len(large) == 90
+    assert torch.equal(large.obs[:90], small.obs[:90])
+    obs = large.sample_onpolicy(512, num_episodes=1)[0]
+    assert set(obs[:, 0].tolist()) == set(range(80, 90))
+
+    small.add(np.zeros(3, np.float32), np.zeros(2, np.float32), 0.0, np.zeros(3, np.float32), 0.0, 0.0)
+    for _ in range(20):
+        small.add(np.zeros(3, np.float32), np.zeros(2, np.float32), 0.0, np.zeros(3, np.float32), 0.0, 0.0)
+    with pytest.raises(ValueError, match="capacity"):
+        large.load_state_dict(small.state_dict())
