@@ -1,0 +1,111 @@
+"""Reward-model speed: training steps, time to the early stop, relabel throughput, per-step prediction.
+
+Run from the repository root: `python -m bench.bench_reward_model` (about 30 s on 2 CPU cores).
+Shapes are walker's (24-d state, 6-d action), segments of 50, the default 3 x 256 network.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from reward_model import RewardModel
+
+DS, DA, SEGMENT = 24, 6, 50
+REWARD_UPDATE = 2000  # DMC: ceil(reward_update * labelled / 128) iterations at most
+
+
+def smooth_episodes(rng: np.random.Generator, num: int, length: int = 500) -> list[np.ndarray]:
+    """Per-episode offset plus slow AR(1) drift, like a policy's visitation (see tests/test_reward_model.py)."""
+    episodes = []
+    for _ in range(num):
+        drift = np.zeros((length, DS + DA))
+        for t in range(1, length):
+            drift[t] = 0.95 * drift[t - 1] + 0.2 * rng.normal(size=DS + DA)
+        episodes.append((rng.normal(size=DS + DA) + drift).astype(np.float32))
+    return episodes
+
+
+def model_with_labels(num_labels: int, ensemble_size: int, data_aug_ratio: int, seed: int = 0) -> RewardModel:
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=DS + DA) / math.sqrt(DS + DA)
+    model = RewardModel(
+        DS,
+        DA,
+        ensemble_size=ensemble_size,
+        mb_size=num_labels,
+        size_segment=SEGMENT,
+        max_size=10,
+        data_aug_ratio=data_aug_ratio,
+        max_feedback=num_labels,
+        seed=seed,
+    )
+    for sa in smooth_episodes(rng, 10):
+        for t, row in enumerate(sa):
+            model.add_data(row[:DS], row[DS:], float(row @ weights), t == len(sa) - 1)
+    model.uniform_sampling()
+    return model
+
+
+def seconds_per_call(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    rows: list[tuple[str, str]] = []
+
+    for ensemble_size in (1, 3):
+        for data_aug_ratio in (0, 20):
+            model = model_with_labels(4 * 128, ensemble_size, data_aug_ratio)
+            epoch = seconds_per_call(model.train_reward, repeats=1)  # 4 minibatches of 128 pairs
+            rows.append((f"train steps/s, 128 pairs, E={ensemble_size}, crop x{data_aug_ratio}", f"{4 / epoch:.1f}"))
+
+    for ensemble_size in (1, 3):
+        model = model_with_labels(100, ensemble_size, data_aug_ratio=20)
+        start = time.perf_counter()
+        accuracy, _ = model.train_reward_iter(math.ceil(REWARD_UPDATE * model.num_labelled / 128))
+        elapsed = time.perf_counter() - start
+        rows.append(
+            (
+                f"time to early stop, 100 pairs x20 crop, E={ensemble_size}",
+                f"{elapsed:.2f} s (acc {accuracy.mean():.3f})",
+            )
+        )
+
+    transitions = torch.randn(100_000, DS + DA)
+    for ensemble_size in (1, 3):
+        model = RewardModel(DS, DA, ensemble_size=ensemble_size, size_segment=SEGMENT)
+
+        def relabel(model: RewardModel = model) -> None:
+            for chunk in transitions.split(65536):
+                model.predict_reward(chunk)
+
+        per_row = seconds_per_call(relabel, repeats=2) / len(transitions)
+        rows.append((f"relabel 100k transitions, E={ensemble_size}", f"{per_row * 1e6:.2f} us/transition"))
+        one_row = transitions[:1]
+        per_step = seconds_per_call(lambda model=model, row=one_row: model.predict_reward(row), repeats=2000)
+        rows.append((f"predict_reward, 1 row, E={ensemble_size}", f"{per_step * 1e6:.1f} us"))
+
+    model = RewardModel(DS, DA, size_segment=SEGMENT)
+    obs, act = np.zeros(DS, dtype=np.float32), np.zeros(DA, dtype=np.float32)
+    steps = iter(range(10**9))
+    per_add = seconds_per_call(lambda: model.add_data(obs, act, 0.0, next(steps) % 1000 == 999), repeats=20000)
+    rows.append(("add_data, 1 step", f"{per_add * 1e6:.1f} us"))
+
+    width = max(len(name) for name, _ in rows)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()

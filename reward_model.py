@@ -1,0 +1,566 @@
+"""Preference-learned reward r̂(s, a): a Bradley-Terry ensemble, the episode and query stores, query selection.
+
+The learner only ever sees segments of (s, a) and the teacher's labels; the true rewards kept beside the episodes
+go to the scripted teacher and nowhere else (SPEC §4).
+
+Segment pairs are stored as one array [num, 2, segment, ds + da]: index 0 is σ0, index 1 is σ1, and a label
+y = 1 means σ1 is preferred (0.5 = equally preferable).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import utils
+from teacher import ScriptedTeacher
+
+DMC_STOP_ACCURACY = 0.98  # train_reward_iter stops once a full pass reaches this mean accuracy (reference rule)
+CROP_SHORTEST, CROP_LONGEST = 15, 5  # cropped length L ~ U{S - 15 ... S - 5} (QPA temporal cropping)
+EXPLORE_RECENT_EPISODES = 10  # with `explore`, the non-exploring share of queries comes from this many newest episodes
+EPISODE_PREALLOC = 1000  # rows preallocated for the episode being collected; doubled when a longer one shows up
+# On CPU, 4096-row blocks keep a layer's activations (4 MB) in cache: 1.6x the throughput of one 65536-row pass
+# when relabelling. GPUs prefer one large launch, so they get the rows unsplit.
+_CPU_BLOCK_ROWS = 4096
+_PAIRS_PER_FORWARD = 512  # keeps scoring many candidate pairs within a few hundred MB of activations
+_OUTPUT_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "sig": nn.Sigmoid, "relu": nn.ReLU}
+
+
+class EnsembleMLP(nn.Module):
+    """`ensemble_size` independent MLPs evaluated as one batched matmul per layer.
+
+    Layer weights are stacked [E, in, out] so every layer is one `baddbmm` over all members. Input is either
+    [N, in] (the same rows for every member) or [E, N, in] (one batch per member); output is [E, N, 1].
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        hidden_depth: int,
+        ensemble_size: int,
+        activation: str,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__()
+        if activation not in _OUTPUT_ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} is not valid; allowed: {', '.join(_OUTPUT_ACTIVATIONS)}")
+        self.activation = activation
+        self.ensemble_size = ensemble_size
+        self.output_activation = _OUTPUT_ACTIVATIONS[activation]()
+        dims = [input_dim] + [hidden_dim] * hidden_depth + [1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in itertools.pairwise(dims):
+            # nn.Linear's default init (kaiming_uniform with a=sqrt(5)) is U(±1/sqrt(fan_in)) for weight and bias.
+            bound = 1.0 / math.sqrt(fan_in)
+            weight = torch.empty(ensemble_size, fan_in, fan_out).uniform_(-bound, bound, generator=generator)
+            bias = torch.empty(ensemble_size, 1, fan_out).uniform_(-bound, bound, generator=generator)
+            self.weights.append(nn.Parameter(weight))
+            self.biases.append(nn.Parameter(bias))
+        # Iterating a ParameterList costs ~13 us, a quarter of a per-env-step prediction; a plain list of the same
+        # Parameter objects stays valid through .to() and load_state_dict, which update them in place.
+        self._layers = list(zip(self.weights, self.biases))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self._layers) - 1
+        # In-place activations save a [rows, hidden] allocation per layer when relabelling without autograd.
+        inplace = not torch.is_grad_enabled()
+        h = x.expand(self.ensemble_size, *x.shape) if x.dim() == 2 else x
+        for layer, (weight, bias) in enumerate(self._layers):
+            h = torch.baddbmm(bias, h, weight)
+            h = F.leaky_relu(h, inplace=inplace) if layer < last else self.output_activation(h)
+        return h
+
+    def member(self, index: int) -> nn.Sequential:
+        """A standalone copy of one member as ordinary nn.Linear layers (for checks and export)."""
+        layers: list[nn.Module] = []
+        for weight, bias in zip(self.weights, self.biases):
+            linear = nn.Linear(weight.shape[1], weight.shape[2], device=weight.device)
+            with torch.no_grad():
+                linear.weight.copy_(weight[index].T)
+                linear.bias.copy_(bias[index, 0])
+            layers += [linear, nn.LeakyReLU()]
+        layers[-1] = _OUTPUT_ACTIVATIONS[self.activation]()
+        return nn.Sequential(*layers)
+
+
+def sample_crop_windows(
+    batch_shape: tuple[int, ...], segment_len: int, num_copies: int, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop windows for `num_copies` copies of each pair: starts [*batch, 2, K] and lengths [*batch, 1, K].
+
+    The length is shared by both segments of a pair; each segment gets its own start in [0, S - L].
+    """
+    lengths = torch.randint(
+        segment_len - CROP_SHORTEST,
+        segment_len - CROP_LONGEST + 1,
+        (*batch_shape, 1, num_copies),
+        generator=generator,
+        device=device,
+    )
+    uniform = torch.rand((*batch_shape, 2, num_copies), generator=generator, device=device)
+    starts = (uniform * (segment_len - lengths + 1)).long()
+    return starts, lengths
+
+
+def window_sums(rewards: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Sums of rewards [..., S] over the windows [start, start + length) indexed [..., K]: one cumsum, two gathers."""
+    cumulative = F.pad(rewards.cumsum(-1), (1, 0))
+    return cumulative.gather(-1, starts + lengths) - cumulative.gather(-1, starts)
+
+
+class RewardModel:
+    """Ensemble reward model trained from scripted-teacher preferences (PEBBLE / QPA).
+
+    `capacity` is accepted for keyword compatibility with the reference; the labelled-query store is sized from
+    `max_feedback` and grown on demand instead (SPEC §9). `max_size` is N, the number of most recent episodes
+    policy-aligned selection draws from; `history_size` bounds the episode store (None keeps every episode).
+    """
+
+    def __init__(
+        self,
+        ds: int,
+        da: int,
+        ensemble_size: int = 3,
+        lr: float = 3e-4,
+        mb_size: int = 128,
+        size_segment: int = 50,
+        max_size: int = 100,
+        activation: str = "tanh",
+        capacity: float = 5e5,
+        large_batch: int = 1,
+        label_margin: float = 0.0,
+        teacher_beta: float = -1,
+        teacher_gamma: float = 1,
+        teacher_eps_mistake: float = 0,
+        teacher_eps_skip: float = 0,
+        teacher_eps_equal: float = 0,
+        data_aug_ratio: int = 20,
+        device: str | torch.device = "cpu",
+        max_feedback: int = 1400,
+        history_size: int | None = None,
+        explore: bool | float = False,
+        hidden_dim: int = 256,
+        hidden_depth: int = 3,
+        train_batch_size: int = 128,
+        seed: int = 0,
+    ) -> None:
+        if ensemble_size < 1:
+            raise ValueError(f"ensemble_size={ensemble_size} is not valid; allowed: an integer >= 1")
+        if size_segment < 1:
+            raise ValueError(f"size_segment={size_segment} is not valid; allowed: an integer >= 1")
+        if data_aug_ratio < 0:
+            raise ValueError(f"data_aug_ratio={data_aug_ratio} is not valid; allowed: 0 (off) or a positive integer")
+        if data_aug_ratio > 0 and size_segment < CROP_SHORTEST + 1:
+            raise ValueError(
+                f"size_segment={size_segment} is too short for temporal cropping (data_aug_ratio={data_aug_ratio}); "
+                f"allowed: size_segment >= {CROP_SHORTEST + 1}, or data_aug_ratio=0"
+            )
+        if max_size < 1:
+            raise ValueError(f"max_size={max_size} is not valid; allowed: an integer >= 1")
+        if history_size is not None and history_size < 1:
+            raise ValueError(f"history_size={history_size} is not valid; allowed: None (keep all) or an integer >= 1")
+        if not 0.0 <= label_margin < 0.5:
+            raise ValueError(f"label_margin={label_margin} is not valid; allowed: 0 <= label_margin < 0.5")
+        explore_fraction = float(explore or 0.0)
+        if not 0.0 <= explore_fraction <= 1.0:
+            raise ValueError(f"explore={explore!r} is not valid; allowed: false or a fraction in (0, 1]")
+
+        self.ds, self.da = ds, da
+        self.input_dim = ds + da
+        self.ensemble_size = ensemble_size
+        self.lr = lr
+        self.mb_size = int(mb_size)
+        self.origin_mb_size = int(mb_size)
+        self.size_segment = size_segment
+        self.max_size = max_size
+        self.activation = activation
+        self.large_batch = large_batch
+        self.label_margin = label_margin
+        self.data_aug_ratio = int(data_aug_ratio)
+        self.max_feedback = int(max_feedback)
+        self.explore = explore_fraction
+        self.train_batch_size = int(train_batch_size)  # labelled pairs per training minibatch
+        self.device = torch.device(device)
+
+        seeds = np.random.SeedSequence(seed).generate_state(3)
+        init_generator = torch.Generator().manual_seed(seed)
+        self.net = EnsembleMLP(self.input_dim, hidden_dim, hidden_depth, ensemble_size, activation, init_generator)
+        self.net.to(self.device)
+        # One Adam over the stacked weights is per-member Adam: the update is elementwise and members are disjoint.
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.rng = np.random.default_rng(seeds[0])
+        self.torch_rng = torch.Generator(device=self.device).manual_seed(int(seeds[1]))
+        self.teacher = ScriptedTeacher(
+            beta=teacher_beta,
+            gamma=teacher_gamma,
+            eps_mistake=teacher_eps_mistake,
+            eps_skip=teacher_eps_skip,
+            eps_equal=teacher_eps_equal,
+            seed=int(seeds[2]),
+        )
+
+        # Complete episodes as (sa [len, ds + da], true reward [len]) float32 arrays, oldest first.
+        self.episodes: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=history_size)
+        self._episode_sa = np.empty((EPISODE_PREALLOC, self.input_dim), dtype=np.float32)
+        self._episode_rew = np.empty(EPISODE_PREALLOC, dtype=np.float32)
+        self._episode_len = 0
+
+        self.num_labelled = 0
+        self._pairs = torch.empty((0, 2, size_segment, self.input_dim), device=self.device)
+        self._labels = torch.empty(0, device=self.device)
+
+    # ------------------------------------------------------------------ prediction
+
+    @torch.inference_mode()
+    def predict_reward(self, x: torch.Tensor) -> torch.Tensor:
+        """Ensemble-mean r̂ for rows x [N, ds + da] on `device`: [N, 1] on `device`, no host sync."""
+        x = x.to(self.device, torch.float32)
+        if self.device.type == "cpu" and len(x) > _CPU_BLOCK_ROWS:
+            return torch.cat([self._mean_reward(block) for block in x.split(_CPU_BLOCK_ROWS)])
+        return self._mean_reward(x)
+
+    def _mean_reward(self, x: torch.Tensor) -> torch.Tensor:
+        rewards = self.net(x)
+        return rewards[0] if self.ensemble_size == 1 else rewards.mean(0)
+
+    @torch.inference_mode()
+    def predict_reward_and_std(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ensemble mean and (population) std of r̂, each [N, 1]."""
+        rewards = self.net(x.to(self.device, torch.float32))
+        return rewards.mean(0), rewards.std(0, correction=0)
+
+    def r_hat(self, x: np.ndarray) -> float:
+        """Mean r̂ of one (s, a) row given as a numpy vector."""
+        return float(self.predict_reward(torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(1, -1)))
+
+    def r_hat_batch(self, x: np.ndarray) -> np.ndarray:
+        """Mean r̂ of numpy rows [N, ds + da]: numpy [N, 1]."""
+        return utils.to_np(self.predict_reward(torch.as_tensor(np.asarray(x, dtype=np.float32))))
+
+    @torch.inference_mode()
+    def r_hat_member(self, x: np.ndarray | torch.Tensor, member: int) -> torch.Tensor:
+        """r̂ of one ensemble member for rows [N, ds + da]: [N, 1] on `device`."""
+        return self.net(torch.as_tensor(x, dtype=torch.float32, device=self.device))[member]
+
+    @torch.inference_mode()
+    def _pair_returns(self, pairs: np.ndarray) -> torch.Tensor:
+        """Per-member predicted returns [E, num, 2] of segment pairs [num, 2, S, ds + da]."""
+        returns = []
+        for chunk in torch.as_tensor(pairs, device=self.device).split(_PAIRS_PER_FORWARD):
+            rewards = self.net(chunk.reshape(-1, self.input_dim))
+            returns.append(rewards.view(self.ensemble_size, *chunk.shape[:3]).sum(-1))
+        return torch.cat(returns, dim=1)
+
+    def disagreement(self, pairs: np.ndarray) -> torch.Tensor:
+        """Std over members of P[σ1 ≻ σ0] for each pair [num] (0 for a single member)."""
+        returns = self._pair_returns(pairs)
+        return torch.sigmoid(returns[..., 1] - returns[..., 0]).std(0, correction=0)
+
+    def entropy(self, pairs: np.ndarray) -> torch.Tensor:
+        """Bradley-Terry entropy of each pair [num], averaged over members (B-Pref's `get_entropy`)."""
+        log_prob = F.log_softmax(self._pair_returns(pairs), dim=-1)
+        return -(log_prob.exp() * log_prob).sum(-1).mean(0)
+
+    # ------------------------------------------------------------------ episode store
+
+    def add_data(self, obs: np.ndarray, act: np.ndarray, rew: float, done: bool | float) -> None:
+        """Append one step (s, a, true r); `done` closes the episode and moves it into the store."""
+        n = self._episode_len
+        if n == len(self._episode_rew):
+            self._episode_sa = np.concatenate([self._episode_sa, np.empty_like(self._episode_sa)])
+            self._episode_rew = np.concatenate([self._episode_rew, np.empty_like(self._episode_rew)])
+        self._episode_sa[n, : self.ds] = obs
+        self._episode_sa[n, self.ds :] = act
+        self._episode_rew[n] = rew
+        self._episode_len = n + 1
+        if done:
+            self.episodes.append((self._episode_sa[: n + 1].copy(), self._episode_rew[: n + 1].copy()))
+            self._episode_len = 0
+
+    def _sample_segment_pairs(
+        self, num: int, episodes: list[tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`num` pairs: two episodes drawn uniformly with replacement, a uniform start in each.
+
+        Returns (pairs [num, 2, S, ds + da], true rewards [num, 2, S]).
+        """
+        length = self.size_segment
+        eligible = [episode for episode in episodes if len(episode[1]) >= length]
+        if not eligible:
+            raise ValueError(
+                f"no complete episode of at least size_segment={length} steps is stored "
+                f"({len(episodes)} candidates); allowed: query after add_data has closed such an episode"
+            )
+        lengths = np.array([len(episode[1]) for episode in eligible])
+        episode_index = self.rng.integers(len(eligible), size=(num, 2))
+        starts = self.rng.integers(0, lengths[episode_index] - length + 1)
+        pairs = np.empty((num, 2, length, self.input_dim), dtype=np.float32)
+        rewards = np.empty((num, 2, length), dtype=np.float32)
+        for query, side in np.ndindex(num, 2):
+            sa, rew = eligible[episode_index[query, side]]
+            start = starts[query, side]
+            pairs[query, side] = sa[start : start + length]
+            rewards[query, side] = rew[start : start + length]
+        return pairs, rewards
+
+    # ------------------------------------------------------------------ labelled store
+
+    @property
+    def labelled_capacity(self) -> int:
+        return len(self._labels)
+
+    def labelled_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of the labelled store: pairs [M, 2, S, ds + da] and labels [M] in {0, 1, 0.5}."""
+        return self._pairs[: self.num_labelled], self._labels[: self.num_labelled]
+
+    def _store(self, pairs: np.ndarray, labels: np.ndarray) -> None:
+        needed = self.num_labelled + len(labels)
+        if needed > self.labelled_capacity:
+            # Doubling keeps appends amortised O(1); the cap keeps memory at the feedback budget.
+            capacity = max(needed, min(2 * self.labelled_capacity, self.max_feedback))
+            grown_pairs = torch.empty((capacity, *self._pairs.shape[1:]), device=self.device)
+            grown_labels = torch.empty(capacity, device=self.device)
+            grown_pairs[: self.num_labelled] = self._pairs[: self.num_labelled]
+            grown_labels[: self.num_labelled] = self._labels[: self.num_labelled]
+            self._pairs, self._labels = grown_pairs, grown_labels
+        self._pairs[self.num_labelled : needed] = torch.as_tensor(pairs, device=self.device)
+        self._labels[self.num_labelled : needed] = torch.as_tensor(labels, device=self.device)
+        self.num_labelled = needed
+
+    def _label_and_store(self, pairs: np.ndarray, rewards: np.ndarray) -> int:
+        keep_index, labels = self.teacher.label(rewards[:, 0], rewards[:, 1])
+        self._store(pairs[keep_index], labels)
+        return len(keep_index)
+
+    # ------------------------------------------------------------------ query selection
+
+    def change_batch(self, new_frac: float) -> None:
+        self.mb_size = int(self.origin_mb_size * new_frac)
+
+    def set_batch(self, new_batch: int) -> None:
+        self.mb_size = int(new_batch)
+
+    def set_teacher_thres_skip(self, new_margin: float) -> None:
+        self.teacher.set_thres_skip(new_margin)
+
+    def set_teacher_thres_equal(self, new_margin: float) -> None:
+        self.teacher.set_thres_equal(new_margin)
+
+    def uniform_sampling(self) -> int:
+        """QPA policy-aligned selection: uniform pairs from the N = `max_size` most recent episodes."""
+        recent = list(self.episodes)[-self.max_size :]
+        if not self.explore:
+            return self._label_and_store(*self._sample_segment_pairs(self.mb_size, recent))
+        num_wide = round(self.explore * self.mb_size)
+        wide = self._sample_segment_pairs(num_wide, recent)
+        newest = self._sample_segment_pairs(self.mb_size - num_wide, recent[-EXPLORE_RECENT_EPISODES:])
+        return self._label_and_store(np.concatenate([wide[0], newest[0]]), np.concatenate([wide[1], newest[1]]))
+
+    def history_uniform_sampling(self) -> int:
+        """PEBBLE-style uniform selection over every stored episode (QPA without policy-aligned selection)."""
+        return self._label_and_store(*self._sample_segment_pairs(self.mb_size, list(self.episodes)))
+
+    def _history_candidates(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._sample_segment_pairs(self.mb_size * self.large_batch, list(self.episodes))
+
+    def _top(self, score: torch.Tensor, num: int) -> np.ndarray:
+        return utils.to_np(torch.topk(score, min(num, len(score))).indices)
+
+    def disagreement_sampling(self) -> int:
+        """The `mb_size` of `mb_size × large_batch` history candidates with the largest ensemble disagreement."""
+        pairs, rewards = self._history_candidates()
+        chosen = self._top(self.disagreement(pairs), self.mb_size)
+        return self._label_and_store(pairs[chosen], rewards[chosen])
+
+    def entropy_sampling(self) -> int:
+        """The `mb_size` of `mb_size × large_batch` history candidates with the largest preference entropy."""
+        pairs, rewards = self._history_candidates()
+        chosen = self._top(self.entropy(pairs), self.mb_size)
+        return self._label_and_store(pairs[chosen], rewards[chosen])
+
+    def kcenter_sampling(self) -> int:
+        """Greedy k-center over state features of history candidates, against the already-labelled pairs."""
+        pairs, rewards = self._history_candidates()
+        chosen = self._kcenter(pairs, self.mb_size)
+        return self._label_and_store(pairs[chosen], rewards[chosen])
+
+    def kcenter_disagree_sampling(self) -> int:
+        """k-center among the most disagreed-upon half of the candidates (B-Pref's hybrid)."""
+        pairs, rewards = self._history_candidates()
+        shortlist = self._top(self.disagreement(pairs), len(pairs) // 2)
+        chosen = shortlist[self._kcenter(pairs[shortlist], self.mb_size)]
+        return self._label_and_store(pairs[chosen], rewards[chosen])
+
+    def kcenter_entropy_sampling(self) -> int:
+        """k-center among the highest-entropy half of the candidates (B-Pref's hybrid)."""
+        pairs, rewards = self._history_candidates()
+        shortlist = self._top(self.entropy(pairs), len(pairs) // 2)
+        chosen = shortlist[self._kcenter(pairs[shortlist], self.mb_size)]
+        return self._label_and_store(pairs[chosen], rewards[chosen])
+
+    @torch.inference_mode()
+    def _kcenter(self, pairs: np.ndarray, num: int) -> np.ndarray:
+        """Indices of `num` candidates picked greedily to be farthest from the labelled pairs and each other.
+
+        Features are the states of both segments, flattened (as in B-Pref); actions are left out.
+        """
+        num = min(num, len(pairs))
+        features = torch.as_tensor(pairs[..., : self.ds], device=self.device).flatten(1)
+        nearest = torch.full((len(pairs),), torch.inf, device=self.device)
+        labelled = self._pairs[: self.num_labelled, ..., : self.ds].flatten(1)
+        for chunk in labelled.split(_PAIRS_PER_FORWARD):
+            nearest = torch.minimum(nearest, torch.cdist(features, chunk).amin(1))
+        chosen = torch.empty(num, dtype=torch.long, device=self.device)
+        for pick in range(num):
+            index = torch.argmax(nearest)
+            chosen[pick] = index
+            nearest = torch.minimum(nearest, torch.cdist(features, features[index].unsqueeze(0)).squeeze(1))
+            nearest[index] = -torch.inf  # never re-pick, even when every candidate is a duplicate
+        return utils.to_np(chosen)
+
+    # ------------------------------------------------------------------ training
+
+    def train_reward_iter(self, num_iters: int) -> tuple[np.ndarray, float]:
+        """DMC rule: up to `num_iters` minibatch steps, reshuffling every pass over the labelled store; stops once
+        the accuracy of a full pass reaches 0.98. Returns (per-member accuracy of the last full pass, mean loss)."""
+        return self._train(int(num_iters), DMC_STOP_ACCURACY, augment=True)
+
+    def train_reward(self) -> tuple[np.ndarray, float]:
+        """One epoch over the labelled store (Meta-World rule; the caller repeats until accuracy > 0.97).
+
+        Like the reference release's Meta-World trainer it uses whole segments: temporal cropping
+        (`data_aug_ratio`) belongs to the DMC rule, `train_reward_iter`."""
+        return self._train(math.ceil(self.num_labelled / self.train_batch_size), None, augment=False)
+
+    def _train(self, num_steps: int, stop_accuracy: float | None, augment: bool) -> tuple[np.ndarray, float]:
+        if self.num_labelled == 0:
+            raise ValueError("num_labelled=0: the reward model has no labelled queries; allowed: query before training")
+        size, batch = self.num_labelled, self.train_batch_size
+        counts = torch.zeros(2, self.ensemble_size, device=self.device)  # correct, counted in the current pass
+        loss_sum = torch.zeros((), device=self.device)
+        accuracy = None
+        order, position = self._shuffled_order(), 0
+        steps = 0
+        while steps < num_steps:
+            index = order[:, position : position + batch]
+            position += index.shape[1]
+            loss, correct, counted = self._train_minibatch(index, augment)
+            loss_sum += loss
+            counts[0] += correct
+            counts[1] += counted
+            steps += 1
+            if position >= size:
+                accuracy = _accuracy(counts)  # one host sync per pass, not per step
+                if stop_accuracy is not None and accuracy.mean() >= stop_accuracy:
+                    break
+                order, position = self._shuffled_order(), 0
+                counts.zero_()
+        if accuracy is None:
+            accuracy = _accuracy(counts)
+        return accuracy, float(loss_sum) / (max(steps, 1) * self.ensemble_size)
+
+    def _shuffled_order(self) -> torch.Tensor:
+        """An independent permutation of the labelled store per member [E, M] (as the reference's ensemble)."""
+        keys = torch.rand((self.ensemble_size, self.num_labelled), generator=self.torch_rng, device=self.device)
+        return keys.argsort(dim=1)
+
+    def _train_minibatch(self, index: torch.Tensor, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One Adam step on the pairs index [E, B] (member e trains on row e).
+
+        Returns the loss summed over members and, per member, the number of correct and of counted predictions.
+        Accuracy is judged on the whole segments (the same forward pass, no extra cost): labels describe whole
+        segments and a crop can reverse a preference, so accuracy on crops could stay below the stop threshold.
+        Equal labels (0.5) train as (0.5, 0.5) targets and are left out of the accuracy.
+        """
+        members, batch = index.shape
+        pairs = self._pairs[index]
+        labels = self._labels[index]
+        rewards = self.net(pairs.reshape(members, -1, self.input_dim)).view(members, batch, 2, self.size_segment)
+        whole_returns = rewards.sum(-1)
+        if augment and self.data_aug_ratio:
+            starts, lengths = sample_crop_windows(
+                (members, batch), self.size_segment, self.data_aug_ratio, self.torch_rng, self.device
+            )
+            returns = window_sums(rewards, starts, lengths).transpose(-1, -2)  # [E, B, copies, 2]
+            targets = labels.unsqueeze(-1).expand(-1, -1, self.data_aug_ratio)
+        else:
+            returns, targets = whole_returns, labels
+        targets = targets * (1.0 - 2.0 * self.label_margin) + self.label_margin
+        log_prob = F.log_softmax(returns, dim=-1)
+        member_loss = -(targets * log_prob[..., 1] + (1.0 - targets) * log_prob[..., 0]).flatten(1).mean(1)
+        loss = member_loss.sum()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        decided = labels != 0.5
+        correct = ((whole_returns[..., 1] > whole_returns[..., 0]) == (labels > 0.5)) & decided
+        return loss.detach(), correct.sum(1), decided.sum(1)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, model_dir: str | Path, step: int) -> None:
+        utils.atomic_torch_save(self.net.state_dict(), Path(model_dir) / f"reward_model_{step}.pt")
+
+    def load(self, model_dir: str | Path, step: int) -> None:
+        path = Path(model_dir) / f"reward_model_{step}.pt"
+        self.net.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimiser, both stores, teacher, RNGs, query batch size."""
+        lengths = [len(rew) for _, rew in self.episodes]
+        return {
+            "net": self.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "episode_lengths": torch.tensor(lengths, dtype=torch.long),
+            "episode_sa": torch.from_numpy(np.concatenate([sa for sa, _ in self.episodes] or [self._episode_sa[:0]])),
+            "episode_rew": torch.from_numpy(
+                np.concatenate([rew for _, rew in self.episodes] or [self._episode_rew[:0]])
+            ),
+            "open_episode_sa": torch.from_numpy(self._episode_sa[: self._episode_len].copy()),
+            "open_episode_rew": torch.from_numpy(self._episode_rew[: self._episode_len].copy()),
+            "labelled_pairs": self._pairs[: self.num_labelled].clone(),
+            "labels": self._labels[: self.num_labelled].clone(),
+            "teacher": self.teacher.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": self.torch_rng.get_state(),
+            "mb_size": self.mb_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        boundaries = np.cumsum([0, *state["episode_lengths"].tolist()])
+        episode_sa, episode_rew = state["episode_sa"].numpy(), state["episode_rew"].numpy()
+        self.episodes.clear()
+        for start, end in itertools.pairwise(boundaries):
+            self.episodes.append((episode_sa[start:end].copy(), episode_rew[start:end].copy()))
+        open_len = len(state["open_episode_rew"])
+        capacity = max(EPISODE_PREALLOC, open_len)
+        self._episode_sa = np.empty((capacity, self.input_dim), dtype=np.float32)
+        self._episode_rew = np.empty(capacity, dtype=np.float32)
+        self._episode_sa[:open_len] = state["open_episode_sa"].numpy()
+        self._episode_rew[:open_len] = state["open_episode_rew"].numpy()
+        self._episode_len = open_len
+        self._pairs = state["labelled_pairs"].to(self.device).clone()
+        self._labels = state["labels"].to(self.device).clone()
+        self.num_labelled = len(self._labels)
+        self.teacher.load_state_dict(state["teacher"])
+        self.rng.bit_generator.state = state["rng"]
+        self.torch_rng.set_state(state["torch_rng"])
+        self.mb_size = int(state["mb_size"])
+
+
+def _accuracy(counts: torch.Tensor) -> np.ndarray:
+    """Per-member accuracy from [correct, counted]; a pass with only equal labels counts as fully correct."""
+    correct, counted = utils.to_np(counts).astype(np.float64)
+    return np.where(counted > 0, correct / np.maximum(counted, 1.0), 1.0)

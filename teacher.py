@@ -1,0 +1,112 @@
+"""Scripted teacher: the B-Pref model of a (possibly irrational) human labelling segment pairs.
+
+Given the true rewards of both segments of each query it returns which queries it answers and a label per
+answered query: 0 = segment 1 preferred, 1 = segment 2 preferred, 0.5 = equally preferable.
+
+Order of the irrationalities follows B-Pref (Lee et al., NeurIPS 2021 Datasets and Benchmarks, §3):
+skip and "equal" look at the undiscounted returns; the preference itself uses the myopic (discounted) returns;
+mistakes flip the preference; "equal" overrides everything, so an equal label is never flipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class ScriptedTeacher:
+    """Labels segment pairs from their true rewards.
+
+    beta > 0: stochastic Bradley-Terry teacher, P[segment 2 preferred] = sigmoid(beta * (R2 - R1));
+    beta <= 0: perfectly rational (argmax, exact ties are "equal").
+    gamma: myopic weight gamma^(T-1-t) on step t, so early steps count less.
+    eps_mistake: probability of flipping a (non-equal) label.
+    eps_skip / eps_equal: scale the thresholds set by `set_thres_skip` / `set_thres_equal`
+    (threshold = new_margin * eps). A threshold <= 0 disables that behaviour, as in B-Pref.
+    """
+
+    def __init__(
+        self,
+        beta: float = -1.0,
+        gamma: float = 1.0,
+        eps_mistake: float = 0.0,
+        eps_skip: float = 0.0,
+        eps_equal: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"teacher gamma={gamma} is not valid; allowed: 0 < gamma <= 1")
+        for name, value in (("eps_mistake", eps_mistake), ("eps_skip", eps_skip), ("eps_equal", eps_equal)):
+            if value < 0.0:
+                raise ValueError(f"teacher {name}={value} is not valid; allowed: a value >= 0")
+        self.beta = float(beta)
+        self.gamma = float(gamma)
+        self.eps_mistake = float(eps_mistake)
+        self.eps_skip = float(eps_skip)
+        self.eps_equal = float(eps_equal)
+        self.thres_skip = 0.0
+        self.thres_equal = 0.0
+        self.rng = np.random.default_rng(seed)
+
+    def set_thres_skip(self, new_margin: float) -> None:
+        self.thres_skip = float(new_margin) * self.eps_skip
+
+    def set_thres_equal(self, new_margin: float) -> None:
+        self.thres_equal = float(new_margin) * self.eps_equal
+
+    def label(self, rewards_1: np.ndarray, rewards_2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Label a batch of queries from the true rewards [B, T] of both segments.
+
+        Returns (keep_index, labels): the int64 indices of the answered queries and their float32 labels.
+        """
+        rewards_1 = np.asarray(rewards_1, dtype=np.float64)
+        rewards_2 = np.asarray(rewards_2, dtype=np.float64)
+        if rewards_1.ndim != 2 or rewards_1.shape != rewards_2.shape:
+            raise ValueError(
+                f"teacher rewards of shapes {rewards_1.shape} and {rewards_2.shape} are not valid; "
+                "allowed: two equal [batch, segment] arrays"
+            )
+        return_1 = rewards_1.sum(axis=1)
+        return_2 = rewards_2.sum(axis=1)
+
+        # A query is answered when at least one segment clears the bar (B-Pref keeps max return > threshold).
+        if self.thres_skip > 0:
+            keep_index = np.flatnonzero(np.maximum(return_1, return_2) > self.thres_skip)
+        else:
+            keep_index = np.arange(len(return_1))
+        rewards_1, rewards_2 = rewards_1[keep_index], rewards_2[keep_index]
+        return_1, return_2 = return_1[keep_index], return_2[keep_index]
+
+        segment_len = rewards_1.shape[1]
+        myopic_weights = self.gamma ** np.arange(segment_len - 1, -1, -1, dtype=np.float64)
+        discounted_1 = rewards_1 @ myopic_weights
+        discounted_2 = rewards_2 @ myopic_weights
+
+        if self.beta > 0:
+            prob_2 = 1.0 / (1.0 + np.exp(-self.beta * (discounted_2 - discounted_1)))
+            labels = (self.rng.random(len(prob_2)) < prob_2).astype(np.float32)
+            equal = np.zeros(len(labels), dtype=bool)
+        else:
+            labels = (discounted_1 < discounted_2).astype(np.float32)
+            equal = discounted_1 == discounted_2
+
+        flip = self.rng.random(len(labels)) < self.eps_mistake
+        labels[flip] = 1.0 - labels[flip]
+
+        if self.thres_equal > 0:
+            equal |= np.abs(return_1 - return_2) < self.thres_equal
+        labels[equal] = 0.5
+        return keep_index.astype(np.int64), labels
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.bit_generator.state,
+            "thres_skip": self.thres_skip,
+            "thres_equal": self.thres_equal,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.thres_skip = float(state["thres_skip"])
+        self.thres_equal = float(state["thres_equal"])
