@@ -26,7 +26,11 @@ FEED_TYPE_SCHEMES = ("uniform", "disagreement", "entropy", "kcenter", "kcenter_d
 ACTIVATIONS = ("tanh", "sig", "relu")
 REWARD_SOURCES = ("learned", "true")
 # Top-level keys that switch a method's behaviour; each one changed from the method preset names the run directory.
-METHOD_SWITCHES = ("reward_source", "query_scheme", "hybrid_replay", "data_aug_ratio", "ensemble_size", "large_batch")
+METHOD_SWITCHES = (
+    "reward_source", "query_scheme", "hybrid_replay", "data_aug_ratio", "ensemble_size", "large_batch",
+    "semi_supervised", "threshold_u", "mu", "lambda_u", "crop_range", "dataaug_window",
+    "rune_beta_init", "rune_beta_decay",
+)  # fmt: skip
 CROP_SHRINK = 15  # temporal cropping draws lengths in U{S-15 ... S-5}
 DMC_EPISODE_STEPS = 1000
 METAWORLD_EPISODE_STEPS = 500
@@ -98,6 +102,10 @@ def check_config(cfg: DictConfig) -> None:
         _fail("reward_lr", cfg.reward_lr, "must be a number > 0")
 
     max_steps = episode_steps(cfg.env)
+    first_feedback = cfg.num_seed_steps + cfg.num_unsup_steps
+    if cfg.reward_source == "learned" and first_feedback < max_steps:
+        _fail("num_unsup_steps", cfg.num_unsup_steps, f"num_seed_steps + num_unsup_steps must be >= the episode length "
+              f"of {cfg.env} ({max_steps} steps): the first queries need one complete episode")
     if cfg.segment > max_steps:
         _fail("segment", cfg.segment, f"must be <= the episode length of {cfg.env} ({max_steps} steps)")
     if cfg.data_aug_ratio > 0 and cfg.segment <= CROP_SHRINK:
@@ -120,11 +128,51 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.reward_schedule not in (0, 1, 2):
         _fail("reward_schedule", cfg.reward_schedule, "allowed: 0 (fixed), 1 (shrinking), 2 (growing)")
     if cfg.reward_source not in REWARD_SOURCES:
-        _fail("reward_source", cfg.reward_source, f"allowed: {', '.join(REWARD_SOURCES)}")
+        hint = " (a bare true is a boolean: write reward_source=\"'true'\" or use method=sac_true)"
+        _fail("reward_source", cfg.reward_source, f"allowed: {', '.join(REWARD_SOURCES)}"
+              + (hint if cfg.reward_source is True else ""))
+    _check_surf(cfg, max_steps)
+    _check_rune(cfg)
     try:
         utils.choose_device(cfg.device, strict=cfg.strict_device)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _check_surf(cfg: DictConfig, max_steps: int) -> None:
+    if not isinstance(cfg.semi_supervised, bool):
+        _fail("semi_supervised", cfg.semi_supervised, "must be true or false")
+    _require_range(cfg, "threshold_u", 0.5, 1.0)  # max(P) of two outcomes is never below 0.5
+    _require_int(cfg, "mu", 1)
+    _require_int(cfg, "crop_range", 0)
+    _require_int(cfg, "dataaug_window", 0)
+    if isinstance(cfg.lambda_u, bool) or not isinstance(cfg.lambda_u, int | float) or cfg.lambda_u < 0:
+        _fail("lambda_u", cfg.lambda_u, "must be a number >= 0")
+    if not cfg.semi_supervised:
+        return
+    if cfg.crop_range >= cfg.segment:
+        _fail("crop_range", cfg.crop_range, f"must be < segment ({cfg.segment}) so every crop keeps a step")
+    if cfg.crop_range > 2 * cfg.dataaug_window:
+        _fail("crop_range", cfg.crop_range, f"must be <= 2 * dataaug_window ({2 * cfg.dataaug_window}): "
+              "a crop longer than the segment needs that much context")
+    if cfg.segment + 2 * cfg.dataaug_window > max_steps:
+        _fail("dataaug_window", cfg.dataaug_window, f"segment + 2 * dataaug_window must be <= the episode length "
+              f"of {cfg.env} ({max_steps} steps)")
+
+
+def _check_rune(cfg: DictConfig) -> None:
+    for key in ("rune_beta_init", "rune_beta_decay"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int | float):
+            _fail(key, cfg[key], "must be a number")
+    if cfg.rune_beta_init < 0:
+        _fail("rune_beta_init", cfg.rune_beta_init, "must be >= 0 (0 turns the RUNE bonus off)")
+    if not 0.0 <= cfg.rune_beta_decay < 1.0:
+        _fail("rune_beta_decay", cfg.rune_beta_decay, "must be a number in [0, 1)")
+    if cfg.rune_beta_init > 0 and cfg.reward_source != "learned":
+        _fail("rune_beta_init", cfg.rune_beta_init, "needs reward_source=learned (the bonus is the reward models' std)")
+    if cfg.rune_beta_init > 0 and cfg.ensemble_size < 2:
+        _fail("rune_beta_init", cfg.rune_beta_init, f"needs ensemble_size >= 2 (got {cfg.ensemble_size}): "
+              "the bonus is the std over the ensemble")
 
 
 def method_run_dir(*, _root_: DictConfig) -> str:
@@ -138,6 +186,12 @@ def method_run_dir(*, _root_: DictConfig) -> str:
     return "" if parts == ["qpa"] else "_".join(parts) + "/"
 
 
+def method_label(*, _root_: DictConfig) -> str:
+    """The run's name in plots and tables: `method_run_dir` without the slash, 'qpa' for plain QPA."""
+    return method_run_dir(_root_=_root_).rstrip("/") or "qpa"
+
+
 # Registered here rather than in train_QPA.py so that whatever composes the config (scripts/sweep.py) resolves
 # run directories exactly as training does.
 OmegaConf.register_new_resolver("method_dir", method_run_dir, replace=True)
+OmegaConf.register_new_resolver("method_label", method_label, replace=True)

@@ -19,6 +19,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import hydra
@@ -72,9 +73,16 @@ class RunFailedError(RuntimeError):
     """Ends one job of a --multirun sweep; its message is in the run directory's status.json."""
 
 
+def as_namespace(config: Any) -> Any:
+    """Plain attribute access for the per-step loop, where each OmegaConf lookup costs ~10 µs."""
+    if isinstance(config, dict):
+        return SimpleNamespace(**{key: as_namespace(value) for key, value in config.items()})
+    return config
+
+
 class Workspace:
-    def __init__(self, cfg: DictConfig, work_dir: Path) -> None:
-        self.cfg = cfg
+    def __init__(self, config: DictConfig, work_dir: Path) -> None:
+        self.cfg = cfg = as_namespace(OmegaConf.to_container(config, resolve=True))
         self.work_dir = work_dir
         self.device = utils.choose_device(cfg.device, strict=cfg.strict_device)
         utils.set_seed_everywhere(cfg.seed)
@@ -86,7 +94,7 @@ class Workspace:
         obs_dim = self.env.observation_space.shape[0]
         action_dim = self.env.action_space.shape[0]
 
-        agent_params = OmegaConf.to_container(cfg.agent.params, resolve=True)
+        agent_params = OmegaConf.to_container(config.agent.params, resolve=True)
         agent_params.update(obs_dim=obs_dim, action_dim=action_dim, device=str(self.device),
                             action_range=[float(self.env.action_space.low.min()),
                                           float(self.env.action_space.high.max())])
@@ -94,7 +102,8 @@ class Workspace:
 
         self.replay_buffer = ReplayBuffer(self.env.observation_space.shape, self.env.action_space.shape,
                                           int(cfg.replay_buffer_capacity), self.device,
-                                          max_episode_len=self.max_episode_steps, seed=cfg.seed)
+                                          max_episode_len=self.max_episode_steps, seed=cfg.seed,
+                                          store_reward_std=cfg.rune_beta_init > 0)
 
         self.learns_reward = cfg.reward_source == "learned"
         self.query_scheme = resolve_query_scheme(cfg)
@@ -109,7 +118,9 @@ class Workspace:
             device=str(self.device), max_feedback=cfg.max_feedback,
             history_size=cfg.max_reward_buffer_size if self.query_scheme == "policy_aligned" else None,
             explore=cfg.explore, hidden_dim=cfg.reward_hidden_dim, hidden_depth=cfg.reward_hidden_depth,
-            seed=cfg.seed)
+            train_batch_size=cfg.reward_train_batch, semi_supervised=cfg.semi_supervised,
+            threshold_u=cfg.threshold_u, mu=cfg.mu, lambda_u=cfg.lambda_u, crop_range=cfg.crop_range,
+            dataaug_window=cfg.dataaug_window, seed=cfg.seed)
 
         self.rng = np.random.default_rng(cfg.seed)  # seed-phase actions
         self.step = 0
@@ -128,7 +139,7 @@ class Workspace:
             wandb_names=REFERENCE_WANDB_NAMES,
             wandb_init=dict(project=cfg.wandb_project, entity=cfg.wandb_entity,
                             name=f"{cfg.env}_{cfg.experiment}_{cfg.max_feedback}_{cfg.num_interact}_{cfg.seed}",
-                            config=OmegaConf.to_container(cfg, resolve=True)))
+                            config=OmegaConf.to_container(config, resolve=True)))
 
     # ------------------------------------------------------------------ the loop of SPEC §2
     def run(self) -> None:
@@ -139,6 +150,7 @@ class Workspace:
                              disable=None)
         if self.step == 0:
             self.evaluate()  # the untrained policy: every curve starts from the same point
+            self.save_checkpoint()
         while self.step < cfg.num_train_steps:
             obs = self.reset_episode()
             episode_start_time = time.perf_counter()
@@ -151,6 +163,8 @@ class Workspace:
                 else:
                     with utils.eval_mode(self.agent.actor):
                         action = self.agent.act(obs, sample=True)
+                    if not np.isfinite(action).all():  # a diverged update; caught here before it reaches the physics
+                        raise NonFiniteError(f"the policy produced a non-finite action at step {self.step}")
 
                 if not self.learns_reward:
                     if self.step >= cfg.num_seed_steps:
@@ -170,11 +184,12 @@ class Workspace:
                 done = terminated or truncated
                 # dm_control and Meta-World episodes end only at the time limit: bootstrap through it
                 done_no_max = float(terminated)
-                stored_reward = reward if not self.learns_reward else self.predict_step_reward(obs, action)
+                stored_reward, reward_std = (reward, None) if not self.learns_reward else self.predict_step_reward(
+                    obs, action)
                 if self.learns_reward:
                     episode_return_hat += stored_reward.squeeze()
                     self.reward_model.add_data(obs, action, reward, done)
-                self.replay_buffer.add(obs, action, stored_reward, next_obs, float(done), done_no_max)
+                self.replay_buffer.add(obs, action, stored_reward, next_obs, float(done), done_no_max, reward_std)
 
                 episode_return += reward
                 if self.is_metaworld:
@@ -199,14 +214,23 @@ class Workspace:
         obs, _ = self.env.reset(seed=self.cfg.seed * 100_003 + self.episode)
         return obs
 
-    def predict_step_reward(self, obs: np.ndarray, action: np.ndarray) -> torch.Tensor:
-        """r̂(s, a) as a device tensor: it goes straight into the replay buffer without a host sync."""
+    def predict_step_reward(self, obs: np.ndarray, action: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """r̂(s, a) and, for RUNE's bonus, the ensemble's std (else None), as device tensors: they go straight into
+        the replay buffer without a host sync."""
         obs_action = torch.as_tensor(np.concatenate([obs, action])[None], device=self.device)
-        return self.reward_model.predict_reward(obs_action)
+        if self.replay_buffer.reward_std is None:
+            return self.reward_model.predict_reward(obs_action), None
+        return self.reward_model.predict_reward_and_std(obs_action)
+
+    def set_exploration_bonus(self) -> None:
+        """RUNE: SAC batches get r̂ + β_t std(r̂) with β_t = β_0 (1 - ρ)^t (a float; the buffer adds it per batch)."""
+        if self.replay_buffer.reward_std is not None:
+            self.replay_buffer.bonus_weight = self.cfg.rune_beta_init * (1.0 - self.cfg.rune_beta_decay) ** self.step
 
     def update_agent(self) -> None:
         """One SAC update after the first feedback: hybrid replay while feedback remains (QPA), else uniform."""
         cfg = self.cfg
+        self.set_exploration_bonus()
         if cfg.hybrid_replay and self.total_feedback < cfg.max_feedback:
             self.last_update_metrics = self.agent.update_onpolicy_sample(
                 self.replay_buffer, self.step, cfg.max_reward_buffer_size, cfg.gradient_update, cfg.her_ratio)
@@ -218,6 +242,7 @@ class Workspace:
         """First queries, relabel everything collected so far, and restart the critic (SPEC §2)."""
         self.collect_feedback(first=True)
         self.agent.reset_critic()
+        self.set_exploration_bonus()
         self.last_update_metrics = self.agent.update_after_reset(
             self.replay_buffer, self.step, gradient_update=self.cfg.reset_update, policy_update=True)
 
@@ -264,6 +289,8 @@ class Workspace:
             raise NonFiniteError(f"reward-model loss became {loss} at step {self.step}")
         self.logger.log("train/reward_train_acc", float(np.mean(accuracy)), self.step)
         self.logger.log("train/reward_loss", loss, self.step)
+        if cfg.semi_supervised:
+            self.logger.log("train/pseudo_label_fraction", self.reward_model.pseudo_label_fraction, self.step)
 
     # ------------------------------------------------------------------ episode ends, evaluation, logging
     def finish_episode(self, length: int, episode_return: float, episode_return_hat: torch.Tensor,

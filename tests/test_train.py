@@ -1,0 +1,216 @@
+"""End-to-end training runs on real environments with tiny budgets: logs, feedback schedule, reference command
+lines, bad input, kill-and-resume and determinism."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import config_check
+from config_check import ConfigError, check_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TIME_COLUMNS = ["fps", "duration", "total_time"]
+TINY = [
+    "num_train_steps=2000", "num_seed_steps=300", "num_unsup_steps=800", "num_interact=300", "max_feedback=20",
+    "reward_batch=10", "segment=20", "reward_update=50", "eval_frequency=1000", "num_eval_episodes=1",
+    "agent.params.batch_size=32", "double_q_critic.params.hidden_dim=32", "diag_gaussian_actor.params.hidden_dim=32",
+    "reward_hidden_dim=32",
+]
+
+
+def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "train_QPA.py", *overrides, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "config"), version_base="1.3"):
+        return compose(config_name="train_QPA", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def walker_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("walker") / "run"
+    train(run_dir, "env=walker_walk", *TINY)
+    return run_dir
+
+
+def test_walker_run_logs_everything_and_spends_the_feedback_budget_exactly(walker_run):
+    for name in ("config.yaml", "train.csv", "eval.csv", "checkpoint.pt", "status.json"):
+        assert (walker_run / name).exists(), name
+    evals = pd.read_csv(walker_run / "eval.csv")
+    trains = pd.read_csv(walker_run / "train.csv")
+    assert list(evals.step) == [0, 1000, 2000]
+    assert {"episode", "episode_reward", "episode_reward_hat", "total_feedback", "labeled_feedback"} <= set(evals)
+    assert evals.total_feedback.iloc[-1] == 20  # 2 batches of 10 at steps 1100 and 1400, then the budget is spent
+    assert evals.labeled_feedback.iloc[-1] == 20  # the oracle teacher answers every query
+    expected = {"episode_reward", "episode_reward_hat", "reward_train_acc", "reward_loss", "critic_loss",
+                "actor_loss", "alpha_loss", "alpha", "fps", "total_time"}
+    assert expected <= set(trains), expected - set(trains)
+    assert trains.step.is_unique and evals.step.is_unique
+    assert (walker_run / "status.json").read_text().count('"finished"') == 1
+
+
+def test_metaworld_run_logs_success_rate(tmp_path):
+    run_dir = tmp_path / "mw"
+    train(run_dir, "env=metaworld_drawer-open-v2", *TINY, "eval_frequency=500")
+    evals = pd.read_csv(run_dir / "eval.csv")
+    assert "success_rate" in evals and evals.success_rate.between(0, 100).all()
+    saved = (run_dir / "config.yaml").read_text()
+    assert "hidden_depth: 3" in saved  # the Meta-World SAC config was selected automatically
+    assert evals.step.iloc[-1] == 2000
+
+
+def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path):
+    """The walker_walk line of the reference's run_QPA.sh with its step counts shrunk (seed, unsupervised, reset
+    and eval budgets appended); wandb runs offline and device='cuda' falls back to the CPU."""
+    line = ("env=walker_walk agent.params.actor_lr=0.0005 agent.params.critic_lr=0.0005 gradient_update=1 "
+            "activation=tanh num_unsup_steps=10 num_train_steps=1020 num_interact=20000 max_feedback=100 "
+            "reward_batch=10 reward_update=2000 teacher_beta=-1 teacher_gamma=1 teacher_eps_mistake=0 "
+            "teacher_eps_skip=0 teacher_eps_equal=0 segment=50 max_reward_buffer_size=10 data_aug_ratio=20 "
+            "ensemble_size=1 explore=false her_ratio=0.5 wandb=true device='cuda' seed=1 "
+            "num_seed_steps=990 reset_update=10 eval_frequency=1000 num_eval_episodes=2")
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    command = [sys.executable, "train_QPA.py", *line.split(), f"hydra.run.dir={tmp_path / 'ref'}"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = pd.read_csv(tmp_path / "ref" / "eval.csv")
+    assert evals.total_feedback.iloc[-1] == 10
+    assert list((tmp_path / "ref").glob("wandb/offline-run-*")), "wandb offline run missing"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("env=walker_wlak", "walker_walk"),
+        ("env=metaworld_nope-v2", "metaworld_nope-v2"),
+        ("num_train_steps=-5", "num_train_steps=-5"),
+        ("max_feedback=0", "max_feedback=0"),
+        ("agent.params.batch_size=0", "agent.params.batch_size=0"),
+        ("segment=1500", "episode length"),
+        ("num_seed_steps=200 num_unsup_steps=100", "one complete episode"),
+        ("segment=10", "temporal cropping"),
+        ("reward_batch=200", "must be <= max_feedback"),
+        ("her_ratio=1.5", "her_ratio=1.5"),
+        ("max_reward_buffer_size=0", "max_reward_buffer_size=0"),
+        ("ensemble_size=0", "ensemble_size=0"),
+        ("activation=gelu", "allowed: tanh, sig, relu"),
+        ("query_scheme=best", "query_scheme='best'"),
+        ("feed_type=9", "feed_type=9"),
+        ("explore=2", "explore=2"),
+        ("device=tpu", "device='tpu'"),
+    ],
+)
+def test_bad_values_are_rejected_with_one_line_naming_them(override, message):
+    with pytest.raises(ConfigError) as error:
+        check_config(compose_config(*override.split()))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_strict_cuda_without_gpu_is_rejected():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present, so strict cuda is valid here")
+    with pytest.raises(ConfigError, match="strict_device=true"):
+        check_config(compose_config("device=cuda", "strict_device=true"))
+
+
+def test_the_paper_settings_pass_validation():
+    check_config(compose_config())
+    check_config(compose_config("env=metaworld_door-open-v3", "num_eval_episodes=100", "reward_update=200"))
+
+
+def test_cli_rejects_bad_input_before_building_anything(tmp_path):
+    result = train(tmp_path / "bad", "segment=5000", check=False)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: segment=5000 is invalid")
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+    unknown = train(tmp_path / "bad2", "not_a_key=3", check=False)
+    assert unknown.returncode != 0 and "not_a_key" in unknown.stderr
+
+
+def test_feed_type_alias_follows_bpref_numbering():
+    names = ["uniform", "disagreement", "entropy", "kcenter", "kcenter_disagree", "kcenter_entropy"]
+    for feed_type, name in enumerate(names):
+        assert config_check.resolve_query_scheme(compose_config(f"feed_type={feed_type}")) == name
+    assert config_check.resolve_query_scheme(compose_config()) == "policy_aligned"
+
+
+def test_same_seed_gives_identical_logs(walker_run, tmp_path):
+    again = tmp_path / "again"
+    train(again, "env=walker_walk", *TINY)
+    for name in ("eval.csv", "train.csv"):
+        first = pd.read_csv(walker_run / name).drop(columns=TIME_COLUMNS, errors="ignore")
+        second = pd.read_csv(again / name).drop(columns=TIME_COLUMNS, errors="ignore")
+        pd.testing.assert_frame_equal(first, second)
+
+
+def test_killed_run_resumes_to_the_same_result_without_duplicate_rows(walker_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "train_QPA.py", "env=walker_walk", *TINY, f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # The step-1000 checkpoint exists once eval.csv has its row; kill during the next episode.
+    while time.time() < deadline and process.poll() is None:
+        eval_csv = run_dir / "eval.csv"
+        if eval_csv.exists() and eval_csv.read_text().count("\n") >= 3:
+            time.sleep(1.0)
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run finished before it could be killed; give it more steps"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    result = train(run_dir, "env=walker_walk", *TINY)
+    assert "resumed from" in result.stderr
+    resumed = pd.read_csv(run_dir / "eval.csv")
+    assert list(resumed.step) == [0, 1000, 2000]
+    trains = pd.read_csv(run_dir / "train.csv")
+    assert trains.step.is_unique
+    reference = pd.read_csv(walker_run / "eval.csv")
+    # Every RNG is checkpointed and episodes are seeded by index, so resuming changes nothing.
+    pd.testing.assert_frame_equal(resumed, reference)
+
+    finished = train(run_dir, "env=walker_walk", *TINY)
+    assert "already finished" in finished.stderr
+
+
+def test_resume_with_a_different_config_is_refused_naming_the_keys(walker_run, tmp_path):
+    result = train(walker_run, "env=walker_walk", *TINY, "max_feedback=30", "seed=7", check=False)
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    assert "refusing to resume" in message and "max_feedback" in message and "seed" in message
+
+
+def test_longer_budget_resumes_a_finished_run(walker_run, tmp_path):
+    extended = tmp_path / "extended"
+    train(extended, "env=walker_walk", *TINY)
+    train(extended, "env=walker_walk", *[o for o in TINY if not o.startswith("num_train_steps")],
+          "num_train_steps=3000")
+    evals = pd.read_csv(extended / "eval.csv")
+    assert list(evals.step) == [0, 1000, 2000, 3000]
+
+
+def test_non_finite_loss_stops_the_run_with_a_clear_message(tmp_path):
+    run_dir = tmp_path / "nan"
+    result = train(run_dir, "env=walker_walk", *TINY, "agent.params.critic_lr=1e38", check=False)
+    assert result.returncode != 0
+    assert "non-finite" in result.stderr and "last good checkpoint" in result.stderr
+    assert (run_dir / "checkpoint.pt").exists()
