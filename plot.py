@@ -15,12 +15,12 @@ Runs are grouped by what their config says (task = `env`, method = `run_label` o
   reached with that much feedback); evals without `total_feedback` take it from `train.csv` at the same step.
 - Bands are 95% percentile-bootstrap intervals of the mean over seeds (numpy, fixed seed).
 - Final performance of a seed is the mean of its last K evaluations; tables give mean ± std (ddof=0) over seeds.
-- IQM across tasks (rliable's `aggregate_iqm`, 25% trimmed mean) with a 95% stratified-bootstrap interval that
-  resamples seeds within each task (rliable's default scheme), over the tasks every method has. `rliable.library`
-  itself cannot be used with pandas 3 (its `arch` dependency fails to import, and arch 8 no longer takes the
-  `random_state` rliable passes), so the resampling is done here. Scores are put on one scale per task first:
-  `success_rate` (Meta-World, in %) is divided by 100, any other metric by the largest |final score| of that task
-  over all methods and seeds (`--normalise none` keeps raw scores).
+- IQM across tasks (rliable's `aggregate_iqm`, 25% trimmed mean) with a 95% stratified-bootstrap interval from
+  `rliable.library.get_interval_estimates` that resamples seeds within each task (each task's seeds resampled on
+  their own, so tasks may have different seed counts), over the tasks every method has. rliable draws from numpy's
+  global RNG, so it is seeded (and restored afterwards) for reproducible intervals. Scores are put on one scale
+  per task first: `success_rate` (Meta-World, in %) is divided by 100, any other metric by the largest
+  |final score| of that task over all methods and seeds (`--normalise none` keeps raw scores).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
+from rliable import library as rly
 from rliable.metrics import aggregate_iqm
-from scipy.stats import trim_mean
 
 DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parent / "figure" / "reference"
 REFERENCE_COLUMNS = ("task", "method", "seed", "step", "total_feedback", "episode_reward")
@@ -322,39 +322,46 @@ def normalise_scores(scores: pd.DataFrame, how: str = "max") -> pd.Series:
     return scores["final"] / scale
 
 
-def iqm_table(scores: pd.DataFrame, normalise: str = "max", reps: int = 2000, level: float = 0.95) -> pd.DataFrame:
-    """IQM over (task, seed) of normalised final scores per method with a stratified-bootstrap CI.
+def _pooled_iqm(*per_task: np.ndarray) -> np.ndarray:
+    """IQM of every (task, seed) score, given one array of seed scores per task (rliable's `func` signature)."""
+    return np.array([aggregate_iqm(np.concatenate(per_task))])
 
-    Only tasks every method has are used, so the methods are compared on the same tasks. Each bootstrap
-    replicate resamples seeds with replacement inside each task, as rliable's StratifiedBootstrap does.
+
+def iqm_table(scores: pd.DataFrame, normalise: str = "max", reps: int = 2000, level: float = 0.95) -> pd.DataFrame:
+    """IQM over (task, seed) of normalised final scores per method with a stratified-bootstrap CI (rliable).
+
+    Only tasks every method has are used, so the methods are compared on the same tasks. Each task's seeds are
+    one stratum: rliable's `get_interval_estimates` resamples them with replacement independently per task.
     """
     scores = scores.assign(score=normalise_scores(scores, normalise))
     methods = sorted(scores["method"].unique())
     common = sorted(set.intersection(*(set(scores.loc[scores["method"] == m, "task"]) for m in methods)))
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    tail = 100 * (1 - level) / 2
-    rows = []
-    for method in methods:
-        per_task = [
-            scores.loc[(scores["method"] == method) & (scores["task"] == t), "score"].to_numpy() for t in common
-        ]
-        if not per_task:
-            continue
-        replicates = np.concatenate([v[rng.integers(0, v.size, size=(reps, v.size))] for v in per_task], axis=1)
-        boot = trim_mean(replicates, proportiontocut=0.25, axis=1)
-        low, high = np.percentile(boot, [tail, 100 - tail])
-        rows.append(
-            {
-                "method": method,
-                "tasks": len(common),
-                "runs": sum(v.size for v in per_task),
-                "iqm": float(aggregate_iqm(np.concatenate(per_task))),
-                "ci_low": float(low),
-                "ci_high": float(high),
-                "normalisation": normalise,
-            }
-        )
-    return pd.DataFrame(rows, columns=["method", "tasks", "runs", "iqm", "ci_low", "ci_high", "normalisation"])
+    columns = ["method", "tasks", "runs", "iqm", "ci_low", "ci_high", "normalisation"]
+    if not common:
+        return pd.DataFrame(columns=columns)
+    score_dict = {
+        method: [scores.loc[(scores["method"] == method) & (scores["task"] == t), "score"].to_numpy() for t in common]
+        for method in methods
+    }
+    saved_state = np.random.get_state()
+    np.random.seed(BOOTSTRAP_SEED)
+    try:
+        point, interval = rly.get_interval_estimates(score_dict, _pooled_iqm, reps=reps, confidence_interval_size=level)
+    finally:
+        np.random.set_state(saved_state)
+    rows = [
+        {
+            "method": method,
+            "tasks": len(common),
+            "runs": sum(v.size for v in per_task),
+            "iqm": float(point[method][0]),
+            "ci_low": float(interval[method][0, 0]),
+            "ci_high": float(interval[method][1, 0]),
+            "normalisation": normalise,
+        }
+        for method, per_task in score_dict.items()
+    ]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _markdown(table: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> str:
@@ -402,7 +409,8 @@ def write_report(
         f"{_markdown(table, columns)}\n\n"
         "## IQM across tasks\n\n"
         f"Interquartile mean over (task, seed) of scores normalised per task ({scale}), on the tasks every method has;"
-        f" 95% stratified-bootstrap CI ({reps} resamples of seeds within each task, seed {BOOTSTRAP_SEED}).\n\n"
+        f" 95% stratified-bootstrap CI (rliable, {reps} resamples of seeds within each task, seed {BOOTSTRAP_SEED})."
+        "\n\n"
         f"{iqm_text}\n"
     )
     paths["markdown"].write_text(text)

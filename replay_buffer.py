@@ -21,6 +21,11 @@ episodes, stops at the oldest transition still stored and maps into the ring
 with a modulo, so it never reaches an unwritten or overwritten slot.
 Relabelling likewise covers every stored slot once the ring has wrapped (the
 reference relabelled only the slots before the write position).
+
+RUNE's exploration bonus (Liang et al., ICLR 2022): with `store_reward_std`
+the buffer keeps a second column, the reward ensemble's std of r̂(s, a), and
+every sampled reward is `reward + bonus_weight * reward_std`, computed in the
+same gather; the trainer sets `bonus_weight` (β_t) as training goes.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ class RewardPredictor(Protocol):
     def predict_reward(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+class RewardStdPredictor(RewardPredictor, Protocol):
+    """What a buffer with `store_reward_std` relabels with: an ensemble's mean and std of r̂."""
+
+    def predict_reward_and_std(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def _as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     return (int(shape),) if isinstance(shape, int | np.integer) else tuple(int(d) for d in shape)
 
@@ -50,6 +61,7 @@ class ReplayBuffer:
 
     `max_episode_len` bounds the recent-episode bookkeeping: an episode that
     runs longer without `done` is counted in chunks of that many transitions.
+    `store_reward_std` adds the `reward_std` column of RUNE's bonus (see the module docstring).
     """
 
     def __init__(
@@ -60,6 +72,7 @@ class ReplayBuffer:
         device: str | torch.device,
         max_episode_len: int = 1000,
         seed: int = 0,
+        store_reward_std: bool = False,
     ) -> None:
         if int(capacity) < 1 or int(capacity) != capacity:
             raise ValueError(f"capacity={capacity!r} is not valid; allowed: a positive whole number")
@@ -81,6 +94,9 @@ class ReplayBuffer:
         self.next_obs = storage(*self.obs_shape)
         self.not_done = storage(1)
         self.not_done_no_max = storage(1)
+        self.reward_std = storage(1) if store_reward_std else None
+        self.bonus_weight = 0.0  # β of the sampled reward + β * reward_std (RUNE); a plain float, set per step
+        self._fields = _FIELDS + (("reward_std",) if store_reward_std else ())
 
         self.rng = np.random.default_rng(seed)
         # Positions are absolute (ever-growing) step counts; slot = position % capacity.
@@ -103,18 +119,16 @@ class ReplayBuffer:
         next_obs: np.ndarray,
         done: float | bool,
         done_no_max: float | bool,
+        reward_std: float | np.floating | torch.Tensor | None = None,
     ) -> None:
+        """Store one transition; `reward_std` (same types as `reward`) fills the RUNE column, 0 when not given."""
         slot = self.num_added % self.capacity
         self.obs[slot].copy_(self._staged(obs, np.float32), non_blocking=True)
         self.action[slot].copy_(self._staged(action, np.float32), non_blocking=True)
         self.next_obs[slot].copy_(self._staged(next_obs, np.float32), non_blocking=True)
-        if isinstance(reward, torch.Tensor):
-            if reward.numel() != 1:
-                raise ValueError(f"reward tensor has shape {tuple(reward.shape)}; allowed: exactly one element")
-            # Stays on the device: the reward model's prediction is stored without a sync.
-            self.reward[slot].copy_(reward.reshape(1), non_blocking=True)
-        else:
-            self.reward[slot, 0] = float(reward)
+        self._write_scalar(self.reward, slot, reward, "reward")
+        if self.reward_std is not None:
+            self._write_scalar(self.reward_std, slot, 0.0 if reward_std is None else reward_std, "reward_std")
         self.not_done[slot, 0] = 1.0 - float(done)
         self.not_done_no_max[slot, 0] = 1.0 - float(done_no_max)
 
@@ -126,6 +140,16 @@ class ReplayBuffer:
         oldest_stored = self.num_added - self.capacity
         while len(starts) > 1 and starts[1] <= oldest_stored:
             starts.popleft()
+
+    @staticmethod
+    def _write_scalar(column: torch.Tensor, slot: int, value: float | np.floating | torch.Tensor, name: str) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"{name} tensor has shape {tuple(value.shape)}; allowed: exactly one element")
+            # Stays on the device: the reward model's prediction is stored without a sync.
+            column[slot].copy_(value.reshape(1), non_blocking=True)
+        else:
+            column[slot, 0] = float(value)
 
     def _staged(self, array: np.ndarray, dtype: type[np.number]) -> torch.Tensor:
         """`array` as a host tensor that a non_blocking copy to `device` can take without a sync.
@@ -168,7 +192,10 @@ class ReplayBuffer:
 
     def _gather(self, idx: np.ndarray) -> Batch:
         idx_t = self._staged(idx, np.int64).to(self.device, non_blocking=True)
-        return tuple(getattr(self, name).index_select(0, idx_t) for name in _FIELDS)
+        batch = [getattr(self, name).index_select(0, idx_t) for name in _FIELDS]
+        if self.reward_std is not None and self.bonus_weight:
+            batch[2] = batch[2].add(self.reward_std.index_select(0, idx_t), alpha=self.bonus_weight)
+        return tuple(batch)
 
     def sample(self, batch_size: int) -> Batch:
         """Uniform over every stored transition."""
@@ -197,8 +224,9 @@ class ReplayBuffer:
         obs, action, reward, next_obs, not_done, not_done_no_max = self.sample(batch_size)
         return obs, self.obs[: len(self)], action, reward, next_obs, not_done, not_done_no_max
 
-    def relabel_with_predictor(self, predictor: RewardPredictor, batch_size: int = 4096) -> None:
-        """Overwrite every stored reward with predictor.predict_reward(concat(obs, action)), in chunks.
+    def relabel_with_predictor(self, predictor: RewardPredictor | RewardStdPredictor, batch_size: int = 4096) -> None:
+        """Overwrite every stored reward with predictor.predict_reward(concat(obs, action)), in chunks (and, with
+        `store_reward_std`, both columns with predictor.predict_reward_and_std).
 
         4096-row chunks keep a 3x256 MLP's activations in CPU cache (1.4-3x faster than 16k-64k rows in
         bench/bench_replay.py on 2 cores); on a GPU even a full 1M buffer is only ~250 chunks.
@@ -210,7 +238,11 @@ class ReplayBuffer:
             for start in range(0, size, batch_size):
                 end = min(start + batch_size, size)
                 inputs = torch.cat([self.obs[start:end], self.action[start:end]], dim=-1)
-                predicted = predictor.predict_reward(inputs)
+                if self.reward_std is None:
+                    predicted = predictor.predict_reward(inputs)
+                else:
+                    predicted, std = predictor.predict_reward_and_std(inputs)
+                    self.reward_std[start:end].copy_(std.reshape(end - start, 1))
                 if predicted.shape != (end - start, 1):
                     raise ValueError(
                         f"predict_reward returned shape {tuple(predicted.shape)}; allowed: ({end - start}, 1)"
@@ -220,7 +252,9 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, Any]:
         """Stored transitions (on the CPU), write position, episode bookkeeping and sampling RNG state."""
         size = len(self)
-        state: dict[str, Any] = {name: getattr(self, name)[:size].detach().to("cpu", copy=True) for name in _FIELDS}
+        state: dict[str, Any] = {
+            name: getattr(self, name)[:size].detach().to("cpu", copy=True) for name in self._fields
+        }
         state.update(
             obs_shape=self.obs_shape,
             action_shape=self.action_shape,
@@ -243,13 +277,18 @@ class ReplayBuffer:
         }
         if int(state["num_added"]) <= min(int(state["capacity"]), self.capacity):
             del layout["capacity"]
+        if ("reward_std" in state) != (self.reward_std is not None):
+            raise ValueError(
+                f"saved buffer {'has' if 'reward_std' in state else 'lacks'} a reward_std column and "
+                f"this one {'has' if self.reward_std is not None else 'lacks'} it; allowed: the same"
+            )
         for key, expected in layout.items():
             saved = tuple(state[key]) if isinstance(expected, tuple) else state[key]
             if saved != expected:
                 raise ValueError(f"saved {key}={saved!r} does not match this buffer's {key}={expected!r}")
         self.num_added = int(state["num_added"])
         size = len(self)
-        for name in _FIELDS:
+        for name in self._fields:
             getattr(self, name)[:size].copy_(state[name])
         self.episode_starts = deque(int(s) for s in state["episode_starts"])
         self.rng.bit_generator.state = state["rng_state"]

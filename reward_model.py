@@ -118,12 +118,44 @@ def window_sums(rewards: torch.Tensor, starts: torch.Tensor, lengths: torch.Tens
     return cumulative.gather(-1, starts + lengths) - cumulative.gather(-1, starts)
 
 
+def pseudo_labels(returns: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SURF's pseudo-labels from predicted returns [..., 2]: (argmax label [...], mask [...] of max P > threshold)."""
+    confidence, labels = F.softmax(returns, dim=-1).max(-1)
+    return labels, confidence > threshold
+
+
+def surf_crop_windows(
+    batch_shape: tuple[int, ...],
+    window_len: int,
+    segment_len: int,
+    crop_range: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SURF's temporal crop of pairs of `window_len`-step windows: starts [*batch, 2, 1] and lengths [*batch, 1, 1].
+
+    The length L ~ U{S - crop_range ... S + crop_range} is shared by both windows of a pair; each window gets its
+    own start in [0, window_len - L].
+    """
+    lengths = torch.randint(
+        segment_len - crop_range, segment_len + crop_range + 1, (*batch_shape, 1, 1), generator=generator, device=device
+    )
+    uniform = torch.rand((*batch_shape, 2, 1), generator=generator, device=device)
+    starts = (uniform * (window_len - lengths + 1)).long()
+    return starts, lengths
+
+
 class RewardModel:
     """Ensemble reward model trained from scripted-teacher preferences (PEBBLE / QPA).
 
     `capacity` is accepted for keyword compatibility with the reference; the labelled-query store is sized from
     `max_feedback` and grown on demand instead (SPEC §9). `max_size` is N, the number of most recent episodes
     policy-aligned selection draws from; `history_size` bounds the episode store (None keeps every episode).
+
+    `semi_supervised` switches on SURF (Park et al., ICLR 2022): every training minibatch also draws
+    `mu` x `train_batch_size` unlabelled pairs of windows (`size_segment` + 2 x `dataaug_window` steps) uniformly
+    from the episode store, pseudo-labels those whose prediction on the central `size_segment` steps has
+    max P > `threshold_u`, and adds `lambda_u` x their cross-entropy on a crop of `size_segment` ± `crop_range` steps.
     """
 
     def __init__(
@@ -152,6 +184,12 @@ class RewardModel:
         hidden_dim: int = 256,
         hidden_depth: int = 3,
         train_batch_size: int = 128,
+        semi_supervised: bool = False,
+        threshold_u: float = 0.99,
+        mu: int = 4,
+        lambda_u: float = 1.0,
+        crop_range: int = 5,
+        dataaug_window: int = 5,
         seed: int = 0,
     ) -> None:
         if ensemble_size < 1:
@@ -174,6 +212,18 @@ class RewardModel:
         explore_fraction = float(explore or 0.0)
         if not 0.0 <= explore_fraction <= 1.0:
             raise ValueError(f"explore={explore!r} is not valid; allowed: false or a fraction in (0, 1]")
+        if semi_supervised:
+            if not 0.5 <= threshold_u <= 1.0:
+                raise ValueError(f"threshold_u={threshold_u} is not valid; allowed: a number in [0.5, 1]")
+            if int(mu) != mu or mu < 1:
+                raise ValueError(f"mu={mu} is not valid; allowed: an integer >= 1")
+            if lambda_u < 0:
+                raise ValueError(f"lambda_u={lambda_u} is not valid; allowed: a number >= 0")
+            if not 0 <= crop_range < size_segment or crop_range > 2 * dataaug_window:
+                raise ValueError(
+                    f"crop_range={crop_range} is not valid; allowed: 0 <= crop_range < size_segment ({size_segment}) "
+                    f"and crop_range <= 2 * dataaug_window ({2 * dataaug_window})"
+                )
 
         self.ds, self.da = ds, da
         self.input_dim = ds + da
@@ -191,8 +241,16 @@ class RewardModel:
         self.explore = explore_fraction
         self.train_batch_size = int(train_batch_size)  # labelled pairs per training minibatch
         self.device = torch.device(device)
+        self.semi_supervised = bool(semi_supervised)
+        self.threshold_u = float(threshold_u)
+        self.mu = int(mu)
+        self.lambda_u = float(lambda_u)
+        self.crop_range = int(crop_range)
+        self.dataaug_window = int(dataaug_window)
+        self.pseudo_label_fraction = float("nan")  # share of unlabelled pairs pseudo-labelled in the last training
+        self._pseudo_counts = torch.zeros(2, device=self.device)  # pseudo-labelled, drawn unlabelled pairs
 
-        seeds = np.random.SeedSequence(seed).generate_state(3)
+        seeds = np.random.SeedSequence(seed).generate_state(4)
         init_generator = torch.Generator().manual_seed(seed)
         self.net = EnsembleMLP(self.input_dim, hidden_dim, hidden_depth, ensemble_size, activation, init_generator)
         self.net.to(self.device)
@@ -200,6 +258,8 @@ class RewardModel:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.rng = np.random.default_rng(seeds[0])
         self.torch_rng = torch.Generator(device=self.device).manual_seed(int(seeds[1]))
+        # Its own stream, so that the semi-supervised term leaves every other random draw of training unchanged.
+        self.unlabelled_rng = torch.Generator(device=self.device).manual_seed(int(seeds[3]))
         self.teacher = ScriptedTeacher(
             beta=teacher_beta,
             gamma=teacher_gamma,
@@ -214,6 +274,8 @@ class RewardModel:
         self._episode_sa = np.empty((EPISODE_PREALLOC, self.input_dim), dtype=np.float32)
         self._episode_rew = np.empty(EPISODE_PREALLOC, dtype=np.float32)
         self._episode_len = 0
+        self.episodes_closed = 0  # ever, so a cache of the store knows when it is stale
+        self._unlabelled_source: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
         self.num_labelled = 0
         self._pairs = torch.empty((0, 2, size_segment, self.input_dim), device=self.device)
@@ -286,6 +348,7 @@ class RewardModel:
         if done:
             self.episodes.append((self._episode_sa[: n + 1].copy(), self._episode_rew[: n + 1].copy()))
             self._episode_len = 0
+            self.episodes_closed += 1
 
     def _sample_segment_pairs(
         self, num: int, episodes: list[tuple[np.ndarray, np.ndarray]]
@@ -448,6 +511,7 @@ class RewardModel:
         size, batch = self.num_labelled, self.train_batch_size
         counts = torch.zeros(2, self.ensemble_size, device=self.device)  # correct, counted in the current pass
         loss_sum = torch.zeros((), device=self.device)
+        self._pseudo_counts.zero_()
         accuracy = None
         order, position = self._shuffled_order(), 0
         steps = 0
@@ -467,6 +531,9 @@ class RewardModel:
                 counts.zero_()
         if accuracy is None:
             accuracy = _accuracy(counts)
+        if self.semi_supervised:
+            pseudo, drawn = utils.to_np(self._pseudo_counts)
+            self.pseudo_label_fraction = float(pseudo / max(drawn, 1.0))
         return accuracy, float(loss_sum) / (max(steps, 1) * self.ensemble_size)
 
     def _shuffled_order(self) -> torch.Tensor:
@@ -499,12 +566,62 @@ class RewardModel:
         log_prob = F.log_softmax(returns, dim=-1)
         member_loss = -(targets * log_prob[..., 1] + (1.0 - targets) * log_prob[..., 0]).flatten(1).mean(1)
         loss = member_loss.sum()
+        if self.semi_supervised:
+            loss = loss + self.lambda_u * self._unlabelled_loss(members).sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         decided = labels != 0.5
         correct = ((whole_returns[..., 1] > whole_returns[..., 0]) == (labels > 0.5)) & decided
         return loss.detach(), correct.sum(1), decided.sum(1)
+
+    # ------------------------------------------------------------------ SURF: semi-supervised term
+
+    def _unlabelled_store(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The episodes long enough for an unlabelled window, concatenated on `device`: rows [T, ds + da], and each
+        episode's first row and length. Rebuilt only when an episode has closed since the last call."""
+        if self._unlabelled_source is None or self._unlabelled_source[0] != self.episodes_closed:
+            window = self.size_segment + 2 * self.dataaug_window
+            eligible = [sa for sa, _ in self.episodes if len(sa) >= window]
+            if not eligible:
+                raise ValueError(
+                    f"no stored episode has size_segment + 2 * dataaug_window = {window} steps; allowed: train "
+                    "the semi-supervised model once add_data has closed such an episode"
+                )
+            lengths = torch.tensor([len(sa) for sa in eligible], device=self.device)
+            starts = F.pad(lengths.cumsum(0)[:-1], (1, 0))
+            rows = torch.as_tensor(np.concatenate(eligible), device=self.device)
+            self._unlabelled_source = (self.episodes_closed, rows, starts, lengths)
+        return self._unlabelled_source[1:]
+
+    def sample_unlabelled(self, members: int, num: int) -> torch.Tensor:
+        """Pairs of windows [members, num, 2, S + 2 x dataaug_window, ds + da], each window from an episode drawn
+        uniformly (with replacement) from the store and a uniform start in it: one gather, no loop over pairs."""
+        rows, first_row, lengths = self._unlabelled_store()
+        window = self.size_segment + 2 * self.dataaug_window
+        episode = torch.randint(len(lengths), (members, num, 2), generator=self.unlabelled_rng, device=self.device)
+        uniform = torch.rand((members, num, 2), generator=self.unlabelled_rng, device=self.device)
+        start = first_row[episode] + (uniform * (lengths[episode] - window + 1)).long()
+        return rows[start.unsqueeze(-1) + torch.arange(window, device=self.device)]
+
+    def _unlabelled_loss(self, members: int) -> torch.Tensor:
+        """Per-member mean over `mu` x `train_batch_size` unlabelled pairs of the pseudo-label cross-entropy on
+        SURF's crop (pairs below the confidence threshold count as zero, as in SURF): [members]."""
+        num = self.mu * self.train_batch_size
+        window = self.size_segment + 2 * self.dataaug_window
+        pairs = self.sample_unlabelled(members, num)
+        rewards = self.net(pairs.reshape(members, -1, self.input_dim)).view(members, num, 2, window)
+        centre = self.dataaug_window
+        labels, confident = pseudo_labels(rewards[..., centre : centre + self.size_segment].sum(-1).detach(),
+                                          self.threshold_u)  # fmt: skip
+        starts, lengths = surf_crop_windows(
+            (members, num), window, self.size_segment, self.crop_range, self.unlabelled_rng, self.device
+        )
+        log_prob = F.log_softmax(window_sums(rewards, starts, lengths).squeeze(-1), dim=-1)
+        cross_entropy = -log_prob.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        self._pseudo_counts[0] += confident.sum()
+        self._pseudo_counts[1] += confident.numel()
+        return (cross_entropy * confident).mean(1)
 
     # ------------------------------------------------------------------ persistence
 
@@ -533,6 +650,8 @@ class RewardModel:
             "teacher": self.teacher.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": self.torch_rng.get_state(),
+            "unlabelled_rng": self.unlabelled_rng.get_state(),
+            "episodes_closed": self.episodes_closed,
             "mb_size": self.mb_size,
         }
 
@@ -557,6 +676,9 @@ class RewardModel:
         self.teacher.load_state_dict(state["teacher"])
         self.rng.bit_generator.state = state["rng"]
         self.torch_rng.set_state(state["torch_rng"])
+        self.unlabelled_rng.set_state(state["unlabelled_rng"])
+        self.episodes_closed = int(state["episodes_closed"])
+        self._unlabelled_source = None
         self.mb_size = int(state["mb_size"])
 
 
