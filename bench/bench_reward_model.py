@@ -1,17 +1,21 @@
 """Reward-model speed: training steps, time to the early stop, relabel throughput, per-step prediction.
 
-Run from the repository root: `python -m bench.bench_reward_model` (about 30 s on 2 CPU cores).
+Run: `python bench/bench_reward_model.py` (about 30 s on 2 CPU cores).
 Shapes are walker's (24-d state, 6-d action), segments of 50, the default 3 x 256 network.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reward_model import RewardModel
 

@@ -1,0 +1,180 @@
+"""Speed of the whole training loop, the per-step work outside the SAC update, and the quick preset's result.
+
+    python bench/bench_train.py                          # loop speed (quick preset + paper DMC config), per-step cost
+    python bench/bench_train.py --result exp/demo        # also: final eval return of finished quick runs vs random
+
+Loop speed comes from real `train_QPA.py` runs of a few thousand steps: the per-episode `fps` of train.csv, split
+into the PEBBLE pre-training phase and the phase after the first feedback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import utils  # noqa: E402
+from replay_buffer import ReplayBuffer  # noqa: E402
+from reward_model import RewardModel  # noqa: E402
+
+# (label, overrides, seed steps, steps): random actions for one episode, PEBBLE pre-training for the second
+# (quick preset only: at H1024 it would take minutes), then feedback every 1000 steps with hybrid replay.
+CONFIGS = (
+    ("quick preset (H256/B256)", ["+preset=quick"], 1000, 5000),
+    ("paper DMC (H1024/B1024)", [], 1900, 2500),
+)
+FIRST_FEEDBACK = 2000
+
+
+def loop_speed(label: str, overrides: list[str], seed_steps: int, steps: int, root: Path) -> dict[str, object]:
+    run_dir = root / label.split()[0]
+    schedule = [
+        f"num_train_steps={steps}",
+        f"num_seed_steps={seed_steps}",
+        f"num_unsup_steps={FIRST_FEEDBACK - seed_steps}",
+        "num_interact=1000",
+        f"eval_frequency={steps}",
+        "num_eval_episodes=1",
+        "save_checkpoint=false",
+    ]
+    command = [sys.executable, "train_QPA.py", "env=walker_walk", *overrides, *schedule, f"hydra.run.dir={run_dir}"]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    episodes = pd.read_csv(run_dir / "train.csv")
+    unsupervised = episodes[episodes.step == FIRST_FEEDBACK].fps if seed_steps <= 1000 else pd.Series(dtype=float)
+    after_feedback = episodes[episodes.step > FIRST_FEEDBACK].fps
+    return {
+        "config": label,
+        "steps": steps,
+        "wall_s": wall,
+        "pebble_phase_steps_per_s": unsupervised.mean(),
+        "after_feedback_steps_per_s": after_feedback.mean(),
+    }
+
+
+def per_step_overhead(steps: int = 2000) -> dict[str, float]:
+    """µs per env step spent outside the SAC update: acting, r̂ of the step, both buffer writes (env step excluded)."""
+    from agent.sac import SACAgent
+
+    env = utils.make_env("walker_walk", 0)
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    device = torch.device("cpu")
+    agent = SACAgent(
+        obs_dim,
+        action_dim,
+        [-1.0, 1.0],
+        device,
+        {"hidden_dim": 256, "hidden_depth": 2},
+        {"hidden_dim": 256, "hidden_depth": 2, "log_std_bounds": [-5, 2]},
+        0.99,
+        0.1,
+        1e-4,
+        [0.9, 0.999],
+        1e-4,
+        [0.9, 0.999],
+        1,
+        1e-4,
+        [0.9, 0.999],
+        0.005,
+        2,
+        256,
+        True,
+    )
+    buffer = ReplayBuffer((obs_dim,), (action_dim,), 100_000, device, max_episode_len=1000)
+    reward_model = RewardModel(obs_dim, action_dim, ensemble_size=1, size_segment=50, device=device)
+    obs, _ = env.reset(seed=0)
+    records = []
+    for _ in range(steps):
+        with utils.eval_mode(agent.actor):
+            action = agent.act(obs, sample=True)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        records.append((obs, action, reward, next_obs, terminated or truncated))
+        obs = next_obs if not (terminated or truncated) else env.reset()[0]
+
+    timings = {"act": 0.0, "predict_reward": 0.0, "replay_add": 0.0, "reward_model_add": 0.0}
+    for obs, action, reward, next_obs, done in records:
+        start = time.perf_counter()
+        with utils.eval_mode(agent.actor):
+            agent.act(obs, sample=True)
+        after_act = time.perf_counter()
+        reward_hat = reward_model.predict_reward(torch.as_tensor(np.concatenate([obs, action])[None]))
+        after_predict = time.perf_counter()
+        buffer.add(obs, action, reward_hat, next_obs, float(done), 0.0)
+        after_add = time.perf_counter()
+        reward_model.add_data(obs, action, reward, done)
+        end = time.perf_counter()
+        timings["act"] += after_act - start
+        timings["predict_reward"] += after_predict - after_act
+        timings["replay_add"] += after_add - after_predict
+        timings["reward_model_add"] += end - after_add
+    per_step = {name: 1e6 * total / steps for name, total in timings.items()}
+    per_step["total"] = sum(per_step.values())
+    return per_step
+
+
+def learning_result(run_root: Path) -> pd.DataFrame:
+    rows = []
+    for eval_csv in sorted(run_root.rglob("eval.csv")):
+        evals = pd.read_csv(eval_csv)
+        rows.append(
+            {
+                "run": str(eval_csv.parent.relative_to(run_root)),
+                "final_step": int(evals.step.iloc[-1]),
+                "step0_return (untrained)": evals.episode_reward.iloc[0],
+                "final_return": evals.episode_reward.iloc[-1],
+                "best_return": evals.episode_reward.max(),
+            }
+        )
+    if not rows:
+        raise SystemExit(f"bench_train: no eval.csv under {run_root}")
+    return pd.DataFrame(rows)
+
+
+def random_policy_return(episodes: int = 5) -> float:
+    env = utils.make_env("walker_walk", 0)
+    rng = np.random.default_rng(0)
+    returns = []
+    for index in range(episodes):
+        env.reset(seed=index)
+        done, total = False, 0.0
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(rng.uniform(-1, 1, env.action_space.shape))
+            total += reward
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--result", type=Path, help="folder of finished quick-preset runs to report")
+    parser.add_argument("--skip-loop", action="store_true", help="skip the loop-speed runs")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    pd.set_option("display.width", 200)
+    if not args.skip_loop:
+        with tempfile.TemporaryDirectory() as root:
+            table = pd.DataFrame([loop_speed(*config, Path(root)) for config in CONFIGS])
+        print("\nfull training loop, walker_walk (env steps/s)")
+        print(table.to_string(index=False, float_format=lambda value: f"{value:.1f}"))
+        overhead = per_step_overhead()
+        print("\nper-step work outside the SAC update (µs, H256 actor, ensemble-1 reward model)")
+        print("  " + ", ".join(f"{name} {value:.1f}" for name, value in overhead.items()))
+    if args.result:
+        print(f"\nquick preset result (random policy: {random_policy_return():.1f} over 5 episodes)")
+        print(learning_result(args.result).to_string(index=False, float_format=lambda value: f"{value:.1f}"))
+
+
+if __name__ == "__main__":
+    main()
