@@ -184,11 +184,12 @@ class Workspace:
                 done = terminated or truncated
                 # dm_control and Meta-World episodes end only at the time limit: bootstrap through it
                 done_no_max = float(terminated)
-                stored_reward, reward_std = (reward, None) if not self.learns_reward else self.predict_step_reward(
-                    obs, action)
                 if self.learns_reward:
+                    stored_reward, reward_std = self.predict_step_reward(obs, action)
                     episode_return_hat += stored_reward.squeeze()
                     self.reward_model.add_data(obs, action, reward, done)
+                else:
+                    stored_reward, reward_std = reward, None
                 self.replay_buffer.add(obs, action, stored_reward, next_obs, float(done), done_no_max, reward_std)
 
                 episode_return += reward
