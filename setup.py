@@ -21,7 +21,7 @@ REQUIRES = [
     "tensorboard==2.21.0",
     "termcolor==3.3.0",
     "tqdm==4.70.1",
-    "pandas==2.3.3"  # rliable 1.2 -> arch 7.2 does not import with pandas 3,
+    "pandas==2.3.3",  # rliable 1.2 -> arch 7.2 does not import with pandas 3
     "matplotlib==3.11.2",
     "scipy==1.17.1",
     "rliable==1.2.0",
