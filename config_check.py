@@ -77,12 +77,30 @@ def check_config(cfg: DictConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
-    for key in ("num_train_steps", "num_interact", "reward_update", "segment", "eval_frequency",
-                "replay_buffer_capacity", "reward_train_batch", "ensemble_size", "max_reward_buffer_size",
-                "topK", "gradient_update", "reward_hidden_dim"):
+    for key in (
+        "num_train_steps",
+        "num_interact",
+        "reward_update",
+        "segment",
+        "eval_frequency",
+        "replay_buffer_capacity",
+        "reward_train_batch",
+        "ensemble_size",
+        "max_reward_buffer_size",
+        "topK",
+        "gradient_update",
+        "reward_hidden_dim",
+    ):
         _require_int(cfg, key, 1)
-    for key in ("num_seed_steps", "num_unsup_steps", "reset_update", "num_eval_episodes", "data_aug_ratio",
-                "reward_hidden_depth", "seed"):
+    for key in (
+        "num_seed_steps",
+        "num_unsup_steps",
+        "reset_update",
+        "num_eval_episodes",
+        "data_aug_ratio",
+        "reward_hidden_depth",
+        "seed",
+    ):
         _require_int(cfg, key, 0)
     if cfg.reward_source == "learned":
         _require_int(cfg, "max_feedback", 1)
@@ -104,8 +122,12 @@ def check_config(cfg: DictConfig) -> None:
     max_steps = episode_steps(cfg.env)
     first_feedback = cfg.num_seed_steps + cfg.num_unsup_steps
     if cfg.reward_source == "learned" and first_feedback < max_steps:
-        _fail("num_unsup_steps", cfg.num_unsup_steps, f"num_seed_steps + num_unsup_steps must be >= the episode length "
-              f"of {cfg.env} ({max_steps} steps): the first queries need one complete episode")
+        _fail(
+            "num_unsup_steps",
+            cfg.num_unsup_steps,
+            f"num_seed_steps + num_unsup_steps must be >= the episode length "
+            f"of {cfg.env} ({max_steps} steps): the first queries need one complete episode",
+        )
     if cfg.segment > max_steps:
         _fail("segment", cfg.segment, f"must be <= the episode length of {cfg.env} ({max_steps} steps)")
     if cfg.data_aug_ratio > 0 and cfg.segment <= CROP_SHRINK:
@@ -123,14 +145,21 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.query_scheme not in QUERY_SCHEMES:
         _fail("query_scheme", cfg.query_scheme, f"allowed: {', '.join(QUERY_SCHEMES)}")
     if cfg.feed_type is not None and cfg.feed_type not in range(len(FEED_TYPE_SCHEMES)):
-        _fail("feed_type", cfg.feed_type, "allowed: null or 0..5 (B-Pref: 0 uniform, 1 disagreement, 2 entropy, "
-              "3 kcenter, 4 kcenter_disagree, 5 kcenter_entropy)")
+        _fail(
+            "feed_type",
+            cfg.feed_type,
+            "allowed: null or 0..5 (B-Pref: 0 uniform, 1 disagreement, 2 entropy, "
+            "3 kcenter, 4 kcenter_disagree, 5 kcenter_entropy)",
+        )
     if cfg.reward_schedule not in (0, 1, 2):
         _fail("reward_schedule", cfg.reward_schedule, "allowed: 0 (fixed), 1 (shrinking), 2 (growing)")
     if cfg.reward_source not in REWARD_SOURCES:
         hint = " (a bare true is a boolean: write reward_source=\"'true'\" or use method=sac_true)"
-        _fail("reward_source", cfg.reward_source, f"allowed: {', '.join(REWARD_SOURCES)}"
-              + (hint if cfg.reward_source is True else ""))
+        _fail(
+            "reward_source",
+            cfg.reward_source,
+            f"allowed: {', '.join(REWARD_SOURCES)}" + (hint if cfg.reward_source is True else ""),
+        )
     _check_surf(cfg, max_steps)
     _check_rune(cfg)
     try:
@@ -153,11 +182,18 @@ def _check_surf(cfg: DictConfig, max_steps: int) -> None:
     if cfg.crop_range >= cfg.segment:
         _fail("crop_range", cfg.crop_range, f"must be < segment ({cfg.segment}) so every crop keeps a step")
     if cfg.crop_range > 2 * cfg.dataaug_window:
-        _fail("crop_range", cfg.crop_range, f"must be <= 2 * dataaug_window ({2 * cfg.dataaug_window}): "
-              "a crop longer than the segment needs that much context")
+        _fail(
+            "crop_range",
+            cfg.crop_range,
+            f"must be <= 2 * dataaug_window ({2 * cfg.dataaug_window}): "
+            "a crop longer than the segment needs that much context",
+        )
     if cfg.segment + 2 * cfg.dataaug_window > max_steps:
-        _fail("dataaug_window", cfg.dataaug_window, f"segment + 2 * dataaug_window must be <= the episode length "
-              f"of {cfg.env} ({max_steps} steps)")
+        _fail(
+            "dataaug_window",
+            cfg.dataaug_window,
+            f"segment + 2 * dataaug_window must be <= the episode length of {cfg.env} ({max_steps} steps)",
+        )
 
 
 def _check_rune(cfg: DictConfig) -> None:
@@ -171,8 +207,11 @@ def _check_rune(cfg: DictConfig) -> None:
     if cfg.rune_beta_init > 0 and cfg.reward_source != "learned":
         _fail("rune_beta_init", cfg.rune_beta_init, "needs reward_source=learned (the bonus is the reward models' std)")
     if cfg.rune_beta_init > 0 and cfg.ensemble_size < 2:
-        _fail("rune_beta_init", cfg.rune_beta_init, f"needs ensemble_size >= 2 (got {cfg.ensemble_size}): "
-              "the bonus is the std over the ensemble")
+        _fail(
+            "rune_beta_init",
+            cfg.rune_beta_init,
+            f"needs ensemble_size >= 2 (got {cfg.ensemble_size}): the bonus is the std over the ensemble",
+        )
 
 
 def method_run_dir(*, _root_: DictConfig) -> str:

@@ -42,8 +42,19 @@ CONFIG_NAME = "config.yaml"
 STATUS_NAME = "status.json"  # {"state": running | finished | failed, "step": ..., "error": ...} for sweep summaries
 RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, STATUS_NAME, "train.csv", "eval.csv")
 # Keys a resumed run may change: the step budget (and the buffer sized from it) and where/how it runs.
-RESUME_MUTABLE_KEYS = ("num_train_steps", "replay_buffer_capacity", "resume", "overwrite", "device", "strict_device",
-                       "wandb", "wandb_project", "wandb_entity", "log_save_tb", "save_model")
+RESUME_MUTABLE_KEYS = (
+    "num_train_steps",
+    "replay_buffer_capacity",
+    "resume",
+    "overwrite",
+    "device",
+    "strict_device",
+    "wandb",
+    "wandb_project",
+    "wandb_entity",
+    "log_save_tb",
+    "save_model",
+)
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
 QUERY_METHODS = {
     "policy_aligned": "uniform_sampling",
@@ -95,32 +106,58 @@ class Workspace:
         action_dim = self.env.action_space.shape[0]
 
         agent_params = OmegaConf.to_container(config.agent.params, resolve=True)
-        agent_params.update(obs_dim=obs_dim, action_dim=action_dim, device=str(self.device),
-                            action_range=[float(self.env.action_space.low.min()),
-                                          float(self.env.action_space.high.max())])
+        agent_params.update(
+            obs_dim=obs_dim,
+            action_dim=action_dim,
+            device=str(self.device),
+            action_range=[float(self.env.action_space.low.min()), float(self.env.action_space.high.max())],
+        )
         self.agent = SACAgent(**agent_params)
 
-        self.replay_buffer = ReplayBuffer(self.env.observation_space.shape, self.env.action_space.shape,
-                                          int(cfg.replay_buffer_capacity), self.device,
-                                          max_episode_len=self.max_episode_steps, seed=cfg.seed,
-                                          store_reward_std=cfg.rune_beta_init > 0)
+        self.replay_buffer = ReplayBuffer(
+            self.env.observation_space.shape,
+            self.env.action_space.shape,
+            int(cfg.replay_buffer_capacity),
+            self.device,
+            max_episode_len=self.max_episode_steps,
+            seed=cfg.seed,
+            store_reward_std=cfg.rune_beta_init > 0,
+        )
 
         self.learns_reward = cfg.reward_source == "learned"
         self.query_scheme = resolve_query_scheme(cfg)
         self.reward_model = RewardModel(
-            obs_dim, action_dim,
-            ensemble_size=cfg.ensemble_size, lr=cfg.reward_lr, mb_size=cfg.reward_batch,
-            size_segment=cfg.segment, max_size=cfg.max_reward_buffer_size, activation=cfg.activation,
-            large_batch=cfg.large_batch, label_margin=cfg.label_margin,
-            teacher_beta=cfg.teacher_beta, teacher_gamma=cfg.teacher_gamma,
-            teacher_eps_mistake=cfg.teacher_eps_mistake, teacher_eps_skip=cfg.teacher_eps_skip,
-            teacher_eps_equal=cfg.teacher_eps_equal, data_aug_ratio=cfg.data_aug_ratio,
-            device=str(self.device), max_feedback=cfg.max_feedback,
+            obs_dim,
+            action_dim,
+            ensemble_size=cfg.ensemble_size,
+            lr=cfg.reward_lr,
+            mb_size=cfg.reward_batch,
+            size_segment=cfg.segment,
+            max_size=cfg.max_reward_buffer_size,
+            activation=cfg.activation,
+            large_batch=cfg.large_batch,
+            label_margin=cfg.label_margin,
+            teacher_beta=cfg.teacher_beta,
+            teacher_gamma=cfg.teacher_gamma,
+            teacher_eps_mistake=cfg.teacher_eps_mistake,
+            teacher_eps_skip=cfg.teacher_eps_skip,
+            teacher_eps_equal=cfg.teacher_eps_equal,
+            data_aug_ratio=cfg.data_aug_ratio,
+            device=str(self.device),
+            max_feedback=cfg.max_feedback,
             history_size=cfg.max_reward_buffer_size if self.query_scheme == "policy_aligned" else None,
-            explore=cfg.explore, hidden_dim=cfg.reward_hidden_dim, hidden_depth=cfg.reward_hidden_depth,
-            train_batch_size=cfg.reward_train_batch, semi_supervised=cfg.semi_supervised,
-            threshold_u=cfg.threshold_u, mu=cfg.mu, lambda_u=cfg.lambda_u, crop_range=cfg.crop_range,
-            dataaug_window=cfg.dataaug_window, seed=cfg.seed)
+            explore=cfg.explore,
+            hidden_dim=cfg.reward_hidden_dim,
+            hidden_depth=cfg.reward_hidden_depth,
+            train_batch_size=cfg.reward_train_batch,
+            semi_supervised=cfg.semi_supervised,
+            threshold_u=cfg.threshold_u,
+            mu=cfg.mu,
+            lambda_u=cfg.lambda_u,
+            crop_range=cfg.crop_range,
+            dataaug_window=cfg.dataaug_window,
+            seed=cfg.seed,
+        )
 
         self.rng = np.random.default_rng(cfg.seed)  # seed-phase actions
         self.step = 0
@@ -135,19 +172,27 @@ class Workspace:
 
         resumed_step = self.restore_checkpoint()
         self.logger = Logger(
-            work_dir, save_tb=cfg.log_save_tb, use_wandb=cfg.wandb, resume_step=resumed_step,
+            work_dir,
+            save_tb=cfg.log_save_tb,
+            use_wandb=cfg.wandb,
+            resume_step=resumed_step,
             wandb_names=REFERENCE_WANDB_NAMES,
-            wandb_init=dict(project=cfg.wandb_project, entity=cfg.wandb_entity,
-                            name=f"{cfg.env}_{cfg.experiment}_{cfg.max_feedback}_{cfg.num_interact}_{cfg.seed}",
-                            config=OmegaConf.to_container(config, resolve=True)))
+            wandb_init=dict(
+                project=cfg.wandb_project,
+                entity=cfg.wandb_entity,
+                name=f"{cfg.env}_{cfg.experiment}_{cfg.max_feedback}_{cfg.num_interact}_{cfg.seed}",
+                config=OmegaConf.to_container(config, resolve=True),
+            ),
+        )
 
     # ------------------------------------------------------------------ the loop of SPEC §2
     def run(self) -> None:
         cfg = self.cfg
         feedback_start = cfg.num_seed_steps + cfg.num_unsup_steps
         self.start_time = time.perf_counter()
-        self.progress = tqdm(total=int(cfg.num_train_steps), initial=self.step, unit="step", dynamic_ncols=True,
-                             disable=None)
+        self.progress = tqdm(
+            total=int(cfg.num_train_steps), initial=self.step, unit="step", dynamic_ncols=True, disable=None
+        )
         if self.step == 0:
             self.evaluate()  # the untrained policy: every curve starts from the same point
             self.save_checkpoint()
@@ -168,8 +213,7 @@ class Workspace:
 
                 if not self.learns_reward:
                     if self.step >= cfg.num_seed_steps:
-                        self.last_update_metrics = self.agent.update(self.replay_buffer, self.step,
-                                                                     cfg.gradient_update)
+                        self.last_update_metrics = self.agent.update(self.replay_buffer, self.step, cfg.gradient_update)
                 elif self.step == feedback_start:
                     self.first_feedback()
                 elif self.step > feedback_start:
@@ -177,8 +221,9 @@ class Workspace:
                         self.collect_feedback()
                     self.update_agent()
                 elif self.step > cfg.num_seed_steps:
-                    self.last_update_metrics = self.agent.update_state_ent(self.replay_buffer, self.step,
-                                                                           gradient_update=1, K=cfg.topK)
+                    self.last_update_metrics = self.agent.update_state_ent(
+                        self.replay_buffer, self.step, gradient_update=1, K=cfg.topK
+                    )
 
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 done = terminated or truncated
@@ -199,8 +244,13 @@ class Workspace:
                 episode_step += 1
                 self.step += 1
                 self.interact_count += 1
-            self.finish_episode(episode_step, episode_return, episode_return_hat, episode_success,
-                                time.perf_counter() - episode_start_time)
+            self.finish_episode(
+                episode_step,
+                episode_return,
+                episode_return_hat,
+                episode_success,
+                time.perf_counter() - episode_start_time,
+            )
         if self.last_eval_step != self.step:
             self.evaluate()
             self.save_checkpoint()
@@ -234,7 +284,8 @@ class Workspace:
         self.set_exploration_bonus()
         if cfg.hybrid_replay and self.total_feedback < cfg.max_feedback:
             self.last_update_metrics = self.agent.update_onpolicy_sample(
-                self.replay_buffer, self.step, cfg.max_reward_buffer_size, cfg.gradient_update, cfg.her_ratio)
+                self.replay_buffer, self.step, cfg.max_reward_buffer_size, cfg.gradient_update, cfg.her_ratio
+            )
         else:
             self.last_update_metrics = self.agent.update(self.replay_buffer, self.step, cfg.gradient_update)
 
@@ -245,7 +296,8 @@ class Workspace:
         self.agent.reset_critic()
         self.set_exploration_bonus()
         self.last_update_metrics = self.agent.update_after_reset(
-            self.replay_buffer, self.step, gradient_update=self.cfg.reset_update, policy_update=True)
+            self.replay_buffer, self.step, gradient_update=self.cfg.reset_update, policy_update=True
+        )
 
     def collect_feedback(self, first: bool = False) -> None:
         cfg = self.cfg
@@ -294,8 +346,9 @@ class Workspace:
             self.logger.log("train/pseudo_label_fraction", self.reward_model.pseudo_label_fraction, self.step)
 
     # ------------------------------------------------------------------ episode ends, evaluation, logging
-    def finish_episode(self, length: int, episode_return: float, episode_return_hat: torch.Tensor,
-                       success: float, duration: float) -> None:
+    def finish_episode(
+        self, length: int, episode_return: float, episode_return_hat: torch.Tensor, success: float, duration: float
+    ) -> None:
         self.episode += 1
         self.recent_returns.append(episode_return)
         log = self.logger.log
@@ -315,8 +368,11 @@ class Workspace:
         self.check_finite(self.last_update_metrics)
         self.logger.dump(self.step)
         self.progress.update(length)
-        self.progress.set_postfix(feedback=f"{self.total_feedback}/{self.cfg.max_feedback}",
-                                  eval_return=f"{self.last_eval_return:.1f}", refresh=False)
+        self.progress.set_postfix(
+            feedback=f"{self.total_feedback}/{self.cfg.max_feedback}",
+            eval_return=f"{self.last_eval_return:.1f}",
+            refresh=False,
+        )
 
         if self.step - self.last_eval_step >= self.cfg.eval_frequency:
             self.evaluate()
@@ -330,8 +386,10 @@ class Workspace:
     def evaluate(self) -> None:
         cfg = self.cfg
         returns, returns_hat, successes = [], [], []
-        obs_actions = np.empty((self.max_episode_steps, self.env.observation_space.shape[0]
-                                + self.env.action_space.shape[0]), dtype=np.float32)
+        obs_actions = np.empty(
+            (self.max_episode_steps, self.env.observation_space.shape[0] + self.env.action_space.shape[0]),
+            dtype=np.float32,
+        )
         for index in range(cfg.num_eval_episodes):
             obs, _ = self.eval_env.reset(seed=cfg.seed * 100_003 + EVAL_SEED_OFFSET + self.step + index)
             done, length, episode_return, success = False, 0, 0.0, 0.0
@@ -370,14 +428,21 @@ class Workspace:
         if not self.cfg.save_checkpoint:
             return
         state = {
-            "step": self.step, "episode": self.episode, "total_feedback": self.total_feedback,
-            "labeled_feedback": self.labeled_feedback, "interact_count": self.interact_count,
-            "last_eval_step": self.last_eval_step, "recent_returns": list(self.recent_returns),
+            "step": self.step,
+            "episode": self.episode,
+            "total_feedback": self.total_feedback,
+            "labeled_feedback": self.labeled_feedback,
+            "interact_count": self.interact_count,
+            "last_eval_step": self.last_eval_step,
+            "recent_returns": list(self.recent_returns),
             "last_eval_return": self.last_eval_return,
-            "rng": self.rng.bit_generator.state, "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state(), "torch_rng": torch.get_rng_state(),
+            "rng": self.rng.bit_generator.state,
+            "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state(),
+            "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "agent": self.agent.state_dict(), "replay_buffer": self.replay_buffer.state_dict(),
+            "agent": self.agent.state_dict(),
+            "replay_buffer": self.replay_buffer.state_dict(),
             "reward_model": self.reward_model.state_dict(),
         }
         utils.atomic_torch_save(state, self.work_dir / CHECKPOINT_NAME)
@@ -431,17 +496,23 @@ def prepare_run_dir(cfg: DictConfig, work_dir: Path) -> bool:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if has_run:
         if not cfg.resume:
-            raise ConfigError(f"resume=false but {work_dir} already holds a run; pick another directory "
-                              "(hydra.run.dir=...) or start it over with overwrite=true")
+            raise ConfigError(
+                f"resume=false but {work_dir} already holds a run; pick another directory "
+                "(hydra.run.dir=...) or start it over with overwrite=true"
+            )
         if not (work_dir / CHECKPOINT_NAME).exists():
-            raise ConfigError(f"{work_dir} holds logs but no {CHECKPOINT_NAME} to resume from; "
-                              "pick another directory or start it over with overwrite=true")
+            raise ConfigError(
+                f"{work_dir} holds logs but no {CHECKPOINT_NAME} to resume from; "
+                "pick another directory or start it over with overwrite=true"
+            )
         saved = flatten(OmegaConf.to_container(OmegaConf.load(config_path), resolve=True))
         current = flatten(resolved)
-        differing = sorted(key for key in saved.keys() | current.keys()
-                           if saved.get(key) != current.get(key)
-                           and not any(key == mutable or key.startswith(f"{mutable}.")
-                                       for mutable in RESUME_MUTABLE_KEYS))
+        differing = sorted(
+            key
+            for key in saved.keys() | current.keys()
+            if saved.get(key) != current.get(key)
+            and not any(key == mutable or key.startswith(f"{mutable}.") for mutable in RESUME_MUTABLE_KEYS)
+        )
         if differing:
             details = ", ".join(f"{key} ({saved.get(key)!r} -> {current.get(key)!r})" for key in differing)
             raise ConfigError(f"refusing to resume {work_dir}: its saved config differs in {details}")

@@ -21,9 +21,19 @@ from config_check import ConfigError, check_config
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIME_COLUMNS = ["fps", "duration", "total_time"]
 TINY = [
-    "num_train_steps=2000", "num_seed_steps=300", "num_unsup_steps=800", "num_interact=300", "max_feedback=20",
-    "reward_batch=10", "segment=20", "reward_update=50", "eval_frequency=1000", "num_eval_episodes=1",
-    "agent.params.batch_size=32", "double_q_critic.params.hidden_dim=32", "diag_gaussian_actor.params.hidden_dim=32",
+    "num_train_steps=2000",
+    "num_seed_steps=300",
+    "num_unsup_steps=800",
+    "num_interact=300",
+    "max_feedback=20",
+    "reward_batch=10",
+    "segment=20",
+    "reward_update=50",
+    "eval_frequency=1000",
+    "num_eval_episodes=1",
+    "agent.params.batch_size=32",
+    "double_q_critic.params.hidden_dim=32",
+    "diag_gaussian_actor.params.hidden_dim=32",
     "reward_hidden_dim=32",
 ]
 
@@ -57,8 +67,18 @@ def test_walker_run_logs_everything_and_spends_the_feedback_budget_exactly(walke
     assert {"episode", "episode_reward", "episode_reward_hat", "total_feedback", "labeled_feedback"} <= set(evals)
     assert evals.total_feedback.iloc[-1] == 20  # 2 batches of 10 at steps 1100 and 1400, then the budget is spent
     assert evals.labeled_feedback.iloc[-1] == 20  # the oracle teacher answers every query
-    expected = {"episode_reward", "episode_reward_hat", "reward_train_acc", "reward_loss", "critic_loss",
-                "actor_loss", "alpha_loss", "alpha", "fps", "total_time"}
+    expected = {
+        "episode_reward",
+        "episode_reward_hat",
+        "reward_train_acc",
+        "reward_loss",
+        "critic_loss",
+        "actor_loss",
+        "alpha_loss",
+        "alpha",
+        "fps",
+        "total_time",
+    }
     assert expected <= set(trains), expected - set(trains)
     assert trains.step.is_unique and evals.step.is_unique
     assert (walker_run / "status.json").read_text().count('"finished"') == 1
@@ -77,12 +97,14 @@ def test_metaworld_run_logs_success_rate(tmp_path):
 def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path):
     """The walker_walk line of the reference's run_QPA.sh with its step counts shrunk (seed, unsupervised, reset
     and eval budgets appended); wandb runs offline and device='cuda' falls back to the CPU."""
-    line = ("env=walker_walk agent.params.actor_lr=0.0005 agent.params.critic_lr=0.0005 gradient_update=1 "
-            "activation=tanh num_unsup_steps=10 num_train_steps=1020 num_interact=20000 max_feedback=100 "
-            "reward_batch=10 reward_update=2000 teacher_beta=-1 teacher_gamma=1 teacher_eps_mistake=0 "
-            "teacher_eps_skip=0 teacher_eps_equal=0 segment=50 max_reward_buffer_size=10 data_aug_ratio=20 "
-            "ensemble_size=1 explore=false her_ratio=0.5 wandb=true device='cuda' seed=1 "
-            "num_seed_steps=990 reset_update=10 eval_frequency=1000 num_eval_episodes=2")
+    line = (
+        "env=walker_walk agent.params.actor_lr=0.0005 agent.params.critic_lr=0.0005 gradient_update=1 "
+        "activation=tanh num_unsup_steps=10 num_train_steps=1020 num_interact=20000 max_feedback=100 "
+        "reward_batch=10 reward_update=2000 teacher_beta=-1 teacher_gamma=1 teacher_eps_mistake=0 "
+        "teacher_eps_skip=0 teacher_eps_equal=0 segment=50 max_reward_buffer_size=10 data_aug_ratio=20 "
+        "ensemble_size=1 explore=false her_ratio=0.5 wandb=true device='cuda' seed=1 "
+        "num_seed_steps=990 reset_update=10 eval_frequency=1000 num_eval_episodes=2"
+    )
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
     command = [sys.executable, "train_QPA.py", *line.split(), f"hydra.run.dir={tmp_path / 'ref'}"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -202,8 +224,9 @@ def test_resume_with_a_different_config_is_refused_naming_the_keys(walker_run, t
 def test_longer_budget_resumes_a_finished_run(walker_run, tmp_path):
     extended = tmp_path / "extended"
     train(extended, "env=walker_walk", *TINY)
-    train(extended, "env=walker_walk", *[o for o in TINY if not o.startswith("num_train_steps")],
-          "num_train_steps=3000")
+    train(
+        extended, "env=walker_walk", *[o for o in TINY if not o.startswith("num_train_steps")], "num_train_steps=3000"
+    )
     evals = pd.read_csv(extended / "eval.csv")
     assert list(evals.step) == [0, 1000, 2000, 3000]
 
