@@ -1,6 +1,6 @@
 """Install the QPA project (the Makefile does it, torch first):
 
-    pip install -e ./custom_dmcontrol -e ./custom_dmc2gym -e ".[dev]"
+pip install -e ./custom_dmcontrol -e ./custom_dmc2gym -e ".[dev]"
 """
 
 from setuptools import setup

@@ -317,8 +317,14 @@ def test_bad_arguments_raise_value_error():
 def test_load_into_a_larger_buffer_when_the_saved_one_never_wrapped():
     small = ReplayBuffer((3,), (2,), capacity=100, device="cpu", max_episode_len=40, seed=3)
     for step in range(90):
-        small.add(np.full(3, step, np.float32), np.zeros(2, np.float32), float(step), np.zeros(3, np.float32),
-                  float(step % 40 == 39), 0.0)
+        small.add(
+            np.full(3, step, np.float32),
+            np.zeros(2, np.float32),
+            float(step),
+            np.zeros(3, np.float32),
+            float(step % 40 == 39),
+            0.0,
+        )
     large = ReplayBuffer((3,), (2,), capacity=400, device="cpu", max_episode_len=40, seed=0)
     large.load_state_dict(small.state_dict())
     assert len(large) == 90
