@@ -147,11 +147,13 @@ def test_joblib_sweep_finishes_every_run_but_the_failing_one(joblib_sweep) -> No
 
 FAKE_SLURM = {
     "sbatch": """
-        # Runs every array task of the submitted script in the background, as SLURM would on a node.
+        # Runs every array task of the submitted script in the background, as SLURM would on a node. Like SLURM,
+        # it runs a copy taken at submission: submitit moves the submitted file away as soon as sbatch returns.
         set -eu
-        script=$1 job=$$
+        job=$$
+        script=$FAKE_SLURM_DIR/$job.sbatch
+        cp "$1" "$script"
         read -r first last < <(sed -n 's/^#SBATCH --array=\\([0-9]*\\)-\\([0-9]*\\).*/\\1 \\2/p' "$script"; echo 0 0)
-        cp "$script" "$FAKE_SLURM_DIR/$job.sbatch"
         for ((task = first; task <= last; task++)); do
           state=$FAKE_SLURM_DIR/${job}_$task.state
           echo RUNNING >"$state"
@@ -159,7 +161,7 @@ FAKE_SLURM = {
             export SLURM_JOB_ID=$job$task SLURM_ARRAY_JOB_ID=$job SLURM_ARRAY_TASK_ID=$task SLURM_NTASKS=1 \\
               SLURM_JOB_NUM_NODES=1 SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_JOB_NODELIST=localhost
             if bash "$script"; then echo COMPLETED >"$state"; else echo FAILED >"$state"; fi
-          ) </dev/null >/dev/null 2>&1 &
+          ) </dev/null >"$FAKE_SLURM_DIR/${job}_$task.log" 2>&1 &
         done
         echo "Submitted batch job $job"
     """,
@@ -205,8 +207,10 @@ def test_rerun_resumes_interrupted_and_skips_finished_runs(joblib_sweep, tmp_pat
     result = sweep("walker_walk", "--launcher", "slurm", "--seeds", "1 2 4", "--root", str(root),
                    "--", "num_train_steps=2000", *TINY,
                    env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(jobs_dir)})  # fmt: skip
-    assert result.returncode == 1
-    assert summary(result.stdout) == {1: ("finished", 2000, 2000), 2: ("finished", 2000, 2000), 4: ("failed", 0, 2000)}
+    slurm_record = "".join(f"{path.name}: {path.read_text()}" for path in sorted(jobs_dir.glob("*_*")))
+    assert result.returncode == 1, slurm_record
+    expected = {1: ("finished", 2000, 2000), 2: ("finished", 2000, 2000), 4: ("failed", 0, 2000)}
+    assert summary(result.stdout) == expected, slurm_record  # the record holds each array task's state and shell log
     assert (seed2 / "checkpoint.pt").stat().st_mtime_ns == checkpoint_time  # skipped, not re-run
     job_logs = "".join(path.read_text() for path in (root / ".submitit").rglob("*_log.err"))
     assert "already finished (2000 steps)" in job_logs
