@@ -160,6 +160,8 @@ def check_config(cfg: DictConfig) -> None:
             cfg.reward_source,
             f"allowed: {', '.join(REWARD_SOURCES)}" + (hint if cfg.reward_source is True else ""),
         )
+    if cfg.num_threads is not None:
+        _require_int(cfg, "num_threads", 1)
     _check_surf(cfg, max_steps)
     _check_rune(cfg)
     try:

@@ -49,6 +49,7 @@ RESUME_MUTABLE_KEYS = (
     "overwrite",
     "device",
     "strict_device",
+    "num_threads",
     "wandb",
     "wandb_project",
     "wandb_entity",
@@ -96,6 +97,8 @@ class Workspace:
         self.cfg = cfg = as_namespace(OmegaConf.to_container(config, resolve=True))
         self.work_dir = work_dir
         self.device = utils.choose_device(cfg.device, strict=cfg.strict_device)
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         utils.set_seed_everywhere(cfg.seed)
 
         self.env = utils.make_env(cfg.env, cfg.seed)

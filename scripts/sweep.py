@@ -222,9 +222,13 @@ def location_overrides(launcher: str, root: Path | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- launching
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_jobs(num_seeds: int, uses_gpu: bool) -> tuple[int, str]:
     """Runs that fit on this machine at once, and why."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_cores()
     jobs = max(1, cores // CPU_CORES_PER_RUN)
     reason = f"{cores} CPU cores / {CPU_CORES_PER_RUN} per run = {jobs}"
     free_gb = free_gpu_memory_gb() if uses_gpu else None
@@ -261,6 +265,9 @@ def build_launches(runs: list[Run], launcher: str, jobs: int | None, root: Path 
         groups.setdefault((run.task, run.method), []).append(run)
     if launcher == "joblib":
         switches = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+        if not any(override_key(item) == "num_threads" for item in runs[0].overrides):
+            # torch would give every run all the cores; runs competing for them spin-wait many-fold slower
+            switches.append(f"num_threads={max(1, cpu_cores() // jobs)}")
     else:
         switches = ["hydra/launcher=slurm"] + ([f"hydra.launcher.array_parallelism={jobs}"] if jobs else [])
         if force:

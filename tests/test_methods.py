@@ -285,6 +285,17 @@ def test_surf_and_sac_true_workspaces(tmp_path) -> None:
     assert make_workspace(tmp_path / "sac", "method=sac_true").learns_reward is False
 
 
+def test_num_threads_sets_torch_cpu_threads(tmp_path) -> None:
+    before = torch.get_num_threads()
+    try:
+        make_workspace(tmp_path, "num_threads=2")
+        assert torch.get_num_threads() == 2
+        make_workspace(tmp_path / "default")  # null leaves torch's setting alone
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------------- SURF
 def test_pseudo_labels_only_above_the_threshold() -> None:
     gaps = torch.tensor([-6.0, -2.0, -0.1, 0.0, 0.3, 2.0, 4.0, 8.0])

@@ -101,8 +101,9 @@ def test_dry_run_prints_the_paper_commands(launcher: str) -> None:
         else:
             assert command[2] == "--multirun" and seeds == SEEDS
             assert overrides.pop("hydra/launcher") == launcher
-            if launcher == "joblib":
-                assert int(overrides.pop("hydra.launcher.n_jobs")) >= 1
+            if launcher == "joblib":  # the parallel runs split the cores between them
+                jobs, threads = int(overrides.pop("hydra.launcher.n_jobs")), int(overrides.pop("num_threads"))
+                assert jobs >= 1 and threads == max(1, len(os.sched_getaffinity(0)) // jobs)
         task = next(name for name, spec in PAPER.items() if spec[0] == overrides["env"])
         assert {key: normalise(value) for key, value in overrides.items()} == paper_overrides(task)
         found.setdefault(task, []).extend(seeds)
@@ -141,7 +142,9 @@ def test_joblib_sweep_finishes_every_run_but_the_failing_one(joblib_sweep) -> No
         run_dir = root / "walker_walk" / RUN_NAME.format(seed)
         assert {"config.yaml", "train.csv", "eval.csv", "checkpoint.pt"} <= {p.name for p in run_dir.iterdir()}
         assert status(run_dir) == {"state": "finished", "step": 1000, "error": None}
-        assert f"seed: {seed}" in (run_dir / "config.yaml").read_text()
+        saved_config = (run_dir / "config.yaml").read_text()
+        assert f"seed: {seed}" in saved_config
+        assert f"num_threads: {max(1, len(os.sched_getaffinity(0)) // 2)}" in saved_config  # cores split 2 ways
     assert (root / "sweep_logs" / "qpa" / "walker_walk.log").stat().st_size > 0
 
 

@@ -134,6 +134,7 @@ def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path
         ("feed_type=9", "feed_type=9"),
         ("explore=2", "explore=2"),
         ("device=tpu", "device='tpu'"),
+        ("num_threads=0", "num_threads=0"),
     ],
 )
 def test_bad_values_are_rejected_with_one_line_naming_them(override, message):
