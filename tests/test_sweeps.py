@@ -40,7 +40,7 @@ PAPER_COMMON = {
 }  # fmt: skip
 SEEDS = [1, 2, 3, 4, 5]
 # A complete run in seconds: random actions for the first episode, then one query batch and SAC updates. The
-# replay buffer is sized for the largest budget used below: a checkpoint loads only into a buffer of its capacity.
+# replay buffer keeps one capacity across the budgets below, so every resume reloads the buffer exactly as saved.
 TINY = [
     "num_seed_steps=1000", "num_unsup_steps=0", "num_interact=500", "max_feedback=20", "reward_batch=10",
     "reward_update=20", "reward_hidden_dim=32", "segment=20", "eval_frequency=1000", "num_eval_episodes=1",
