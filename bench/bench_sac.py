@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -104,7 +105,16 @@ def time_ms(fn: Callable[[], object], device: torch.device, calls: int, repeats:
     return min(means), statistics.median(means)
 
 
-def bench_updates(device: torch.device) -> list[tuple[str, float, float]]:
+def matmul_gflops(rows: int, width: int, device: torch.device) -> float:
+    """This machine's rate for a [rows, width] x [width, width] float32 matmul, the update's typical product."""
+    a = torch.randn(rows, width, device=device)
+    b = torch.randn(width, width, device=device)
+    best_ms, _ = time_ms(lambda: a @ b, device, calls=50)
+    return 2 * rows * width * width / best_ms / 1e6
+
+
+def bench_updates(device: torch.device) -> list[tuple[str, float, float, float, float]]:
+    """(label, best ms, median ms, GFLOP of matmuls per update, the time those take at this machine's rate)."""
     rows = []
     for label, obs_dim, action_dim, hidden_dim, hidden_depth, batch_size, method in CASES:
         utils.set_seed_everywhere(0)
@@ -113,7 +123,11 @@ def bench_updates(device: torch.device) -> list[tuple[str, float, float]]:
         update = getattr(agent, method)
         step = iter(range(10**9))
         calls = 5 if hidden_dim * batch_size >= 1 << 20 else 50
-        rows.append((label, *time_ms(lambda u=update, s=step, b=buffer: u(b, next(s)), device, calls)))
+        best, median = time_ms(lambda u=update, s=step, b=buffer: u(b, next(s)), device, calls)
+        with FlopCounterMode(display=False) as counter:
+            update(buffer, next(step))
+        gflop = counter.get_total_flops() / 1e9
+        rows.append((label, best, median, gflop, 1e3 * gflop / matmul_gflops(batch_size, hidden_dim, device)))
     return rows
 
 
@@ -180,9 +194,10 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'case':<52} {'best ms':>9} {'median ms':>10}")
-    for label, best, median in bench_updates(device):
-        print(f"{label:<52} {best:>9.2f} {median:>10.2f}")
+    # The matmul floor: the update's matmul FLOPs (counted by FlopCounterMode) at this machine's matmul rate.
+    print(f"{'case':<52} {'best ms':>9} {'median ms':>10} {'GFLOP':>7} {'matmul floor ms':>16}")
+    for label, best, median, gflop, floor in bench_updates(device):
+        print(f"{label:<52} {best:>9.2f} {median:>10.2f} {gflop:>7.3f} {floor:>16.2f}")
     if args.solve:
         # Hidden-64 networks gain nothing from a second thread, and stall when another process holds that core.
         torch.set_num_threads(1)

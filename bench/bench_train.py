@@ -3,8 +3,10 @@
     python bench/bench_train.py                          # loop speed (quick preset + paper DMC config), per-step cost
     python bench/bench_train.py --result exp/demo        # also: final eval return of finished quick runs vs random
 
-Loop speed comes from real `train_QPA.py` runs of a few thousand steps: the per-episode `fps` of train.csv, split
-into the PEBBLE pre-training phase and the phase after the first feedback.
+Loop speed comes from real `train_QPA.py` runs of a few thousand steps with each config's own feedback schedule:
+the per-episode `fps` of train.csv, split into the PEBBLE pre-training phase, the episode holding the first
+feedback (a one-off: reward training, relabelling, the critic reset and its `reset_update` SAC updates) and the
+steady state after it.
 """
 
 from __future__ import annotations
@@ -27,22 +29,21 @@ import utils  # noqa: E402
 from replay_buffer import ReplayBuffer  # noqa: E402
 from reward_model import RewardModel  # noqa: E402
 
-# (label, overrides, seed steps, steps): random actions for one episode, PEBBLE pre-training for the second
-# (quick preset only: at H1024 it would take minutes), then feedback every 1000 steps with hybrid replay.
+# (label, overrides, seed steps, first feedback, steps). The quick preset: random actions for one episode, PEBBLE
+# pre-training for the second, queries every 3000 steps from step 2000. The paper config: PEBBLE pre-training only
+# briefly (at H1024 each update takes ~0.2 s), the first queries mid-episode so that the next episode is steady state.
 CONFIGS = (
-    ("quick preset (H256/B256)", ["+preset=quick"], 1000, 5000),
-    ("paper DMC (H1024/B1024)", [], 1900, 2500),
+    ("quick preset (H256/B256)", ["+preset=quick"], 1000, 2000, 5000),
+    ("paper DMC (H1024/B1024)", [], 1400, 1500, 3000),
 )
-FIRST_FEEDBACK = 2000
 
 
-def loop_speed(label: str, overrides: list[str], seed_steps: int, steps: int, root: Path) -> dict[str, object]:
+def loop_speed(label: str, overrides: list[str], seed_steps: int, first_feedback: int, steps: int, root: Path) -> dict:
     run_dir = root / label.split()[0]
     schedule = [
         f"num_train_steps={steps}",
         f"num_seed_steps={seed_steps}",
-        f"num_unsup_steps={FIRST_FEEDBACK - seed_steps}",
-        "num_interact=1000",
+        f"num_unsup_steps={first_feedback - seed_steps}",
         f"eval_frequency={steps}",
         "num_eval_episodes=1",
         "save_checkpoint=false",
@@ -51,15 +52,16 @@ def loop_speed(label: str, overrides: list[str], seed_steps: int, steps: int, ro
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     wall = time.perf_counter() - start
-    episodes = pd.read_csv(run_dir / "train.csv")
-    unsupervised = episodes[episodes.step == FIRST_FEEDBACK].fps if seed_steps <= 1000 else pd.Series(dtype=float)
-    after_feedback = episodes[episodes.step > FIRST_FEEDBACK].fps
+    episodes = pd.read_csv(run_dir / "train.csv")  # one row per episode, at the step the episode ended
+    episode_start = episodes.step.shift(1, fill_value=0)
+    first_feedback_episode = (episode_start <= first_feedback) & (episodes.step > first_feedback)
     return {
         "config": label,
         "steps": steps,
         "wall_s": wall,
-        "pebble_phase_steps_per_s": unsupervised.mean(),
-        "after_feedback_steps_per_s": after_feedback.mean(),
+        "pebble_phase": episodes[(episode_start >= seed_steps) & (episodes.step <= first_feedback)].fps.mean(),
+        "first_feedback_episode": episodes[first_feedback_episode].fps.mean(),
+        "steady_after_feedback": episodes[episode_start > first_feedback].fps.mean(),
     }
 
 
