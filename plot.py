@@ -486,8 +486,9 @@ def export_reference(
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}.csv"
     table[columns].to_csv(out, index=False)
+    out_option = [] if out_dir.resolve() == DEFAULT_REFERENCE_DIR else ["--out", str(out_dir)]
     export_command = shlex.join(
-        ["python", "-m", "plot", "export-reference", *map(str, paths), "--name", name, "--out", str(out_dir)]
+        ["python", "-m", "plot", "export-reference", *map(str, paths), "--name", name, *out_option]
     )
     _note_reference(out_dir / "README.md", name, runs, export_command, machine, train_command)
     return out

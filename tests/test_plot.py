@@ -162,7 +162,8 @@ def test_reference_export_and_overlay(runs_root, tmp_path):
     exported = pd.read_csv(reference_dir / "qpa_small.csv")
     assert list(exported.columns) == ["task", "method", "seed", "step", "total_feedback", "episode_reward"]
     assert len(exported) == 2 * len(EVAL_STEPS) and set(exported["seed"]) == {1, 2}
-    assert "## qpa_small" in (reference_dir / "README.md").read_text()
+    notes = (reference_dir / "README.md").read_text()
+    assert "## qpa_small" in notes and f"--name qpa_small --out {reference_dir}`" in notes  # how to redo it
 
     reference = load_reference(reference_dir)
     assert {(r.method, r.seed, r.reference) for r in reference} == {("QPA", 1, True), ("QPA", 2, True)}
