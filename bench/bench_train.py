@@ -54,7 +54,10 @@ def loop_speed(label: str, overrides: list[str], seed_steps: int, first_feedback
     wall = time.perf_counter() - start
     episodes = pd.read_csv(run_dir / "train.csv")  # one row per episode, at the step the episode ended
     episode_start = episodes.step.shift(1, fill_value=0)
-    first_feedback_episode = (episode_start <= first_feedback) & (episodes.step > first_feedback)
+    # only when that episode holds no random-action steps, which would flatter it
+    first_feedback_episode = (
+        (episode_start >= seed_steps) & (episode_start <= first_feedback) & (episodes.step > first_feedback)
+    )
     return {
         "config": label,
         "steps": steps,
