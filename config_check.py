@@ -128,8 +128,8 @@ def check_config(cfg: DictConfig) -> None:
             f"num_seed_steps + num_unsup_steps must be >= the episode length "
             f"of {cfg.env} ({max_steps} steps): the first queries need one complete episode",
         )
-    if cfg.segment > max_steps:
-        _fail("segment", cfg.segment, f"must be <= the episode length of {cfg.env} ({max_steps} steps)")
+    if cfg.segment >= max_steps:
+        _fail("segment", cfg.segment, f"must be < the episode length of {cfg.env} ({max_steps} steps)")
     if cfg.data_aug_ratio > 0 and cfg.segment <= CROP_SHRINK:
         _fail("segment", cfg.segment, f"must be >= {CROP_SHRINK + 1} for temporal cropping (or set data_aug_ratio=0)")
 
@@ -162,6 +162,8 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.num_threads is not None:
         _require_int(cfg, "num_threads", 1)
+    if cfg.history_episodes is not None:
+        _require_int(cfg, "history_episodes", 1)
     _check_surf(cfg, max_steps)
     _check_rune(cfg)
     try:

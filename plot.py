@@ -30,7 +30,7 @@ import re
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,6 +63,7 @@ class Run:
     evals: pd.DataFrame
     source: str
     reference: bool = False
+    train: pd.DataFrame = field(default_factory=pd.DataFrame)  # train.csv: metrics logged per episode or query round
 
 
 def find_run_dirs(path: str | Path) -> list[Path]:
@@ -104,6 +105,8 @@ def load_run(run_dir: str | Path) -> Run | None:
     if "step" not in evals.columns:
         raise ValueError(f"{eval_csv} has no 'step' column; allowed: a CSV written by logger.Logger")
     evals = _with_feedback(evals.sort_values("step", kind="stable").reset_index(drop=True), run_dir)
+    train_csv = run_dir / "train.csv"
+    train = pd.read_csv(train_csv) if train_csv.is_file() and train_csv.stat().st_size > 0 else pd.DataFrame()
     max_feedback = config.get("max_feedback")
     return Run(
         task=str(task),
@@ -112,6 +115,7 @@ def load_run(run_dir: str | Path) -> Run | None:
         max_feedback=None if max_feedback is None else int(max_feedback),
         evals=evals,
         source=str(run_dir),
+        train=train,
     )
 
 
@@ -158,16 +162,24 @@ def resolve_metric(runs: Sequence[Run], metric: str) -> str:
     return "success_rate" if runs and has_success else "episode_reward"
 
 
+def has_metric(run: Run, metric: str) -> bool:
+    """Whether `metric` is an eval column of the run, or else a train column (e.g. `query_log_likelihood`)."""
+    return metric in run.evals.columns or metric in run.train.columns
+
+
 def run_curve(run: Run, metric: str, x: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x values, metric values) of one run, x strictly increasing."""
+    """(x values, metric values) of one run, x strictly increasing. An eval column is read from the evaluations;
+    a metric only train.csv has (one logged at query rounds, say) from the train rows that hold it."""
     if x not in X_AXES:
         raise ValueError(f"x axis {x!r} is not valid; allowed: {list(X_AXES)}")
-    if metric not in run.evals.columns:
-        raise ValueError(f"{run.source} has no eval column {metric!r}; allowed: {list(run.evals.columns)}")
+    if not has_metric(run, metric):
+        allowed = sorted(set(run.evals.columns) | set(run.train.columns))
+        raise ValueError(f"{run.source} has no eval or train column {metric!r}; allowed: {allowed}")
+    rows = run.evals if metric in run.evals.columns else run.train
     column = "step" if x == "step" else "total_feedback"
-    if column not in run.evals.columns:
+    if column not in rows.columns:
         raise ValueError(f"{run.source} logs no total_feedback (eval.csv or train.csv); allowed x here: step")
-    points = run.evals[[column, metric]].dropna()
+    points = rows[[column, metric]].dropna()
     # Several evals share one x (a resumed step, or every eval at one feedback level): keep the latest.
     points = points.drop_duplicates(subset=column, keep="last").sort_values(column)
     return points[column].to_numpy(float), points[metric].to_numpy(float)
@@ -252,7 +264,7 @@ def plot_curves(
             for (group_task, method), members in sorted(reference_groups.items()):
                 if group_task != task:
                     continue
-                if any(task_metric not in r.evals.columns for r in members):
+                if not all(has_metric(r, task_metric) for r in members):
                     print(f"plot: reference {method} on {task} has no {task_metric}; not drawn", file=sys.stderr)
                     continue
                 curve = aggregate_curve(members, task_metric, x_axis, reps)
@@ -437,6 +449,13 @@ def compare(
     `by_feedback` also separates runs by their config's `max_feedback` (what `sweep` does).
     """
     runs = load_runs(paths)
+    if metric != "auto":
+        lacking = sorted({f"{run.task}/{run.method}" for run in runs if not has_metric(run, metric)})
+        if lacking:
+            print(f"plot: {', '.join(lacking)} did not log {metric}; left out", file=sys.stderr)
+        runs = [run for run in runs if has_metric(run, metric)]
+        if not runs:
+            raise ValueError(f"no run under the given paths logged {metric!r}; allowed: an eval or train.csv column")
     keys: tuple[str, ...] = ("task", "method")
     if by_feedback:
         runs = [replace(run, method=f"{run.method} fb={run.max_feedback}") for run in runs]
@@ -523,7 +542,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="subcommand", required=True)
 
     def add_common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--metric", default="auto", help="eval column; auto: success_rate if logged, else reward")
+        sub.add_argument(
+            "--metric",
+            default="auto",
+            help="eval column, or a train.csv column such as query_log_likelihood; auto: success_rate if logged, "
+            "else episode_reward",
+        )
         sub.add_argument("--x", default="step", choices=["step", "feedback", "both"], help="x axis of the curves")
         sub.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
         sub.add_argument(

@@ -71,7 +71,7 @@ class ReplayBuffer:
         capacity: int | float,
         device: str | torch.device,
         max_episode_len: int = 1000,
-        seed: int = 0,
+        seed: int | np.random.SeedSequence = 0,
         store_reward_std: bool = False,
     ) -> None:
         if int(capacity) < 1 or int(capacity) != capacity:
@@ -189,6 +189,18 @@ class ReplayBuffer:
         idx += first_slot
         np.remainder(idx, self.capacity, out=idx)
         return idx
+
+    def sample_windows(self, num: int, length: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observations [num * length, ds] and actions [num * length, da] of `num` windows of `length`
+        consecutive stored transitions, each starting uniformly anywhere in the buffer (a window may span an
+        episode boundary). `rng` is the caller's, so these draws leave the buffer's own stream alone."""
+        first = max(self.num_added - self.capacity, 0)
+        if self.num_added - first < length:
+            raise ValueError(f"length={length} is not valid; allowed: at most the {self.num_added - first} stored")
+        starts = rng.integers(first, self.num_added - length + 1, size=num)
+        idx = np.remainder(starts[:, None] + np.arange(length), self.capacity).reshape(-1)
+        idx_t = self._staged(idx, np.int64).to(self.device, non_blocking=True)
+        return self.obs.index_select(0, idx_t), self.action.index_select(0, idx_t)
 
     def _gather(self, idx: np.ndarray) -> Batch:
         idx_t = self._staged(idx, np.int64).to(self.device, non_blocking=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from torch import nn
 import utils
 from teacher import ScriptedTeacher
 
-DMC_STOP_ACCURACY = 0.98  # train_reward_iter stops once a full pass reaches this mean accuracy (reference rule)
+# train_reward_iter stops at the first step where the accuracy, counted over every step of the call, reaches this
+DMC_STOP_ACCURACY = 0.98
 CROP_SHORTEST, CROP_LONGEST = 15, 5  # cropped length L ~ U{S - 15 ... S - 5} (QPA temporal cropping)
 EXPLORE_RECENT_EPISODES = 10  # with `explore`, the non-exploring share of queries comes from this many newest episodes
 EPISODE_PREALLOC = 1000  # rows preallocated for the episode being collected; doubled when a longer one shows up
@@ -277,6 +279,7 @@ class RewardModel:
         self.episodes_closed = 0  # ever, so a cache of the store knows when it is stale
         self._unlabelled_source: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
+        self.last_queries = np.empty((0, 2, size_segment, self.input_dim), dtype=np.float32)  # the latest batch asked
         self.num_labelled = 0
         self._pairs = torch.empty((0, 2, size_segment, self.input_dim), device=self.device)
         self._labels = torch.empty(0, device=self.device)
@@ -355,18 +358,19 @@ class RewardModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """`num` pairs: two episodes drawn uniformly with replacement, a uniform start in each.
 
-        Returns (pairs [num, 2, S, ds + da], true rewards [num, 2, S]).
+        Starts are drawn from 0 ... len - S - 1, as the original release draws them, so a segment never holds an
+        episode's last step. Returns (pairs [num, 2, S, ds + da], true rewards [num, 2, S]).
         """
         length = self.size_segment
-        eligible = [episode for episode in episodes if len(episode[1]) >= length]
+        eligible = [episode for episode in episodes if len(episode[1]) > length]
         if not eligible:
             raise ValueError(
-                f"no complete episode of at least size_segment={length} steps is stored "
+                f"no complete episode longer than size_segment={length} steps is stored "
                 f"({len(episodes)} candidates); allowed: query after add_data has closed such an episode"
             )
         lengths = np.array([len(episode[1]) for episode in eligible])
         episode_index = self.rng.integers(len(eligible), size=(num, 2))
-        starts = self.rng.integers(0, lengths[episode_index] - length + 1)
+        starts = self.rng.integers(0, lengths[episode_index] - length)
         pairs = np.empty((num, 2, length, self.input_dim), dtype=np.float32)
         rewards = np.empty((num, 2, length), dtype=np.float32)
         for query, side in np.ndindex(num, 2):
@@ -401,6 +405,7 @@ class RewardModel:
         self.num_labelled = needed
 
     def _label_and_store(self, pairs: np.ndarray, rewards: np.ndarray) -> int:
+        self.last_queries = pairs
         keep_index, labels = self.teacher.label(rewards[:, 0], rewards[:, 1])
         self._store(pairs[keep_index], labels)
         return len(keep_index)
@@ -481,7 +486,7 @@ class RewardModel:
         features = torch.as_tensor(pairs[..., : self.ds], device=self.device).flatten(1)
         nearest = torch.full((len(pairs),), torch.inf, device=self.device)
         labelled = self._pairs[: self.num_labelled, ..., : self.ds].flatten(1)
-        for chunk in labelled.split(_PAIRS_PER_FORWARD):
+        for chunk in labelled.split(_PAIRS_PER_FORWARD) if self.num_labelled else ():
             nearest = torch.minimum(nearest, torch.cdist(features, chunk).amin(1))
         chosen = torch.empty(num, dtype=torch.long, device=self.device)
         for pick in range(num):
@@ -494,47 +499,71 @@ class RewardModel:
     # ------------------------------------------------------------------ training
 
     def train_reward_iter(self, num_iters: int) -> tuple[np.ndarray, float]:
-        """DMC rule: up to `num_iters` minibatch steps, reshuffling every pass over the labelled store; stops once
-        the accuracy of a full pass reaches 0.98. Returns (per-member accuracy of the last full pass, mean loss)."""
-        return self._train(int(num_iters), DMC_STOP_ACCURACY, augment=True)
+        """DMC rule of the original release: up to `num_iters` minibatch steps, reshuffling after every pass.
 
-    def train_reward(self) -> tuple[np.ndarray, float]:
-        """One epoch over the labelled store (Meta-World rule; the caller repeats until accuracy > 0.97).
-
-        Like the reference release's Meta-World trainer it uses whole segments: temporal cropping
-        (`data_aug_ratio`) belongs to the DMC rule, `train_reward_iter`."""
-        return self._train(math.ceil(self.num_labelled / self.train_batch_size), None, augment=False)
-
-    def _train(self, num_steps: int, stop_accuracy: float | None, augment: bool) -> tuple[np.ndarray, float]:
+        The accuracy is a running count over every step of this call (never reset between passes), on the
+        cropped returns when temporal cropping is on (each of the `data_aug_ratio` copies is one prediction);
+        training stops after the first step at which its mean over the ensemble reaches 0.98.
+        Returns (per-member running accuracy, mean loss per member and step).
+        """
         if self.num_labelled == 0:
             raise ValueError("num_labelled=0: the reward model has no labelled queries; allowed: query before training")
-        size, batch = self.num_labelled, self.train_batch_size
-        counts = torch.zeros(2, self.ensemble_size, device=self.device)  # correct, counted in the current pass
-        loss_sum = torch.zeros((), device=self.device)
         self._pseudo_counts.zero_()
-        accuracy = None
-        order, position = self._shuffled_order(), 0
+        copies = self.data_aug_ratio or 1
+        counts = torch.zeros(2, self.ensemble_size, device=self.device)  # correct, counted: since the call began
+        loss_sum = torch.zeros((), device=self.device)
+        # The host reads the counts only when the stop is possible at all: `seen` holds the counts it last read,
+        # and `unseen` bounds the predictions counted since. (correct + x) / (counted + x) grows with x, so
+        # (seen correct + unseen) / (seen counted + unseen) bounds each member's accuracy from above.
+        seen = np.zeros((2, self.ensemble_size))
+        unseen = 0
         steps = 0
-        while steps < num_steps:
-            index = order[:, position : position + batch]
-            position += index.shape[1]
-            loss, correct, counted = self._train_minibatch(index, augment)
+        for index in self._minibatches(int(num_iters)):
+            loss, correct, counted = self._train_minibatch(index, augment=True)
             loss_sum += loss
             counts[0] += correct
             counts[1] += counted
             steps += 1
-            if position >= size:
-                accuracy = _accuracy(counts)  # one host sync per pass, not per step
-                if stop_accuracy is not None and accuracy.mean() >= stop_accuracy:
+            unseen += index.shape[1] * copies
+            if np.mean((seen[0] + unseen) / (seen[1] + unseen)) >= DMC_STOP_ACCURACY:
+                seen, unseen = utils.to_np(counts).astype(np.float64), 0
+                if _accuracy(seen).mean() >= DMC_STOP_ACCURACY:
                     break
+        return self._finish_training(counts, loss_sum, steps)
+
+    def train_reward(self) -> tuple[np.ndarray, float]:
+        """One epoch over the labelled store on whole segments (the original release's Meta-World trainer; the
+        caller repeats it until the epoch's mean accuracy exceeds 0.97). Temporal cropping belongs to the DMC
+        rule, `train_reward_iter`. Returns (per-member accuracy of the epoch, mean loss per member and step)."""
+        if self.num_labelled == 0:
+            raise ValueError("num_labelled=0: the reward model has no labelled queries; allowed: query before training")
+        self._pseudo_counts.zero_()
+        counts = torch.zeros(2, self.ensemble_size, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        steps = 0
+        for index in self._minibatches(math.ceil(self.num_labelled / self.train_batch_size)):
+            loss, correct, counted = self._train_minibatch(index, augment=False)
+            loss_sum += loss
+            counts[0] += correct
+            counts[1] += counted
+            steps += 1
+        return self._finish_training(counts, loss_sum, steps)
+
+    def _minibatches(self, num_steps: int) -> Iterator[torch.Tensor]:
+        """Indices [E, B] of `num_steps` minibatches: consecutive slices of one permutation per member, a new
+        permutation after each pass (the last slice of a pass may be shorter)."""
+        order, position = self._shuffled_order(), 0
+        for _ in range(num_steps):
+            yield order[:, position : position + self.train_batch_size]
+            position += self.train_batch_size
+            if position >= self.num_labelled:
                 order, position = self._shuffled_order(), 0
-                counts.zero_()
-        if accuracy is None:
-            accuracy = _accuracy(counts)
+
+    def _finish_training(self, counts: torch.Tensor, loss_sum: torch.Tensor, steps: int) -> tuple[np.ndarray, float]:
         if self.semi_supervised:
             pseudo, drawn = utils.to_np(self._pseudo_counts)
             self.pseudo_label_fraction = float(pseudo / max(drawn, 1.0))
-        return accuracy, float(loss_sum) / (max(steps, 1) * self.ensemble_size)
+        return _accuracy(utils.to_np(counts)), float(loss_sum) / (max(steps, 1) * self.ensemble_size)
 
     def _shuffled_order(self) -> torch.Tensor:
         """An independent permutation of the labelled store per member [E, M] (as the reference's ensemble)."""
@@ -544,16 +573,15 @@ class RewardModel:
     def _train_minibatch(self, index: torch.Tensor, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One Adam step on the pairs index [E, B] (member e trains on row e).
 
-        Returns the loss summed over members and, per member, the number of correct and of counted predictions.
-        Accuracy is judged on the whole segments (the same forward pass, no extra cost): labels describe whole
-        segments and a crop can reverse a preference, so accuracy on crops could stay below the stop threshold.
+        Returns the loss summed over members and, per member, the number of correct and of counted predictions:
+        one prediction per crop copy with `augment` and temporal cropping on, else one per pair (whole
+        segments). A prediction is σ1 when its return is strictly larger (a tie predicts σ0, as argmax does).
         Equal labels (0.5) train as (0.5, 0.5) targets and are left out of the accuracy.
         """
         members, batch = index.shape
         pairs = self._pairs[index]
         labels = self._labels[index]
         rewards = self.net(pairs.reshape(members, -1, self.input_dim)).view(members, batch, 2, self.size_segment)
-        whole_returns = rewards.sum(-1)
         if augment and self.data_aug_ratio:
             starts, lengths = sample_crop_windows(
                 (members, batch), self.size_segment, self.data_aug_ratio, self.torch_rng, self.device
@@ -561,18 +589,18 @@ class RewardModel:
             returns = window_sums(rewards, starts, lengths).transpose(-1, -2)  # [E, B, copies, 2]
             targets = labels.unsqueeze(-1).expand(-1, -1, self.data_aug_ratio)
         else:
-            returns, targets = whole_returns, labels
-        targets = targets * (1.0 - 2.0 * self.label_margin) + self.label_margin
+            returns, targets = rewards.sum(-1), labels
+        smoothed = targets * (1.0 - 2.0 * self.label_margin) + self.label_margin
         log_prob = F.log_softmax(returns, dim=-1)
-        member_loss = -(targets * log_prob[..., 1] + (1.0 - targets) * log_prob[..., 0]).flatten(1).mean(1)
+        member_loss = -(smoothed * log_prob[..., 1] + (1.0 - smoothed) * log_prob[..., 0]).flatten(1).mean(1)
         loss = member_loss.sum()
         if self.semi_supervised:
             loss = loss + self.lambda_u * self._unlabelled_loss(members).sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        decided = labels != 0.5
-        correct = ((whole_returns[..., 1] > whole_returns[..., 0]) == (labels > 0.5)) & decided
+        decided = (targets != 0.5).flatten(1)
+        correct = ((returns[..., 1] > returns[..., 0]).flatten(1) == (targets > 0.5).flatten(1)) & decided
         return loss.detach(), correct.sum(1), decided.sum(1)
 
     # ------------------------------------------------------------------ SURF: semi-supervised term
@@ -682,7 +710,7 @@ class RewardModel:
         self.mb_size = int(state["mb_size"])
 
 
-def _accuracy(counts: torch.Tensor) -> np.ndarray:
-    """Per-member accuracy from [correct, counted]; a pass with only equal labels counts as fully correct."""
-    correct, counted = utils.to_np(counts).astype(np.float64)
+def _accuracy(counts: np.ndarray) -> np.ndarray:
+    """Per-member accuracy from [correct, counted]; nothing counted (only equal labels) counts as fully correct."""
+    correct, counted = counts.astype(np.float64)
     return np.where(counted > 0, correct / np.maximum(counted, 1.0), 1.0)

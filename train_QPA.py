@@ -100,6 +100,8 @@ class Workspace:
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         utils.set_seed_everywhere(cfg.seed)
+        # One independent stream per consumer: the same raw stream in two places would correlate their draws.
+        action_seed, replay_seed, reward_seed, diagnostic_seed = np.random.SeedSequence(cfg.seed).spawn(4)
 
         self.env = utils.make_env(cfg.env, cfg.seed)
         self.eval_env = utils.make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET)
@@ -123,7 +125,7 @@ class Workspace:
             int(cfg.replay_buffer_capacity),
             self.device,
             max_episode_len=self.max_episode_steps,
-            seed=cfg.seed,
+            seed=replay_seed,
             store_reward_std=cfg.rune_beta_init > 0,
         )
 
@@ -148,7 +150,7 @@ class Workspace:
             data_aug_ratio=cfg.data_aug_ratio,
             device=str(self.device),
             max_feedback=cfg.max_feedback,
-            history_size=cfg.max_reward_buffer_size if self.query_scheme == "policy_aligned" else None,
+            history_size=cfg.max_reward_buffer_size if self.query_scheme == "policy_aligned" else cfg.history_episodes,
             explore=cfg.explore,
             hidden_dim=cfg.reward_hidden_dim,
             hidden_depth=cfg.reward_hidden_depth,
@@ -159,10 +161,11 @@ class Workspace:
             lambda_u=cfg.lambda_u,
             crop_range=cfg.crop_range,
             dataaug_window=cfg.dataaug_window,
-            seed=cfg.seed,
+            seed=int(reward_seed.generate_state(1)[0]),
         )
 
-        self.rng = np.random.default_rng(cfg.seed)  # seed-phase actions
+        self.rng = np.random.default_rng(action_seed)  # seed-phase actions
+        self.diagnostic_rng = np.random.default_rng(diagnostic_seed)  # history windows of log_query_alignment
         self.step = 0
         self.episode = 0
         self.total_feedback = 0
@@ -315,6 +318,7 @@ class Workspace:
         if first and scheme not in ("policy_aligned", "uniform"):
             scheme = "uniform"  # ensemble-based scores mean nothing before the first training (B-Pref)
         labeled = getattr(self.reward_model, QUERY_METHODS[scheme])()
+        self.log_query_alignment()
         self.total_feedback += self.reward_model.mb_size
         self.labeled_feedback += labeled
         if self.labeled_feedback > 0:
@@ -322,11 +326,31 @@ class Workspace:
         self.replay_buffer.relabel_with_predictor(self.reward_model)
         self.interact_count = 0
 
+    def log_query_alignment(self) -> None:
+        """Query-policy alignment (the QPA paper's Figure 11): the mean per-step log π(a|s) under the current
+        policy of the (s, a) in the segments just queried, and, for contrast, of as many windows of `segment`
+        transitions drawn uniformly from the whole replay history."""
+        queries = self.reward_model.last_queries
+        if len(queries) == 0:
+            return
+        obs_dim = self.env.observation_space.shape[0]
+        rows = torch.as_tensor(queries.reshape(-1, queries.shape[-1]), device=self.device)
+        query_ll = self.agent.log_likelihood(rows[:, :obs_dim], rows[:, obs_dim:]).mean()
+        self.logger.log("train/query_log_likelihood", float(query_ll), self.step)
+        if len(self.replay_buffer) >= self.cfg.segment:
+            history_obs, history_action = self.replay_buffer.sample_windows(
+                2 * len(queries), self.cfg.segment, self.diagnostic_rng
+            )
+            history_ll = self.agent.log_likelihood(history_obs, history_action).mean()
+            self.logger.log("train/history_log_likelihood", float(history_ll), self.step)
+
     def batch_fraction(self) -> float:
-        """B-Pref's `reward_schedule`: 0 keeps the query batch, 1 shrinks it, 2 grows it over training."""
+        """B-Pref's `reward_schedule`: 0 keeps the query batch, 1 shrinks it, 2 grows it over training.
+
+        As in the original release, schedule 1's fraction becomes 0.01 only when it is exactly 0."""
         cfg = self.cfg
         if cfg.reward_schedule == 1:
-            return max((cfg.num_train_steps - self.step) / cfg.num_train_steps, 0.01)
+            return (cfg.num_train_steps - self.step) / cfg.num_train_steps or 0.01
         if cfg.reward_schedule == 2:
             return cfg.num_train_steps / (cfg.num_train_steps - self.step + 1)
         return 1.0
@@ -440,6 +464,7 @@ class Workspace:
             "recent_returns": list(self.recent_returns),
             "last_eval_return": self.last_eval_return,
             "rng": self.rng.bit_generator.state,
+            "diagnostic_rng": self.diagnostic_rng.bit_generator.state,
             "python_rng": random.getstate(),
             "numpy_rng": np.random.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -462,6 +487,7 @@ class Workspace:
         self.recent_returns.extend(state["recent_returns"])
         self.last_eval_return = state["last_eval_return"]
         self.rng.bit_generator.state = state["rng"]
+        self.diagnostic_rng.bit_generator.state = state["diagnostic_rng"]
         random.setstate(state["python_rng"])
         np.random.set_state(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])

@@ -13,6 +13,7 @@ import utils
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
+_ACTION_BOUND = 1.0 - 1e-6  # atanh(±1) is infinite; uniform seed-phase actions can sit on the bounds
 # In-place ReLU: one allocation fewer per layer (autograd needs only the ReLU's output), ~5% of an update.
 _RELU_INPLACE = functools.partial(nn.ReLU, inplace=True)
 
@@ -45,6 +46,14 @@ class SquashedNormal:
         log_det_jacobian = 2.0 * (_LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))
         log_prob = (-0.5 * noise.square() - self.log_std - log_det_jacobian).sum(-1, keepdim=True)
         return torch.tanh(pre_tanh), log_prob - _HALF_LOG_2PI * self.mu.shape[-1]
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        """Log-density [B, 1] of actions [B, A] in [-1, 1]; actions on the bounds are moved just inside them."""
+        pre_tanh = torch.atanh(action.clamp(-_ACTION_BOUND, _ACTION_BOUND))
+        noise = (pre_tanh - self.mu) / self.std
+        log_det_jacobian = 2.0 * (_LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))
+        log_prob = (-0.5 * noise.square() - self.log_std - log_det_jacobian).sum(-1, keepdim=True)
+        return log_prob - _HALF_LOG_2PI * self.mu.shape[-1]
 
 
 class DiagGaussianActor(nn.Module):

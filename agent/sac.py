@@ -129,6 +129,11 @@ class SACAgent:
         action = dist.sample() if sample else dist.mean
         return action.clamp_(*self.action_range).cpu().numpy()
 
+    @torch.inference_mode()
+    def log_likelihood(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log π(a|s) [N, 1] of state-action rows under the current stochastic policy."""
+        return self.actor(obs.to(self.device)).log_prob(action.to(self.device))
+
     # ------------------------------------------------------------------ learning steps
     def _update_critic(
         self,

@@ -76,10 +76,11 @@ class RunningMeanStd:
     """Running mean and (population) variance of a stream of batches, kept on the device.
 
     Batches are merged with the parallel algorithm of Chan, Golub and LeVeque:
-        M2 = M2_a + M2_b + delta² · n_a · n_b / (n_a + n_b).
-    Deliberate fix (SPEC §9): the reference release used delta² · n_b / (n_a + n_b), dropping the factor n_a.
-    That shrinks the between-batch term n_a-fold, so whenever batch means drift the variance is underestimated
-    and the normalised bonus inflated. Batches enter with their population variance (divide by n), as M2 needs.
+        mean = mean_a + delta · n_b / (n_a + n_b),  M2 = M2_a + M2_b + delta² · n_a · n_b / (n_a + n_b).
+    Deliberate fix: the original release's mean update is `mean + delta + n_b / (n_a + n_b)` (an addition where
+    the product belongs), so its mean is wrong and, through delta², so is the variance that normalises the bonus;
+    its M2 update is the one above. Batches enter with their population
+    variance (divide by n), which is what M2 needs; the original passes torch.var's unbiased (n - 1) variance.
     """
 
     def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4, device: str | torch.device = "cpu") -> None:

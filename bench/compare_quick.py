@@ -1,12 +1,15 @@
-"""QPA vs PEBBLE on walker_walk at CPU scale: the quick preset, the same feedback budget, 3 seeds each.
+"""QPA vs PEBBLE vs SAC on the true reward, walker_walk at CPU scale: the quick preset for every method, 5 seeds.
 
-    python bench/compare_quick.py --root exp/compare_quick                 # the full comparison (hours on 2 cores)
+    python bench/compare_quick.py --root exp/compare_quick --jobs 2        # the full comparison (hours on 2 cores)
     python bench/compare_quick.py --root /tmp/cq --steps 3000 --seeds 2 -- num_seed_steps=500 ...   # a smoke check
 
 Runs scripts/sweeps/compare_quick.yaml through scripts/sweep.py (so finished runs are skipped and interrupted ones
-resume), then prints each method's final return (the last evaluation; mean ± std over seeds, ddof=0) and the
-difference QPA - PEBBLE with a 95% percentile-bootstrap interval (seeds resampled within each method, 10000
-resamples, fixed seed). Overrides after `--` go to every run.
+resume), then prints, per method: the final return (the last evaluation; mean ± std over seeds, ddof=0), its IQM
+with a 95% stratified-bootstrap interval (rliable, via plot.iqm_table), and the query-policy alignment of its
+queries (mean over query rounds and seeds of `query_log_likelihood`, against `history_log_likelihood`); then
+QPA - PEBBLE with a 95% percentile-bootstrap interval (seeds resampled within each method, 10000 resamples, fixed
+seed). It also draws the return curves and the alignment curves into --out-dir with `python -m plot compare`.
+Overrides after `--` go to every run.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from plot import load_runs  # noqa: E402
+from plot import Run, compare, final_scores, iqm_table, load_runs  # noqa: E402
 
 TABLE = "compare_quick"
-METHODS = ("qpa", "pebble")
+METHODS = ("qpa", "pebble", "sac_true")
+PREFERENCE_METHODS = ("qpa", "pebble")
 BOOTSTRAP_REPS = 10_000
 BOOTSTRAP_SEED = 0
 
@@ -39,19 +44,53 @@ def difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[fl
     return float(low), float(high)
 
 
-def final_returns(root: Path) -> dict[str, dict[int, float]]:
-    """{run label: {seed: return of the last evaluation}} of the runs under `root`; the budgets must match."""
+def comparison_runs(root: Path) -> list[Run]:
+    """The runs of the comparison under `root`: QPA and PEBBLE must be there and share one feedback budget."""
     runs = [run for run in load_runs(root) if run.method in METHODS]
-    budgets = {run.max_feedback for run in runs}
+    budgets = {run.max_feedback for run in runs if run.method in PREFERENCE_METHODS}
     if len(budgets) > 1:
         raise ValueError(f"runs under {root} have different max_feedback {sorted(budgets)}; allowed: one budget")
-    finals: dict[str, dict[int, float]] = {method: {} for method in METHODS}
-    for run in runs:
-        finals[run.method][run.seed] = float(run.evals["episode_reward"].dropna().iloc[-1])
-    missing = [method for method, seeds in finals.items() if not seeds]
+    missing = [method for method in PREFERENCE_METHODS if not any(run.method == method for run in runs)]
     if missing:
         raise ValueError(f"no {missing[0]} runs under {root}; allowed: a root written by this script")
-    return finals
+    return runs
+
+
+def alignment(runs: list[Run]) -> pd.DataFrame:
+    """Per method: mean log π(a|s) of the queried (s, a) and of history windows, over query rounds and seeds."""
+    rows = []
+    for run in runs:
+        if "query_log_likelihood" in run.train.columns:
+            logged = run.train[["query_log_likelihood", "history_log_likelihood"]].dropna()
+            rows.append({"method": run.method, "seed": run.seed, **logged.mean().to_dict()})
+    return pd.DataFrame(rows).groupby("method")[["query_log_likelihood", "history_log_likelihood"]].mean()
+
+
+def report(root: Path, out_dir: Path) -> None:
+    runs = comparison_runs(root)
+    scores = final_scores(runs)
+    iqm = iqm_table(scores, normalise="none", reps=BOOTSTRAP_REPS).set_index("method")
+    aligned = alignment(runs)
+    print(f"\nfinal return (last evaluation) on walker_walk, runs under {root}:")
+    finals: dict[str, np.ndarray] = {}
+    for method in METHODS:
+        method_scores = scores[scores["method"] == method].sort_values("seed")
+        if method_scores.empty:
+            continue
+        values = finals[method] = method_scores["final"].to_numpy()
+        line = f"  {method:<8} {values.mean():7.1f} ± {values.std():5.1f}   IQM {iqm.loc[method, 'iqm']:6.1f}"
+        line += f" [{iqm.loc[method, 'ci_low']:6.1f}, {iqm.loc[method, 'ci_high']:6.1f}]"
+        if method in aligned.index:
+            line += (f"   log π of queries {aligned.loc[method, 'query_log_likelihood']:7.1f}"
+                     f" (history {aligned.loc[method, 'history_log_likelihood']:7.1f})")  # fmt: skip
+        print(f"{line}   ({values.size} seeds: {np.round(values, 1)})")
+    low, high = difference_ci(finals["qpa"], finals["pebble"])
+    difference = finals["qpa"].mean() - finals["pebble"].mean()
+    print(f"  QPA - PEBBLE: {difference:+.1f}  95% bootstrap CI [{low:+.1f}, {high:+.1f}]")
+    run_dirs = [run.source for run in runs]
+    compare(run_dirs, out_dir, reps=BOOTSTRAP_REPS)
+    compare(run_dirs, out_dir / "alignment", metric="query_log_likelihood", x="both", reps=BOOTSTRAP_REPS)
+    print(f"curves and tables in {out_dir}; alignment curves in {out_dir / 'alignment'}")
 
 
 def main(argv: list[str]) -> int:
@@ -60,35 +99,30 @@ def main(argv: list[str]) -> int:
         argv, extras = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO / "exp" / "compare_quick", help="where the runs go")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per method (1..N)")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "figure" / "compare_quick", help="figures, tables")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per method (1..N)")
     parser.add_argument("--steps", type=int, default=None, help="override num_train_steps (a shorter check)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (joblib launcher when > 1)")
+    parser.add_argument("--report-only", action="store_true", help="summarise the runs under --root, train none")
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
         parser.error("needs --seeds >= 2 (for a spread), --jobs >= 1 and --steps >= 1")
 
-    overrides = ([f"num_train_steps={args.steps}"] if args.steps else []) + extras
-    launcher = ["--launcher", "joblib", "--jobs", str(args.jobs)] if args.jobs > 1 else []
-    seeds = " ".join(str(seed) for seed in range(1, args.seeds + 1))
-    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), TABLE, "--root", str(args.root), "--seeds", seeds,
-               *launcher, "--", *overrides]  # fmt: skip
-    print("[compare_quick]", " ".join(command), flush=True)
-    if subprocess.run(command, cwd=REPO).returncode != 0:
-        print("[compare_quick] some runs did not finish; see the summary above", file=sys.stderr)
-        return 1
-
+    if not args.report_only:
+        overrides = ([f"num_train_steps={args.steps}"] if args.steps else []) + extras
+        launcher = ["--launcher", "joblib", "--jobs", str(args.jobs)] if args.jobs > 1 else []
+        seeds = " ".join(str(seed) for seed in range(1, args.seeds + 1))
+        command = [sys.executable, str(REPO / "scripts" / "sweep.py"), TABLE, "--root", str(args.root),
+                   "--seeds", seeds, *launcher, "--", *overrides]  # fmt: skip
+        print("[compare_quick]", " ".join(command), flush=True)
+        if subprocess.run(command, cwd=REPO).returncode != 0:
+            print("[compare_quick] some runs did not finish; see the summary above", file=sys.stderr)
+            return 1
     try:
-        finals = {method: np.array([value for _, value in sorted(seeds.items())])
-                  for method, seeds in final_returns(args.root).items()}  # fmt: skip
+        report(args.root, args.out_dir)
     except ValueError as error:
         print(f"[compare_quick] error: {error}", file=sys.stderr)
         return 2
-    print(f"\nfinal return (last evaluation) on walker_walk, runs under {args.root}:")
-    for method, values in finals.items():
-        print(f"  {method:<7} {values.mean():8.1f} ± {values.std():6.1f}  ({values.size} seeds: {np.round(values, 1)})")
-    qpa, pebble = finals["qpa"], finals["pebble"]
-    low, high = difference_ci(qpa, pebble)
-    print(f"  QPA - PEBBLE: {qpa.mean() - pebble.mean():+.1f}  95% bootstrap CI [{low:+.1f}, {high:+.1f}]")
     return 0
 
 

@@ -254,6 +254,67 @@ def test_query_scheme_switch_decides_whether_queries_reach_past_the_last_n_episo
     assert bool((episodes >= num_episodes - n).any())
 
 
+def test_every_consumer_draws_from_its_own_random_stream(tmp_path) -> None:
+    workspace = make_workspace(tmp_path)
+    generators = {
+        "seed-phase actions": workspace.rng,
+        "replay indices": workspace.replay_buffer.rng,
+        "query selection": workspace.reward_model.rng,
+        "teacher": workspace.reward_model.teacher.rng,
+        "alignment diagnostic": workspace.diagnostic_rng,
+    }
+    first_draws = {name: tuple(generator.integers(0, 2**32, size=4)) for name, generator in generators.items()}
+    assert len(set(first_draws.values())) == len(generators), first_draws
+    again = make_workspace(tmp_path / "again")  # and each stream is a function of the seed alone
+    assert tuple(again.rng.integers(0, 2**32, size=4)) == first_draws["seed-phase actions"]
+
+
+def squashed_gaussian_log_prob(workspace: train_QPA.Workspace, rows: torch.Tensor) -> torch.Tensor:
+    """log π(a|s) from torch.distributions (an implementation independent of agent/actor.py)."""
+    obs, action = rows[:, :24], rows[:, 24:].clamp(-1 + 1e-6, 1 - 1e-6)
+    with torch.no_grad():
+        dist = workspace.agent.actor(obs)
+        base = torch.distributions.Normal(dist.mu, dist.std)
+        squashed = torch.distributions.TransformedDistribution(base, [torch.distributions.TanhTransform()])
+        return squashed.log_prob(action).sum(-1)
+
+
+@pytest.mark.parametrize("scheme", ["policy_aligned", "uniform", "disagreement", "entropy", "kcenter",
+                                    "kcenter_disagree", "kcenter_entropy"])  # fmt: skip
+def test_query_log_likelihood_is_logged_for_every_scheme_and_shows_alignment(tmp_path, scheme) -> None:
+    """Nine old episodes of uniform random actions, then three of the current policy's own actions: the last N = 3
+    are what policy-aligned selection draws from, so its queries are far likelier under π than the history."""
+    n = 3
+    workspace = make_workspace(tmp_path, f"query_scheme={scheme}", f"max_reward_buffer_size={n}", "large_batch=4")
+    rng = np.random.default_rng(4)
+    for episode in range(3 * n):
+        for t in range(60):
+            obs = rng.normal(size=24).astype(np.float32)
+            if episode < 2 * n:
+                action = rng.uniform(-1, 1, 6).astype(np.float32)
+            else:
+                action = workspace.agent.act(obs, sample=True)
+            done = t == 59
+            workspace.reward_model.add_data(obs, action, float(rng.normal()), done)
+            workspace.replay_buffer.add(obs, action, 0.0, obs, float(done), 0.0)
+    workspace.step = 1234
+    workspace.collect_feedback()
+    workspace.logger.dump(workspace.step)
+    row = pd.read_csv(tmp_path / "train.csv").iloc[-1]
+    queries = torch.as_tensor(workspace.reward_model.last_queries).reshape(-1, 30)
+    assert len(workspace.reward_model.last_queries) == 10
+    expected = float(squashed_gaussian_log_prob(workspace, queries).mean())
+    assert row["step"] == 1234
+    assert row["query_log_likelihood"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert math.isfinite(row["history_log_likelihood"])
+    # A uniform action in [-1, 1]^6 is hundreds of nats less likely than one of the policy's own (std ~0.2).
+    assert row["history_log_likelihood"] < -100.0, row
+    if scheme == "policy_aligned":
+        assert row["query_log_likelihood"] > -20.0, row
+    else:  # the other schemes draw candidates from the whole history: 20 segments, two thirds of them random
+        assert row["query_log_likelihood"] < -20.0, row
+
+
 def test_rune_workspace_stores_the_ensemble_std_and_decays_beta(tmp_path) -> None:
     workspace = make_workspace(tmp_path, "method=rune")
     buffer = workspace.replay_buffer
@@ -488,3 +549,24 @@ def test_compare_plot_and_table_from_tiny_runs(tiny_runs, tmp_path) -> None:
     assert set(iqm.index) == set(METHODS)
     assert (iqm["ci_low"] <= iqm["iqm"] + 1e-12).all() and (iqm["iqm"] <= iqm["ci_high"] + 1e-12).all()
     assert "| walker_walk | pebble | episode_reward | 2 |" in (out_dir / "final_performance.md").read_text()
+
+
+def test_compare_quick_reports_returns_iqm_difference_and_alignment(tiny_runs, tmp_path) -> None:
+    out_dir = tmp_path / "compare_quick"
+    result = subprocess.run(
+        [sys.executable, "bench/compare_quick.py", "--report-only", "--seeds", "2", "--root",
+         str(tiny_runs / "walker_walk"), "--out-dir", str(out_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert {"qpa", "pebble", "sac_true", "QPA"} <= set(lines)
+    assert "IQM" in lines["qpa"] and "log π of queries" in lines["qpa"] and "log π" not in lines["sac_true"]
+    assert "95% bootstrap CI" in lines["QPA"]
+    assert (out_dir / "walker_walk.png").is_file() and (out_dir / "alignment" / "walker_walk.png").is_file()
+    alignment = pd.read_csv(out_dir / "alignment" / "final_performance.csv").set_index("method")
+    assert set(alignment.index) == {"qpa", "pebble"}  # SAC on the true reward asks no queries
+    for method in ("qpa", "pebble"):
+        for seed in (1, 2):
+            train = pd.read_csv(run_dir(tiny_runs, "walker_walk", method, seed) / "train.csv")
+            assert train["query_log_likelihood"].notna().sum() >= 1  # queries at 1000 and 1250: one episode row

@@ -203,3 +203,33 @@ def test_path_without_runs_is_a_clear_error(tmp_path, capsys):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("plot: error: path")
     assert "does not exist" in result.stderr
+
+
+def test_compare_on_a_train_metric_logged_at_query_rounds(tmp_path) -> None:
+    """`--metric query_log_likelihood` reads train.csv rows, draws every method that logged it and leaves out the
+    one that did not (SAC on the true reward asks no queries)."""
+    root = tmp_path / "exp"
+    query_steps = (1000, 2000, 3000)
+    for method, offset in (("QPA", -2.0), ("PEBBLE", -40.0), ("SAC", None)):
+        for seed in (1, 2):
+            run_dir = root / f"{method}_seed{seed}"
+            run_dir.mkdir(parents=True)
+            config = {"env": DMC_TASK, "seed": seed, "max_feedback": 30, "experiment": method, "run_label": None}
+            OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+            with Logger(run_dir) as logger:
+                for index, step in enumerate(query_steps):
+                    logger.log("train/total_feedback", 10 * (index + 1), step)
+                    if offset is not None:
+                        logger.log("train/query_log_likelihood", offset + index - seed, step)
+                    logger.dump(step, group="train")
+                    logger.log("eval/episode_reward", 100.0 + step / 100, step)
+                    logger.dump(step, group="eval")
+    out_dir = tmp_path / "alignment"
+    assert main(["compare", str(root), "--out-dir", str(out_dir), "--metric", "query_log_likelihood",
+                 "--x", "both", "--reps", "200"]) == 0  # fmt: skip
+    assert (out_dir / f"{DMC_TASK}.png").read_bytes()[:8] == PNG_MAGIC
+    table = pd.read_csv(out_dir / "final_performance.csv").set_index("method")
+    assert sorted(table.index) == ["PEBBLE", "QPA"]
+    assert table.loc["QPA", "mean"] == pytest.approx(-2.0 + 2 - 1.5)  # last round, mean over seeds 1 and 2
+    assert table.loc["PEBBLE", "mean"] == pytest.approx(-40.0 + 2 - 1.5)
+    assert (table["metric"] == "query_log_likelihood").all()

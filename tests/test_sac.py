@@ -90,14 +90,15 @@ def test_running_mean_std_matches_numpy_on_the_concatenated_stream():
         np.testing.assert_allclose(stats.std.numpy(), data.std(0), rtol=1e-4)
     assert stats.count == pytest.approx(sum(len(b) for b in batches))
 
-    # The reference's combination (delta² · n_b / n instead of delta² · n_a · n_b / n) fails this comparison.
+    # The original release's update (mean + delta + n_b / n, unbiased batch variances) fails this comparison.
     mean, var, count = 0.0, 1.0, 1e-12
-    for batch in batches:
+    for batch in batches[:3]:  # the 1-row batch would give it an undefined (n - 1) variance
         n, delta = len(batch), batch.mean() - mean
         total = count + n
-        var = (var * count + batch.var() * n + delta**2 * n / total) / total
-        mean, count = mean + delta * n / total, total
-    assert not np.isclose(var, np.concatenate(batches).var(), rtol=1e-2)
+        var = (var * count + batch.var(ddof=1) * n + delta**2 * count * n / total) / total
+        mean, count = mean + delta + n / total, total
+    assert not np.isclose(mean, np.concatenate(batches[:3]).mean(), rtol=1e-2)
+    assert not np.isclose(var, np.concatenate(batches[:3]).var(), rtol=1e-2)
 
 
 def test_state_entropy_update_uses_the_kth_neighbour_of_the_batch_observations():
