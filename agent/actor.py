@@ -42,15 +42,15 @@ class SquashedNormal:
         """A reparameterised action [B, A] and its log-density [B, 1] under the squashed distribution."""
         noise = torch.randn_like(self.mu)
         pre_tanh = torch.addcmul(self.mu, self.std, noise)
-        # log(1 - tanh(u)²) = 2 (log 2 - u - softplus(-2u)): exact, and finite even where tanh(u) rounds to ±1.
-        log_det_jacobian = 2.0 * (_LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))
-        log_prob = (-0.5 * noise.square() - self.log_std - log_det_jacobian).sum(-1, keepdim=True)
-        return torch.tanh(pre_tanh), log_prob - _HALF_LOG_2PI * self.mu.shape[-1]
+        return torch.tanh(pre_tanh), self._log_density(pre_tanh, noise)
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
         """Log-density [B, 1] of actions [B, A] in [-1, 1]; actions on the bounds are moved just inside them."""
         pre_tanh = torch.atanh(action.clamp(-_ACTION_BOUND, _ACTION_BOUND))
-        noise = (pre_tanh - self.mu) / self.std
+        return self._log_density(pre_tanh, (pre_tanh - self.mu) / self.std)
+
+    def _log_density(self, pre_tanh: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        # log(1 - tanh(u)²) = 2 (log 2 - u - softplus(-2u)): exact, and finite even where tanh(u) rounds to ±1.
         log_det_jacobian = 2.0 * (_LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))
         log_prob = (-0.5 * noise.square() - self.log_std - log_det_jacobian).sum(-1, keepdim=True)
         return log_prob - _HALF_LOG_2PI * self.mu.shape[-1]

@@ -254,6 +254,18 @@ def test_query_scheme_switch_decides_whether_queries_reach_past_the_last_n_episo
     assert bool((episodes >= num_episodes - n).any())
 
 
+@pytest.mark.parametrize(("scheme", "stored"), [("policy_aligned", 3), ("disagreement", 5), ("uniform", 5)])
+def test_episode_store_keeps_n_episodes_for_qpa_and_history_episodes_for_the_rest(tmp_path, scheme, stored) -> None:
+    workspace = make_workspace(tmp_path, f"query_scheme={scheme}", "max_reward_buffer_size=3", "history_episodes=5")
+    rng = np.random.default_rng(5)
+    for episode in range(8):
+        for t in range(30):
+            workspace.reward_model.add_data(np.full(24, episode), rng.uniform(-1, 1, 6), 0.0, t == 29)
+    assert [int(sa[0, 0]) for sa, _ in workspace.reward_model.episodes] == list(range(8 - stored, 8))
+    everything = make_workspace(tmp_path / "all", f"query_scheme={scheme}", "history_episodes=null")
+    assert everything.reward_model.episodes.maxlen == (10 if scheme == "policy_aligned" else None)
+
+
 def test_every_consumer_draws_from_its_own_random_stream(tmp_path) -> None:
     workspace = make_workspace(tmp_path)
     generators = {
