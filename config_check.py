@@ -6,8 +6,14 @@ command line costs seconds, not a crashed run hours later.
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 import utils
@@ -59,6 +65,93 @@ def _require_range(cfg: DictConfig, key: str, low: float, high: float, low_open:
         _fail(key, value, f"must be a number in {bracket}{low}, {high}]")
 
 
+def check_overrides(overrides: list[str], config_dir: Path, config_name: str = "train_QPA") -> None:
+    """Compose the config from command-line `overrides` as Hydra will, and turn Hydra's multi-line composition
+    errors (an unknown key, an unknown group option, a malformed override) into one ConfigError line that names
+    the closest valid names; also reject a run directory that cannot be written."""
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=config_name):
+            cfg = compose(config_name, overrides, return_hydra_config=True)
+    except MissingConfigException as error:
+        found = re.search(r"Could not find '([^']+)/([^'/]+)'", str(error))
+        if not found or not error.options:
+            raise ConfigError(str(error).splitlines()[0]) from None
+        group, option = found.groups()
+        close = difflib.get_close_matches(option, error.options, n=1)
+        hint = f"; did you mean {group}={close[0]}?" if close else ""
+        raise ConfigError(f"{group}={option!r} is invalid: allowed: {', '.join(error.options)}{hint}") from None
+    except HydraException as error:
+        message = str(error)
+        unknown = re.match(r"Could not override '([^']+)'", message)
+        if not unknown:
+            raise ConfigError(f"the command line could not be read: {message.splitlines()[0]}") from None
+        key = unknown.group(1)
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=config_name):
+            known = _flat_keys(OmegaConf.to_container(compose(config_name, [])))
+        close = difflib.get_close_matches(key, known, n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"{key} is not a config key{hint} (a new key needs +{key}=...)") from None
+    run_dir = Path(OmegaConf.select(cfg, "hydra.run.dir")).absolute()
+    try:  # Hydra creates it next anyway; access() cannot tell, for root, that /proc takes no new folders
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise PermissionError(f"{run_dir} is not writable")
+    except OSError as error:
+        _fail("hydra.run.dir", str(run_dir), f"cannot create or write it ({error.strerror or error})")
+
+
+def _flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        keys += _flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys
+
+
+def _require_number(key: str, value: Any, low: float | None = None, high: float | None = None) -> None:
+    """A real number in (low, high] (either bound may be left open-ended with None)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    ok = ok and (low is None or value > low) and (high is None or value <= high)
+    if not ok:
+        bounds = {(True, True): "any number", (False, True): f"a number > {low}", (True, False): f"a number <= {high}"}
+        _fail(key, value, "must be " + bounds.get((low is None, high is None), f"a number in ({low}, {high}]"))
+
+
+def _require_bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(key, value, "must be true or false")
+
+
+def _require_positive_int(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(key, value, "must be an integer >= 1")
+
+
+def _check_agent(cfg: DictConfig) -> None:
+    """SAC's hyper-parameters and network sizes (`agent.params.*`, `*.params.hidden_*`)."""
+    params = cfg.agent.params
+    for key in ("batch_size", "actor_update_frequency", "critic_target_update_frequency"):
+        _require_positive_int(f"agent.params.{key}", params[key])
+    for key in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
+        _require_number(f"agent.params.{key}", params[key], low=0.0)
+    for key in ("discount", "critic_tau"):
+        _require_number(f"agent.params.{key}", params[key], low=0.0, high=1.0)
+    for key in ("actor_betas", "critic_betas", "alpha_betas"):
+        betas = params[key]
+        if len(betas) != 2 or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas):
+            _fail(f"agent.params.{key}", OmegaConf.to_container(betas), "must be two numbers in [0, 1)")
+    for key in ("learnable_temperature", "normalize_state_entropy"):
+        _require_bool(f"agent.params.{key}", params[key])
+    for network in ("double_q_critic", "diag_gaussian_actor"):
+        for key in ("hidden_dim", "hidden_depth"):
+            _require_positive_int(f"{network}.params.{key}", cfg[network].params[key])
+    low, high = cfg.diag_gaussian_actor.params.log_std_bounds
+    if not (isinstance(low, int | float) and isinstance(high, int | float) and low < high):
+        _fail("diag_gaussian_actor.params.log_std_bounds", [low, high], "must be [low, high] with low < high")
+    if cfg.replay_buffer_capacity < params.batch_size:
+        _fail("replay_buffer_capacity", cfg.replay_buffer_capacity,
+              f"must be >= agent.params.batch_size ({params.batch_size})")  # fmt: skip
+
+
 def episode_steps(env_name: str) -> int:
     return METAWORLD_EPISODE_STEPS if utils.is_metaworld(env_name) else DMC_EPISODE_STEPS
 
@@ -92,11 +185,15 @@ def check_config(cfg: DictConfig) -> None:
         "reward_hidden_dim",
     ):
         _require_int(cfg, key, 1)
+    _require_int(cfg, "num_eval_episodes", 1)
+    _require_int(cfg, "large_batch", 1)
+    for key in ("hybrid_replay", "strict_device", "log_save_tb", "wandb", "save_checkpoint", "resume", "overwrite",
+                "save_model"):  # fmt: skip
+        _require_bool(key, cfg[key])
     for key in (
         "num_seed_steps",
         "num_unsup_steps",
         "reset_update",
-        "num_eval_episodes",
         "data_aug_ratio",
         "reward_hidden_depth",
         "seed",
@@ -108,16 +205,9 @@ def check_config(cfg: DictConfig) -> None:
         if cfg.reward_batch > cfg.max_feedback:
             _fail("reward_batch", cfg.reward_batch, f"must be <= max_feedback ({cfg.max_feedback})")
 
-    for key in ("batch_size", "actor_update_frequency", "critic_target_update_frequency"):
-        value = cfg.agent.params[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            _fail(f"agent.params.{key}", value, "must be an integer >= 1")
-    for key in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
-        value = cfg.agent.params[key]
-        if not isinstance(value, int | float) or not value > 0:
-            _fail(f"agent.params.{key}", value, "must be a number > 0")
-    if not cfg.reward_lr > 0:
-        _fail("reward_lr", cfg.reward_lr, "must be a number > 0")
+    _check_agent(cfg)
+    _require_number("reward_lr", cfg.reward_lr, low=0.0)
+    _require_number("teacher_beta", cfg.teacher_beta)
 
     max_steps = episode_steps(cfg.env)
     first_feedback = cfg.num_seed_steps + cfg.num_unsup_steps

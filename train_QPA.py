@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import utils
 from agent.sac import SACAgent
-from config_check import ConfigError, check_config, resolve_query_scheme
+from config_check import ConfigError, check_config, check_overrides, resolve_query_scheme
 from logger import Logger
 from replay_buffer import ReplayBuffer
 from reward_model import RewardModel
@@ -603,4 +603,11 @@ def stop(message: str) -> NoReturn:
 
 
 if __name__ == "__main__":
+    # A plain run (no Hydra flags, no sweep) is composed once up front, so that Hydra's own errors (an unknown
+    # key or group option) come out as the same one-line message as every other bad value.
+    if not any(arg.startswith("-") for arg in sys.argv[1:]):
+        try:
+            check_overrides(sys.argv[1:], Path(__file__).resolve().parent / "config")
+        except ConfigError as error:
+            sys.exit(f"error: {error}")
     main()

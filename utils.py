@@ -9,6 +9,7 @@ import difflib
 import functools
 import os
 import random
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -39,13 +40,16 @@ def choose_device(device: str, strict: bool = False) -> torch.device:
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
+    if not isinstance(device, str) or re.fullmatch(r"cpu|cuda(:\d+)?", device) is None:
         raise ValueError(f"device={device!r} is not valid; allowed: auto, cpu, cuda, cuda:<index>")
     if device.startswith("cuda") and not torch.cuda.is_available():
         if strict:
             raise ValueError(f"device={device!r} was requested with strict_device=true but no CUDA GPU is available")
         warnings.warn(f"device={device!r} requested but no CUDA GPU is available; falling back to cpu", stacklevel=2)
         return torch.device("cpu")
+    index = int(device.partition(":")[2] or 0)
+    if device.startswith("cuda") and index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} is not valid; allowed: cuda:0 ... cuda:{torch.cuda.device_count() - 1}")
     return torch.device(device)
 
 

@@ -134,7 +134,41 @@ def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path
         ("feed_type=9", "feed_type=9"),
         ("explore=2", "explore=2"),
         ("device=tpu", "device='tpu'"),
+        ("device=cuda:abc", "device='cuda:abc'"),
         ("num_threads=0", "num_threads=0"),
+        ("reward_lr=abc", "reward_lr='abc'"),
+        ("reward_lr=0", "reward_lr=0"),
+        ("teacher_beta=abc", "teacher_beta='abc'"),
+        ("teacher_gamma=0", "teacher_gamma=0"),
+        ("teacher_eps_mistake=2", "teacher_eps_mistake=2"),
+        ("label_margin=-0.1", "label_margin=-0.1"),
+        ("agent.params.discount=abc", "agent.params.discount='abc'"),
+        ("agent.params.discount=1.5", "agent.params.discount=1.5"),
+        ("agent.params.critic_tau=0", "agent.params.critic_tau=0"),
+        ("agent.params.actor_lr=-1", "agent.params.actor_lr=-1"),
+        ("agent.params.alpha_betas=[0.9]", "agent.params.alpha_betas=[0.9]"),
+        ("agent.params.learnable_temperature=maybe", "learnable_temperature='maybe'"),
+        ("agent.params.actor_update_frequency=0", "actor_update_frequency=0"),
+        ("diag_gaussian_actor.params.hidden_dim=0", "diag_gaussian_actor.params.hidden_dim=0"),
+        ("double_q_critic.params.hidden_depth=0", "double_q_critic.params.hidden_depth=0"),
+        ("diag_gaussian_actor.params.log_std_bounds=[2,-5]", "log_std_bounds=[2, -5]"),
+        ("large_batch=0", "large_batch=0"),
+        ("num_eval_episodes=0", "num_eval_episodes=0"),
+        ("hybrid_replay=maybe", "hybrid_replay='maybe'"),
+        ("strict_device=maybe", "strict_device='maybe'"),
+        ("resume=maybe", "resume='maybe'"),
+        ("replay_buffer_capacity=100", "must be >= agent.params.batch_size"),
+        ("history_episodes=0", "history_episodes=0"),
+        ("reward_schedule=3", "reward_schedule=3"),
+        ("reward_source=maybe", "reward_source='maybe'"),
+        ("reward_update=0", "reward_update=0"),
+        ("eval_frequency=0", "eval_frequency=0"),
+        ("topK=0", "topK=0"),
+        ("reward_train_batch=0", "reward_train_batch=0"),
+        ("data_aug_ratio=-1", "data_aug_ratio=-1"),
+        ("method=surf threshold_u=0.3", "threshold_u=0.3"),
+        ("method=rune rune_beta_decay=1.5", "rune_beta_decay=1.5"),
+        ("method=rune ensemble_size=1", "needs ensemble_size >= 2"),
     ],
 )
 def test_bad_values_are_rejected_with_one_line_naming_them(override, message):
@@ -142,6 +176,26 @@ def test_bad_values_are_rejected_with_one_line_naming_them(override, message):
         check_config(compose_config(*override.split()))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("max_feedbak=10", "max_feedbak is not a config key; did you mean max_feedback?"),
+        ("teacher=bogus", "teacher='bogus' is invalid: allowed: equal, mistake, myopic, noisy, oracle, skip"),
+        ("method=pebbel", "did you mean method=pebble?"),
+        ("+preset=bogus", "preset='bogus' is invalid: allowed: quick"),
+        ("seed=[1", "the command line could not be read"),
+        ("hydra.run.dir=/proc/qpa_run", "hydra.run.dir='/proc/qpa_run' is invalid"),
+    ],
+)
+def test_hydra_composition_errors_are_one_line_with_the_closest_names(override, message):
+    command = [sys.executable, "train_QPA.py", "num_threads=1", override]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and message in last_line, result.stderr[-2000:]
 
 
 def test_strict_cuda_without_gpu_is_rejected():
