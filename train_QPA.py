@@ -15,6 +15,7 @@ import json
 import math
 import random
 import shutil
+import signal
 import sys
 import time
 from collections import deque
@@ -39,7 +40,8 @@ from reward_model import RewardModel
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
-STATUS_NAME = "status.json"  # {"state": running | finished | failed, "step": ..., "error": ...} for sweep summaries
+# status.json: {"state": running | finished | failed | interrupted, "step": last checkpoint, "error": ...}
+STATUS_NAME = "status.json"
 RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, STATUS_NAME, "train.csv", "eval.csv")
 # Keys a resumed run may change: the step budget (and the buffer sized from it) and where/how it runs.
 RESUME_MUTABLE_KEYS = (
@@ -177,6 +179,7 @@ class Workspace:
         self.last_eval_return = float("nan")
 
         resumed_step = self.restore_checkpoint()
+        self.checkpointed_step = resumed_step  # None until a checkpoint exists
         self.logger = Logger(
             work_dir,
             save_tb=cfg.log_save_tb,
@@ -199,7 +202,7 @@ class Workspace:
         self.progress = tqdm(
             total=int(cfg.num_train_steps), initial=self.step, unit="step", dynamic_ncols=True, disable=None
         )
-        if self.step == 0:
+        if self.last_eval_step < 0:
             self.evaluate()  # the untrained policy: every curve starts from the same point
             self.save_checkpoint()
         while self.step < cfg.num_train_steps:
@@ -474,6 +477,8 @@ class Workspace:
             "reward_model": self.reward_model.state_dict(),
         }
         utils.atomic_torch_save(state, self.work_dir / CHECKPOINT_NAME)
+        self.checkpointed_step = self.step
+        write_status(self.work_dir, "running", self.step)
 
     def restore_checkpoint(self) -> int | None:
         """Load the run directory's checkpoint when there is one; return its step (None for a fresh run)."""
@@ -510,49 +515,115 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+class RunRefusedError(ConfigError):
+    """The run directory holds another run, or this run with another config: nothing is touched, status kept."""
+
+
+class RunDirDamagedError(ConfigError):
+    """A file the run needs is missing or unreadable; the message says which and what to do."""
+
+
 def prepare_run_dir(cfg: DictConfig, work_dir: Path) -> bool:
     """Check that `work_dir` may hold this run; save its config. Returns False when the run already finished.
 
-    A directory from an earlier run is resumed only when its config matches (except RESUME_MUTABLE_KEYS);
-    otherwise the differing keys are named and nothing is touched.
+    A directory from an earlier run is resumed only when its config matches (except RESUME_MUTABLE_KEYS) and its
+    files are whole: a checkpoint that loads, the config it was saved with, and every evaluation row up to the
+    checkpoint. Stale temp files of interrupted atomic writes are removed. A run that stopped before its first
+    checkpoint had only evaluated the untrained policy, so it starts over.
     """
     config_path = work_dir / CONFIG_NAME
+    checkpoint_path = work_dir / CHECKPOINT_NAME
     if cfg.overwrite:
         for name in RUN_FILES:
             (work_dir / name).unlink(missing_ok=True)
         shutil.rmtree(work_dir / "tb", ignore_errors=True)
-    has_run = (work_dir / CHECKPOINT_NAME).exists() or (work_dir / "eval.csv").exists()
+    for stale in work_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    logs = [work_dir / name for name in ("train.csv", "eval.csv") if (work_dir / name).exists()]
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if has_run:
-        if not cfg.resume:
-            raise ConfigError(
-                f"resume=false but {work_dir} already holds a run; pick another directory "
-                "(hydra.run.dir=...) or start it over with overwrite=true"
-            )
-        if not (work_dir / CHECKPOINT_NAME).exists():
-            raise ConfigError(
-                f"{work_dir} holds logs but no {CHECKPOINT_NAME} to resume from; "
-                "pick another directory or start it over with overwrite=true"
-            )
-        saved = flatten(OmegaConf.to_container(OmegaConf.load(config_path), resolve=True))
-        current = flatten(resolved)
-        differing = sorted(
-            key
-            for key in saved.keys() | current.keys()
-            if saved.get(key) != current.get(key)
-            and not any(key == mutable or key.startswith(f"{mutable}.") for mutable in RESUME_MUTABLE_KEYS)
+    if (checkpoint_path.exists() or logs) and not cfg.resume:
+        raise RunRefusedError(
+            f"resume=false but {work_dir} already holds a run; pick another directory "
+            "(hydra.run.dir=...) or start it over with overwrite=true"
         )
-        if differing:
-            details = ", ".join(f"{key} ({saved.get(key)!r} -> {current.get(key)!r})" for key in differing)
-            raise ConfigError(f"refusing to resume {work_dir}: its saved config differs in {details}")
-        state = torch.load(work_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=False, mmap=True)
-        if state["step"] >= cfg.num_train_steps:
-            print(f"{work_dir} already finished ({state['step']} steps); nothing to do", file=sys.stderr)
-            write_status(work_dir, "finished", state["step"])
+    if checkpoint_path.exists():
+        compare_saved_config(work_dir, resolved)
+        step, last_eval_step = checkpoint_position(checkpoint_path)
+        if last_eval_step >= 0 and last_eval_step not in logged_steps(work_dir / "eval.csv"):
+            raise RunDirDamagedError(
+                f"{work_dir / 'eval.csv'} lacks the evaluation at step {last_eval_step} that {CHECKPOINT_NAME} "
+                "was saved after; restore the file or start over with overwrite=true"
+            )
+        if step >= cfg.num_train_steps:
+            print(f"{work_dir} already finished ({step} steps); nothing to do", file=sys.stderr)
+            write_status(work_dir, "finished", step)
             return False
+    elif logs:
+        later = [step for path in logs for step in logged_steps(path) if step > 0]
+        if later:
+            raise RunDirDamagedError(
+                f"{work_dir} holds logs up to step {max(later)} but no {CHECKPOINT_NAME}; restore it or start "
+                "over with overwrite=true"
+            )
+        for path in logs:  # only the untrained policy's evaluation: nothing is lost by starting again
+            path.unlink()
     work_dir.mkdir(parents=True, exist_ok=True)
     utils.atomic_write_bytes(config_path, OmegaConf.to_yaml(resolved).encode())
     return True
+
+
+def compare_saved_config(work_dir: Path, current: dict[str, Any]) -> None:
+    """Refuse to resume when the saved config is missing, unreadable or differs outside RESUME_MUTABLE_KEYS."""
+    config_path = work_dir / CONFIG_NAME
+    try:
+        saved = flatten(OmegaConf.to_container(OmegaConf.load(config_path), resolve=True))
+    except FileNotFoundError:
+        raise RunDirDamagedError(
+            f"{config_path} is missing beside {CHECKPOINT_NAME}; restore it or start over with overwrite=true"
+        ) from None
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunDirDamagedError(
+            f"{config_path} cannot be read ({reason}); restore it or start over with overwrite=true"
+        ) from None
+    flat = flatten(current)
+    differing = sorted(
+        key
+        for key in saved.keys() | flat.keys()
+        if saved.get(key) != flat.get(key)
+        and not any(key == mutable or key.startswith(f"{mutable}.") for mutable in RESUME_MUTABLE_KEYS)
+    )
+    if differing:
+        details = ", ".join(f"{key} ({saved.get(key)!r} -> {flat.get(key)!r})" for key in differing)
+        raise RunRefusedError(f"refusing to resume {work_dir}: its saved config differs in {details}")
+
+
+def checkpoint_position(path: Path) -> tuple[int, int]:
+    """(step, last evaluation step) of a checkpoint; RunDirDamagedError when it does not load."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return int(state["step"]), int(state["last_eval_step"])
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunDirDamagedError(
+            f"{path} is damaged ({type(error).__name__}: {reason[:120]}); restore it or start over with overwrite=true"
+        ) from None
+
+
+def logged_steps(csv_path: Path) -> set[int]:
+    """The steps of the complete rows of a log file (none when it is missing or empty)."""
+    if not csv_path.exists():
+        return set()
+    lines = csv_path.read_text().splitlines(keepends=True)
+    complete = [line for line in lines[1:] if line.endswith("\n")]
+    steps = set()
+    for line in complete:
+        field = line.split(",", 1)[0]
+        try:
+            steps.add(int(float(field)))
+        except ValueError:
+            continue
+    return steps
 
 
 def write_status(work_dir: Path, state: str, step: int, error: str | None = None) -> None:
@@ -568,6 +639,14 @@ def select_agent_config(cfg: DictConfig) -> DictConfig:
     return hydra.compose(config_name="train_QPA", overrides=[*overrides, "agent=sac_metaworld"])
 
 
+class Interrupted(BaseException):
+    """SIGTERM (a scheduler's stop, `kill`) or SIGINT: the run ends, keeping its last checkpoint."""
+
+
+def interrupt(signum: int, frame: Any) -> NoReturn:
+    raise Interrupted(signal.Signals(signum).name)
+
+
 @hydra.main(version_base="1.3", config_path="config", config_name="train_QPA")
 def main(cfg: DictConfig) -> None:
     work_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -576,21 +655,37 @@ def main(cfg: DictConfig) -> None:
         check_config(cfg)
         if not prepare_run_dir(cfg, work_dir):
             return
+    except RunRefusedError as error:  # another run's directory: its status.json stays as that run left it
+        stop(str(error))
     except ConfigError as error:
         write_status(work_dir, "failed", 0, str(error))
         stop(str(error))
     workspace = None
+    previous_handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         workspace = Workspace(cfg, work_dir)
         write_status(work_dir, "running", workspace.step)
         workspace.run()
+    except Interrupted as signal_name:
+        step = checkpointed_step(workspace)
+        write_status(work_dir, "interrupted", step, f"stopped by {signal_name}")
+        # SystemExit even in a --multirun: a stopped sweep should stop, not go on to its next run.
+        sys.exit(f"error: stopped by {signal_name}; re-run the same command to resume from step {step}")
     except NonFiniteError as error:
-        write_status(work_dir, "failed", workspace.step, str(error))
+        write_status(work_dir, "failed", checkpointed_step(workspace), str(error))
         stop(f"{error}; the last good checkpoint is {work_dir / CHECKPOINT_NAME}")
     except BaseException as error:
-        write_status(work_dir, "failed", workspace.step if workspace else 0, f"{type(error).__name__}: {error}")
+        write_status(work_dir, "failed", checkpointed_step(workspace), f"{type(error).__name__}: {error}")
         raise
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     write_status(work_dir, "finished", workspace.step)
+
+
+def checkpointed_step(workspace: Workspace | None) -> int:
+    """The step a re-run resumes from (0 when no checkpoint was written)."""
+    return workspace.checkpointed_step or 0 if workspace is not None else 0
 
 
 def stop(message: str) -> NoReturn:

@@ -123,7 +123,7 @@ def joblib_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subpro
     root = tmp_path_factory.mktemp("sweep")
     stray = root / "walker_walk" / RUN_NAME.format(4)
     stray.mkdir(parents=True)
-    (stray / "eval.csv").write_text("step,episode_reward\n0,1.0\n")
+    (stray / "eval.csv").write_text("step,episode_reward\n0,1.0\n1000,2.0\n")
     result = sweep("walker_walk", "--launcher", "joblib", "--jobs", "2", "--seeds", "4 1 2", "--root", str(root),
                    "--", "num_train_steps=1000", *TINY)  # fmt: skip
     return root, result
@@ -136,7 +136,7 @@ def test_joblib_sweep_finishes_every_run_but_the_failing_one(joblib_sweep) -> No
     assert result.returncode == 1  # not every run finished
     # seed 4 failed first, and the runs after it still ran
     assert summary(result.stdout) == {4: ("failed", 0, 1000), 1: ("finished", 1000, 1000), 2: ("finished", 1000, 1000)}
-    assert "holds logs but no checkpoint.pt" in result.stdout[result.stdout.rindex("[sweep] qpa:") :]
+    assert "holds logs up to step 1000 but no checkpoint.pt" in result.stdout[result.stdout.rindex("[sweep] qpa:") :]
     assert status(root / "walker_walk" / RUN_NAME.format(4))["state"] == "failed"
     for seed in (1, 2):
         run_dir = root / "walker_walk" / RUN_NAME.format(seed)

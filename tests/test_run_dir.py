@@ -1,0 +1,178 @@
+"""Run-directory integrity and resume exactness: damaged files, stale temp files, kills at seeded moments, SIGTERM,
+and status.json after every outcome. Every case is a real tiny walker_walk run driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_train import REPO_ROOT, TIME_COLUMNS, TINY, train
+
+RUN = ["env=walker_walk", *TINY]
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def status_step(run_dir: Path) -> int:
+    """The status's step, -1 before the run has written one."""
+    return status(run_dir)["step"] if (run_dir / "status.json").exists() else -1
+
+
+def logs_without_timings(run_dir: Path) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_csv(run_dir / name).drop(columns=TIME_COLUMNS, errors="ignore")
+            for name in ("eval.csv", "train.csv")}  # fmt: skip
+
+
+def assert_same_logs(run_dir: Path, reference: Path) -> None:
+    for name, frame in logs_without_timings(run_dir).items():
+        pd.testing.assert_frame_equal(frame, logs_without_timings(reference)[name], obj=name)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    train(run_dir, *RUN)
+    return run_dir
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncated checkpoint", "checkpoint.pt is damaged"),
+        ("empty checkpoint", "checkpoint.pt is damaged"),
+        ("garbage checkpoint", "checkpoint.pt is damaged"),
+        ("garbled config", "config.yaml cannot be read"),
+        ("missing config", "config.yaml is missing"),
+        ("missing eval.csv", "eval.csv lacks the evaluation at step 2000"),
+        ("eval.csv cut short", "eval.csv lacks the evaluation at step 2000"),
+    ],
+)
+def test_a_damaged_run_directory_is_reported_in_one_line(finished_run, tmp_path, damage, message) -> None:
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    checkpoint = run_dir / "checkpoint.pt"
+    if damage == "truncated checkpoint":
+        checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    elif damage == "empty checkpoint":
+        checkpoint.write_bytes(b"")
+    elif damage == "garbage checkpoint":
+        checkpoint.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif damage == "garbled config":
+        (run_dir / "config.yaml").write_text("env: [walker_walk\nseed: {")
+    elif damage == "missing config":
+        (run_dir / "config.yaml").unlink()
+    elif damage == "missing eval.csv":
+        (run_dir / "eval.csv").unlink()
+    else:
+        lines = (run_dir / "eval.csv").read_text().splitlines(keepends=True)
+        (run_dir / "eval.csv").write_text("".join(lines[:-1]))
+    line = one_line_error(train(run_dir, *RUN, check=False))
+    assert line.startswith("error: ") and message in line and "overwrite=true" in line, line
+    assert status(run_dir)["state"] == "failed" and message in status(run_dir)["error"]
+    assert train(run_dir, *RUN, "overwrite=true").returncode == 0  # the way out the message names
+    assert_same_logs(run_dir, finished_run)
+
+
+def test_a_refused_resume_leaves_the_status_of_the_run_alone(finished_run, tmp_path) -> None:
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    for change in ("segment=25", "resume=false"):
+        line = one_line_error(train(run_dir, *RUN, change, check=False))
+        assert "refusing to resume" in line or "resume=false" in line, line
+        assert status(run_dir) == {"state": "finished", "step": 2000, "error": None}
+
+
+def test_stale_temp_files_are_removed_and_a_finished_run_stays_finished(finished_run, tmp_path) -> None:
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"\0" * 1000)
+    result = train(run_dir, *RUN)
+    assert "already finished" in result.stderr
+    assert not list(run_dir.glob(".*.tmp"))
+    assert status(run_dir) == {"state": "finished", "step": 2000, "error": None}
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_over(finished_run, tmp_path) -> None:
+    """Killed between the untrained policy's evaluation row and the first checkpoint (mid-write)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(finished_run / "config.yaml", run_dir)
+    lines = (finished_run / "eval.csv").read_text().splitlines(keepends=True)
+    (run_dir / "eval.csv").write_text("".join(lines[:2]))  # the step-0 row only
+    (run_dir / ".checkpoint.pt.half.tmp").write_bytes(b"\0" * 100_000)
+    train(run_dir, *RUN)
+    assert not list(run_dir.glob(".*.tmp"))
+    assert_same_logs(run_dir, finished_run)
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and not predicate():
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before the moment to stop it"
+
+
+def start(run_dir: Path) -> subprocess.Popen:
+    command = [sys.executable, "train_QPA.py", *RUN, f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.7, 2.3])
+def test_sigkill_at_seeded_moments_then_rerun_gives_the_uninterrupted_logs(finished_run, tmp_path, delay) -> None:
+    """Killed at the first write of eval.csv (before the step-0 checkpoint, or while it is being written) or a
+    seeded moment after it, then re-run with the same command."""
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    wait_for(lambda: (run_dir / "eval.csv").exists(), process)
+    time.sleep(delay)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    train(run_dir, *RUN)
+    assert_same_logs(run_dir, finished_run)
+    assert status(run_dir) == {"state": "finished", "step": 2000, "error": None}
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_sigterm_marks_the_run_interrupted_at_its_last_checkpoint_and_it_resumes(finished_run, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    # status.json names step 1000 once the step-1000 checkpoint is written: stop during the next episode.
+    wait_for(lambda: status_step(run_dir) == 1000, process)
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line == "error: stopped by SIGTERM; re-run the same command to resume from step 1000"
+    assert status(run_dir) == {"state": "interrupted", "step": 1000, "error": "stopped by SIGTERM"}
+    train(run_dir, *RUN)
+    assert_same_logs(run_dir, finished_run)
+    assert status(run_dir)["state"] == "finished"
+
+
+def test_status_follows_the_last_checkpoint_while_running(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    wait_for(lambda: status_step(run_dir) == 1000, process)
+    assert status(run_dir) == {"state": "running", "step": 1000, "error": None}
+    os.kill(process.pid, signal.SIGKILL)  # no handler runs: the status still names the step to resume from
+    process.wait()
+    assert status(run_dir) == {"state": "running", "step": 1000, "error": None}
