@@ -25,7 +25,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from plot import Run, compare, final_scores, iqm_table, load_runs  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+from plot import Run, aggregate_curve, compare, final_scores, iqm_table, load_runs  # noqa: E402
 
 TABLE = "compare_quick"
 METHODS = ("qpa", "pebble", "sac_true")
@@ -66,6 +68,29 @@ def alignment(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("method")[["query_log_likelihood", "history_log_likelihood"]].mean()
 
 
+def alignment_figure(runs: list[Run], out: Path) -> Path:
+    """Mean log π(a|s) per query round: each method's queried segments (solid) and history windows (dashed),
+    mean and 95% bootstrap band over seeds (the QPA paper's Figure 11)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    for index, method in enumerate(PREFERENCE_METHODS):
+        members = [run for run in runs if run.method == method]
+        for metric, style, what in (("query_log_likelihood", "-", "queries"), ("history_log_likelihood", "--",
+                                                                                 "history")):  # fmt: skip
+            curve = aggregate_curve(members, metric, "feedback", BOOTSTRAP_REPS)
+            label = f"{method} {what} (n={len(members)})"
+            ax.plot(curve["x"], curve["mean"], style, color=f"C{index}", label=label)
+            ax.fill_between(curve["x"], curve["low"], curve["high"], color=f"C{index}", alpha=0.15, linewidth=0)
+    ax.set_xlabel("feedback (queries) after the round")
+    ax.set_ylabel("mean log π(a|s) under the current policy")
+    ax.set_title("walker_walk: query-policy alignment")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def report(root: Path, out_dir: Path) -> None:
     runs = comparison_runs(root)
     scores = final_scores(runs)
@@ -90,7 +115,8 @@ def report(root: Path, out_dir: Path) -> None:
     run_dirs = [run.source for run in runs]
     compare(run_dirs, out_dir, reps=BOOTSTRAP_REPS)
     compare(run_dirs, out_dir / "alignment", metric="query_log_likelihood", x="both", reps=BOOTSTRAP_REPS)
-    print(f"curves and tables in {out_dir}; alignment curves in {out_dir / 'alignment'}")
+    alignment_figure(runs, out_dir / "alignment.png")
+    print(f"curves and tables in {out_dir}; alignment in {out_dir / 'alignment.png'} and {out_dir / 'alignment'}")
 
 
 def main(argv: list[str]) -> int:

@@ -576,6 +576,7 @@ def test_compare_quick_reports_returns_iqm_difference_and_alignment(tiny_runs, t
     assert "IQM" in lines["qpa"] and "log π of queries" in lines["qpa"] and "log π" not in lines["sac_true"]
     assert "95% bootstrap CI" in lines["QPA"]
     assert (out_dir / "walker_walk.png").is_file() and (out_dir / "alignment" / "walker_walk.png").is_file()
+    assert (out_dir / "alignment.png").read_bytes()[:4] == b"\x89PNG"
     alignment = pd.read_csv(out_dir / "alignment" / "final_performance.csv").set_index("method")
     assert set(alignment.index) == {"qpa", "pebble"}  # SAC on the true reward asks no queries
     for method in ("qpa", "pebble"):
