@@ -95,8 +95,8 @@ def test_metaworld_run_logs_success_rate(tmp_path):
 
 
 def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path):
-    """The walker_walk line of the reference's run_QPA.sh with its step counts shrunk (seed, unsupervised, reset
-    and eval budgets appended); wandb runs offline and device='cuda' falls back to the CPU."""
+    """The walker_walk line of the reference's run_QPA.sh with its step counts shrunk (seed, unsupervised, reset,
+    eval and buffer budgets appended); wandb runs offline and device='cuda' falls back to the CPU."""
     line = (
         "env=walker_walk agent.params.actor_lr=0.0005 agent.params.critic_lr=0.0005 gradient_update=1 "
         "activation=tanh num_unsup_steps=10 num_train_steps=1020 num_interact=20000 max_feedback=100 "
@@ -104,6 +104,7 @@ def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path
         "teacher_eps_skip=0 teacher_eps_equal=0 segment=50 max_reward_buffer_size=10 data_aug_ratio=20 "
         "ensemble_size=1 explore=false her_ratio=0.5 wandb=true device='cuda' seed=1 "
         "num_seed_steps=990 reset_update=10 eval_frequency=1000 num_eval_episodes=2"
+        " replay_buffer_capacity=2000"  # the buffer follows num_train_steps; it must hold one 1024 batch
     )
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
     command = [sys.executable, "train_QPA.py", *line.split(), f"hydra.run.dir={tmp_path / 'ref'}"]
