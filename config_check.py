@@ -50,21 +50,6 @@ def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
-def _require_int(cfg: DictConfig, key: str, minimum: int) -> None:
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < minimum:
-        _fail(key, value, f"must be an integer >= {minimum}")
-
-
-def _require_range(cfg: DictConfig, key: str, low: float, high: float, low_open: bool = False) -> None:
-    value = cfg[key]
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and (low < value if low_open else low <= value) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        _fail(key, value, f"must be a number in {bracket}{low}, {high}]")
-
-
 def check_overrides(overrides: list[str], config_dir: Path, config_name: str = "train_QPA") -> None:
     """Compose the config from command-line `overrides` as Hydra will, and turn Hydra's multi-line composition
     errors (an unknown key, an unknown group option, a malformed override) into one ConfigError line that names
@@ -107,13 +92,30 @@ def _flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def _require_number(key: str, value: Any, low: float | None = None, high: float | None = None) -> None:
-    """A real number in (low, high] (either bound may be left open-ended with None)."""
+def _require_int(key: str, value: Any, minimum: int = 1, whole_floats: bool = True) -> None:
+    """An integer >= minimum. A whole float (YAML reads 1e6 as one) passes for the schedule keys, which the loop
+    casts; network and batch sizes reach torch and numpy as they are, so they must be ints (whole_floats=False)."""
+    kinds = int | float if whole_floats else int
+    if isinstance(value, bool) or not isinstance(value, kinds) or value != int(value) or value < minimum:
+        _fail(key, value, f"must be an integer >= {minimum}")
+
+
+def _require_number(
+    key: str, value: Any, low: float | None = None, high: float | None = None, low_open: bool = True
+) -> None:
+    """A real number between low and high (inclusive at high; at low, exclusive unless low_open is False);
+    either bound may be None."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
-    ok = ok and (low is None or value > low) and (high is None or value <= high)
-    if not ok:
-        bounds = {(True, True): "any number", (False, True): f"a number > {low}", (True, False): f"a number <= {high}"}
-        _fail(key, value, "must be " + bounds.get((low is None, high is None), f"a number in ({low}, {high}]"))
+    ok = ok and (low is None or value > low or (not low_open and value == low)) and (high is None or value <= high)
+    if ok:
+        return
+    if low is None:
+        allowed = "any number" if high is None else f"a number <= {high}"
+    elif high is None:
+        allowed = f"a number {'>' if low_open else '>='} {low}"
+    else:
+        allowed = f"a number in {'(' if low_open else '['}{low}, {high}]"
+    _fail(key, value, f"must be {allowed}")
 
 
 def _require_bool(key: str, value: Any) -> None:
@@ -121,16 +123,16 @@ def _require_bool(key: str, value: Any) -> None:
         _fail(key, value, "must be true or false")
 
 
-def _require_positive_int(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _fail(key, value, "must be an integer >= 1")
+def _require_name(key: str, value: Any, pattern: str, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, str | int) or not re.fullmatch(pattern, str(value)):
+        _fail(key, value, allowed)
 
 
 def _check_agent(cfg: DictConfig) -> None:
     """SAC's hyper-parameters and network sizes (`agent.params.*`, `*.params.hidden_*`)."""
     params = cfg.agent.params
     for key in ("batch_size", "actor_update_frequency", "critic_target_update_frequency"):
-        _require_positive_int(f"agent.params.{key}", params[key])
+        _require_int(f"agent.params.{key}", params[key], whole_floats=False)
     for key in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
         _require_number(f"agent.params.{key}", params[key], low=0.0)
     for key in ("discount", "critic_tau"):
@@ -143,7 +145,7 @@ def _check_agent(cfg: DictConfig) -> None:
         _require_bool(f"agent.params.{key}", params[key])
     for network in ("double_q_critic", "diag_gaussian_actor"):
         for key in ("hidden_dim", "hidden_depth"):
-            _require_positive_int(f"{network}.params.{key}", cfg[network].params[key])
+            _require_int(f"{network}.params.{key}", cfg[network].params[key], whole_floats=False)
     low, high = cfg.diag_gaussian_actor.params.log_std_bounds
     if not (isinstance(low, int | float) and isinstance(high, int | float) and low < high):
         _fail("diag_gaussian_actor.params.log_std_bounds", [low, high], "must be [low, high] with low < high")
@@ -183,10 +185,10 @@ def check_config(cfg: DictConfig) -> None:
         "topK",
         "gradient_update",
         "reward_hidden_dim",
+        "num_eval_episodes",
+        "large_batch",
     ):
-        _require_int(cfg, key, 1)
-    _require_int(cfg, "num_eval_episodes", 1)
-    _require_int(cfg, "large_batch", 1)
+        _require_int(key, cfg[key])
     for key in ("hybrid_replay", "strict_device", "log_save_tb", "wandb", "save_checkpoint", "resume", "overwrite",
                 "save_model"):  # fmt: skip
         _require_bool(key, cfg[key])
@@ -198,12 +200,20 @@ def check_config(cfg: DictConfig) -> None:
         "reward_hidden_depth",
         "seed",
     ):
-        _require_int(cfg, key, 0)
+        _require_int(key, cfg[key], 0)
     if cfg.reward_source == "learned":
-        _require_int(cfg, "max_feedback", 1)
-        _require_int(cfg, "reward_batch", 1)
+        _require_int("max_feedback", cfg.max_feedback, 1)
+        _require_int("reward_batch", cfg.reward_batch, 1)
         if cfg.reward_batch > cfg.max_feedback:
             _fail("reward_batch", cfg.reward_batch, f"must be <= max_feedback ({cfg.max_feedback})")
+
+    # run_tag becomes part of a directory name; W&B refuses these characters in a project or entity name.
+    _require_name("run_tag", cfg.run_tag, r"[\w.=+-]*", "must be letters, digits and ._=+- only (it names a directory)")
+    _require_name(
+        "wandb_project", cfg.wandb_project, r"[^/\\#?%:\s]+", "must be a non-empty name without /\\#?%: or spaces"
+    )
+    if cfg.wandb_entity is not None:
+        _require_name("wandb_entity", cfg.wandb_entity, r"[^/\\#?%:\s]+", "must be null or a W&B user or team name")
 
     _check_agent(cfg)
     _require_number("reward_lr", cfg.reward_lr, low=0.0)
@@ -223,12 +233,12 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.data_aug_ratio > 0 and cfg.segment <= CROP_SHRINK:
         _fail("segment", cfg.segment, f"must be >= {CROP_SHRINK + 1} for temporal cropping (or set data_aug_ratio=0)")
 
-    _require_range(cfg, "her_ratio", 0.0, 1.0)
-    _require_range(cfg, "teacher_gamma", 0.0, 1.0, low_open=True)
+    _require_number("her_ratio", cfg.her_ratio, 0.0, 1.0, low_open=False)
+    _require_number("teacher_gamma", cfg.teacher_gamma, 0.0, 1.0)
     for key in ("teacher_eps_mistake", "teacher_eps_skip", "teacher_eps_equal", "label_margin"):
-        _require_range(cfg, key, 0.0, 1.0)
+        _require_number(key, cfg[key], 0.0, 1.0, low_open=False)
     if cfg.explore is not False:
-        _require_range(cfg, "explore", 0.0, 1.0, low_open=True)
+        _require_number("explore", cfg.explore, 0.0, 1.0)
 
     if cfg.activation not in ACTIVATIONS:
         _fail("activation", cfg.activation, f"allowed: {', '.join(ACTIVATIONS)}")
@@ -251,9 +261,9 @@ def check_config(cfg: DictConfig) -> None:
             f"allowed: {', '.join(REWARD_SOURCES)}" + (hint if cfg.reward_source is True else ""),
         )
     if cfg.num_threads is not None:
-        _require_int(cfg, "num_threads", 1)
+        _require_int("num_threads", cfg.num_threads, 1)
     if cfg.history_episodes is not None:
-        _require_int(cfg, "history_episodes", 1)
+        _require_int("history_episodes", cfg.history_episodes, 1)
     _check_surf(cfg, max_steps)
     _check_rune(cfg)
     try:
@@ -263,14 +273,13 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check_surf(cfg: DictConfig, max_steps: int) -> None:
-    if not isinstance(cfg.semi_supervised, bool):
-        _fail("semi_supervised", cfg.semi_supervised, "must be true or false")
-    _require_range(cfg, "threshold_u", 0.5, 1.0)  # max(P) of two outcomes is never below 0.5
-    _require_int(cfg, "mu", 1)
-    _require_int(cfg, "crop_range", 0)
-    _require_int(cfg, "dataaug_window", 0)
-    if isinstance(cfg.lambda_u, bool) or not isinstance(cfg.lambda_u, int | float) or cfg.lambda_u < 0:
-        _fail("lambda_u", cfg.lambda_u, "must be a number >= 0")
+    _require_bool("semi_supervised", cfg.semi_supervised)
+    # max(P) of two outcomes is never below 0.5
+    _require_number("threshold_u", cfg.threshold_u, 0.5, 1.0, low_open=False)
+    _require_int("mu", cfg.mu, 1)
+    _require_int("crop_range", cfg.crop_range, 0)
+    _require_int("dataaug_window", cfg.dataaug_window, 0)
+    _require_number("lambda_u", cfg.lambda_u, 0.0, low_open=False)
     if not cfg.semi_supervised:
         return
     if cfg.crop_range >= cfg.segment:
@@ -291,12 +300,9 @@ def _check_surf(cfg: DictConfig, max_steps: int) -> None:
 
 
 def _check_rune(cfg: DictConfig) -> None:
-    for key in ("rune_beta_init", "rune_beta_decay"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int | float):
-            _fail(key, cfg[key], "must be a number")
-    if cfg.rune_beta_init < 0:
-        _fail("rune_beta_init", cfg.rune_beta_init, "must be >= 0 (0 turns the RUNE bonus off)")
-    if not 0.0 <= cfg.rune_beta_decay < 1.0:
+    _require_number("rune_beta_init", cfg.rune_beta_init, 0.0, low_open=False)  # 0 turns the bonus off
+    _require_number("rune_beta_decay", cfg.rune_beta_decay, 0.0, low_open=False)
+    if cfg.rune_beta_decay >= 1.0:
         _fail("rune_beta_decay", cfg.rune_beta_decay, "must be a number in [0, 1)")
     if cfg.rune_beta_init > 0 and cfg.reward_source != "learned":
         _fail("rune_beta_init", cfg.rune_beta_init, "needs reward_source=learned (the bonus is the reward models' std)")

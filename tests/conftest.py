@@ -1,8 +1,15 @@
-"""Shared test setup: headless rendering, single-threaded torch (CI has 2 cores), repo root on sys.path."""
+"""Shared test setup and helpers: headless rendering, single-threaded torch (CI has 2 cores), the repo root on
+sys.path, config composition, a CLI training run, the network sizes of every tiny run, and the `slow` marker."""
+
+from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 # One thread per process: tests start training subprocesses side by side on 2 cores, and oversubscribed OpenMP
@@ -14,3 +21,32 @@ os.environ.setdefault("WANDB_SILENT", "true")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+# Columns that hold wall-clock figures, so two runs' logs differ in them and nowhere else.
+TIME_COLUMNS = ["fps", "duration", "total_time"]
+# Real networks, small enough that a tiny run takes seconds; each test file adds the schedule it needs.
+SMALL_NETWORKS = [
+    "double_q_critic.params.hidden_dim=32",
+    "diag_gaussian_actor.params.hidden_dim=32",
+    "reward_hidden_dim=32",
+    "num_eval_episodes=1",
+]
+
+
+def compose_config(*overrides: str, hydra_config: bool = False) -> DictConfig:
+    """The training config as `train_QPA.py` composes it from these command-line overrides."""
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "config"), version_base="1.3", job_name="train_QPA"):
+        return compose("train_QPA", list(overrides), return_hydra_config=hydra_config)
+
+
+def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python train_QPA.py overrides... hydra.run.dir=run_dir`; with check, the run must succeed."""
+    command = [sys.executable, "train_QPA.py", *overrides, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: starts training runs in subprocesses (deselect with -m 'not slow')")

@@ -20,8 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import REPO_ROOT, SMALL_NETWORKS, compose_config
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 import train_QPA
 from config_check import METHOD_SWITCHES, ConfigError, check_config, resolve_query_scheme
@@ -29,35 +30,26 @@ from plot import main as plot_main
 from replay_buffer import ReplayBuffer
 from reward_model import RewardModel, pseudo_labels, surf_crop_windows, window_sums
 
-REPO = Path(__file__).resolve().parent.parent
 METHODS = ("qpa", "pebble", "surf", "rune", "sac_true")
 # Small networks and budgets: the Workspace tests build every component but train for a handful of steps.
 SMALL = [
-    "env=walker_walk", "device=cpu", "segment=20", "reward_update=5", "reward_hidden_dim=32", "max_feedback=20",
-    "reward_batch=10", "num_train_steps=5000", "agent.params.batch_size=32", "double_q_critic.params.hidden_dim=32",
-    "diag_gaussian_actor.params.hidden_dim=32",
+    "env=walker_walk", "device=cpu", "segment=20", "reward_update=5", "max_feedback=20", "reward_batch=10",
+    "num_train_steps=5000", "agent.params.batch_size=32", *SMALL_NETWORKS,
 ]  # fmt: skip
 # The end-to-end budget: 900 random steps, 100 of state-entropy pre-training, queries at steps 1000 and 1250 (the
 # first needs a finished walker episode), SAC on the learned reward to step 1500; evaluations at 0 and 1500.
 TINY = [
     "num_train_steps=1500", "num_seed_steps=900", "num_unsup_steps=100", "num_interact=250", "max_feedback=20",
-    "reward_batch=10", "segment=20", "reward_update=20", "reward_hidden_dim=32", "eval_frequency=1500",
-    "num_eval_episodes=1", "agent.params.batch_size=64", "double_q_critic.params.hidden_dim=32",
-    "diag_gaussian_actor.params.hidden_dim=32",
+    "reward_batch=10", "segment=20", "reward_update=20", "eval_frequency=1500", "agent.params.batch_size=64",
+    *SMALL_NETWORKS,
 ]  # fmt: skip
 RUN_NAME = "maxFeedback20_numInteract250_seed{}"
 RUN_100 = "maxFeedback100_numInteract20000_seed1"
 
 
-def compose_config(*overrides: str, hydra_config: bool = False) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base="1.3", job_name="train_QPA"):
-        return compose("train_QPA", list(overrides), return_hydra_config=hydra_config)
-
-
-# ---------------------------------------------------------------------------------------------- config
 def test_presets_set_every_switch_and_only_switches() -> None:
     for method in METHODS:
-        preset = yaml.safe_load((REPO / "config" / "method" / f"{method}.yaml").read_text())
+        preset = yaml.safe_load((REPO_ROOT / "config" / "method" / f"{method}.yaml").read_text())
         assert set(preset) == {"name", "experiment", *METHOD_SWITCHES}, method
         assert preset["name"] == method
     pebble = compose_config("method=pebble")
@@ -129,17 +121,17 @@ def test_every_method_and_ablation_gets_its_own_run_directory_and_label() -> Non
 
 def sweep_configs(table: str, tasks: list[str] | None = None, methods: list[str] | None = None) -> dict:
     """{(task, method): config (seed 1)} of a sweep table's runs, composed as scripts/sweep.py composes them."""
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import sweep
 
     runs = sweep.plan_runs(sweep.load_table(table), tasks or [], methods or [], [1], [])
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base="1.3", job_name="train_QPA"):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "config"), version_base="1.3", job_name="train_QPA"):
         return {(run.task, run.method): compose("train_QPA", [*run.overrides, "seed=1"]) for run in runs}
 
 
 def test_sweep_tables_keep_qpa_identical_and_change_one_thing_per_ablation() -> None:
     reference = {task: OmegaConf.to_container(cfg, resolve=True) for (task, _), cfg in sweep_configs("qpa").items()}
-    table = yaml.safe_load((REPO / "scripts" / "sweeps" / "baselines.yaml").read_text())
+    table = yaml.safe_load((REPO_ROOT / "scripts" / "sweeps" / "baselines.yaml").read_text())
     assert set(table["tasks"]) == set(reference) and len(reference) == 9 and table["seeds"] == [1, 2, 3, 4, 5]
     assert table["methods"] == {method: f"method={method}" for method in METHODS}
     baselines = sweep_configs("baselines", methods=["qpa"])  # every task: QPA's runs are run_QPA.sh's
@@ -158,7 +150,7 @@ def test_sweep_tables_keep_qpa_identical_and_change_one_thing_per_ablation() -> 
         "N50": {"max_reward_buffer_size": 50}, "her0.25": {"her_ratio": 0.25}, "her0.75": {"her_ratio": 0.75},
     }  # fmt: skip
     labels = set()
-    ablations = yaml.safe_load((REPO / "scripts" / "sweeps" / "ablations.yaml").read_text())
+    ablations = yaml.safe_load((REPO_ROOT / "scripts" / "sweeps" / "ablations.yaml").read_text())
     assert set(ablations["tasks"]) == {"walker_walk", "cheetah_run", "walker_run"}
     assert set(ablations["methods"]) == {"qpa", *expected_change}
     for (task, method), cfg in sweep_configs("ablations", ["walker_walk"]).items():
@@ -174,8 +166,8 @@ def test_sweep_tables_keep_qpa_identical_and_change_one_thing_per_ablation() -> 
 def test_sweep_scripts_dry_run() -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     for script, runs in (("run_baselines.sh", 5 * 5), ("run_ablations.sh", 9 * 5)):
-        result = subprocess.run(["bash", str(REPO / script), "walker_walk", "--dry-run"], capture_output=True,
-                                text=True, env=env, cwd=REPO, timeout=300)  # fmt: skip
+        result = subprocess.run(["bash", str(REPO_ROOT / script), "walker_walk", "--dry-run"], capture_output=True,
+                                text=True, env=env, cwd=REPO_ROOT, timeout=300)  # fmt: skip
         assert result.returncode == 0, result.stderr
         commands = result.stdout.splitlines()
         assert len(commands) == runs and all("env=walker_walk" in command for command in commands)
@@ -484,7 +476,9 @@ def launch(root: Path, *overrides: str) -> subprocess.Popen:
     """One Hydra multirun of tiny runs under `root` (the runs of one process share its imports)."""
     env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "train_QPA.py", "--multirun", *TINY, *overrides, f"hydra.sweep.dir={root}"]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -568,7 +562,7 @@ def test_compare_quick_reports_returns_iqm_difference_and_alignment(tiny_runs, t
     result = subprocess.run(
         [sys.executable, "bench/compare_quick.py", "--report-only", "--seeds", "2", "--root",
          str(tiny_runs / "walker_walk"), "--out-dir", str(out_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_train import REPO_ROOT, TIME_COLUMNS, TINY, train
+from conftest import REPO_ROOT, TIME_COLUMNS, train
+from test_train import TINY
 
 RUN = ["env=walker_walk", *TINY]
 

@@ -18,8 +18,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, SMALL_NETWORKS
 
-REPO = Path(__file__).resolve().parent.parent
 # SPEC §8, written out here independently of scripts/sweeps/qpa.yaml:
 # task: (env, num_train_steps, lr, num_interact, max_feedback, reward_batch, Meta-World max_reward_buffer_size)
 PAPER = {
@@ -43,9 +43,8 @@ SEEDS = [1, 2, 3, 4, 5]
 # replay buffer keeps one capacity across the budgets below, so every resume reloads the buffer exactly as saved.
 TINY = [
     "num_seed_steps=1000", "num_unsup_steps=0", "num_interact=500", "max_feedback=20", "reward_batch=10",
-    "reward_update=20", "reward_hidden_dim=32", "segment=20", "eval_frequency=1000", "num_eval_episodes=1",
-    "agent.params.batch_size=64", "double_q_critic.params.hidden_dim=32", "diag_gaussian_actor.params.hidden_dim=32",
-    "replay_buffer_capacity=2000",
+    "reward_update=20", "segment=20", "eval_frequency=1000", "agent.params.batch_size=64",
+    "replay_buffer_capacity=2000", *SMALL_NETWORKS,
 ]  # fmt: skip
 RUN_NAME = "maxFeedback20_numInteract500_seed{}"
 SUMMARY_LINE = re.compile(r"^\s+(finished|failed|incomplete|not started)\s+walker_walk seed (\d+)\s+(\d+)/(\d+) steps")
@@ -72,8 +71,8 @@ def normalise(value: object) -> float | str:
 
 def sweep(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHON": sys.executable, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(["bash", str(REPO / "run_QPA.sh"), *args], capture_output=True, text=True, env=environment,
-                          timeout=600, cwd=REPO)  # fmt: skip
+    command = ["bash", str(REPO_ROOT / "run_QPA.sh"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600, cwd=REPO_ROOT)
 
 
 def summary(output: str) -> dict[int, tuple[str, int, int]]:

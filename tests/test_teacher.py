@@ -1,14 +1,11 @@
 """The scripted B-Pref teacher: each irrationality measured statistically against its definition."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 from omegaconf import OmegaConf
 
 from teacher import ScriptedTeacher
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def binomial_tolerance(p: float, n: int, sigmas: float = 5.0) -> float:

@@ -3,6 +3,7 @@ lines, bad input, kill-and-resume and determinism."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,14 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from conftest import REPO_ROOT, SMALL_NETWORKS, TIME_COLUMNS, compose_config, train
 
 import config_check
 from config_check import ConfigError, check_config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TIME_COLUMNS = ["fps", "duration", "total_time"]
 TINY = [
     "num_train_steps=2000",
     "num_seed_steps=300",
@@ -30,25 +28,9 @@ TINY = [
     "segment=20",
     "reward_update=50",
     "eval_frequency=1000",
-    "num_eval_episodes=1",
     "agent.params.batch_size=32",
-    "double_q_critic.params.hidden_dim=32",
-    "diag_gaussian_actor.params.hidden_dim=32",
-    "reward_hidden_dim=32",
+    *SMALL_NETWORKS,
 ]
-
-
-def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "train_QPA.py", *overrides, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def compose_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "config"), version_base="1.3"):
-        return compose(config_name="train_QPA", overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -115,68 +97,128 @@ def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path
     assert list((tmp_path / "ref").glob("wandb/offline-run-*")), "wandb offline run missing"
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("env=walker_wlak", "walker_walk"),
-        ("env=metaworld_nope-v2", "metaworld_nope-v2"),
-        ("num_train_steps=-5", "num_train_steps=-5"),
-        ("max_feedback=0", "max_feedback=0"),
-        ("agent.params.batch_size=0", "agent.params.batch_size=0"),
-        ("segment=1500", "episode length"),
-        ("num_seed_steps=200 num_unsup_steps=100", "one complete episode"),
-        ("segment=10", "temporal cropping"),
-        ("reward_batch=200", "must be <= max_feedback"),
-        ("her_ratio=1.5", "her_ratio=1.5"),
-        ("max_reward_buffer_size=0", "max_reward_buffer_size=0"),
-        ("ensemble_size=0", "ensemble_size=0"),
-        ("activation=gelu", "allowed: tanh, sig, relu"),
-        ("query_scheme=best", "query_scheme='best'"),
-        ("feed_type=9", "feed_type=9"),
-        ("explore=2", "explore=2"),
-        ("device=tpu", "device='tpu'"),
-        ("device=cuda:abc", "device='cuda:abc'"),
-        ("num_threads=0", "num_threads=0"),
-        ("reward_lr=abc", "reward_lr='abc'"),
-        ("reward_lr=0", "reward_lr=0"),
-        ("teacher_beta=abc", "teacher_beta='abc'"),
-        ("teacher_gamma=0", "teacher_gamma=0"),
-        ("teacher_eps_mistake=2", "teacher_eps_mistake=2"),
-        ("label_margin=-0.1", "label_margin=-0.1"),
-        ("agent.params.discount=abc", "agent.params.discount='abc'"),
-        ("agent.params.discount=1.5", "agent.params.discount=1.5"),
-        ("agent.params.critic_tau=0", "agent.params.critic_tau=0"),
-        ("agent.params.actor_lr=-1", "agent.params.actor_lr=-1"),
-        ("agent.params.alpha_betas=[0.9]", "agent.params.alpha_betas=[0.9]"),
-        ("agent.params.learnable_temperature=maybe", "learnable_temperature='maybe'"),
-        ("agent.params.actor_update_frequency=0", "actor_update_frequency=0"),
-        ("diag_gaussian_actor.params.hidden_dim=0", "diag_gaussian_actor.params.hidden_dim=0"),
-        ("double_q_critic.params.hidden_depth=0", "double_q_critic.params.hidden_depth=0"),
-        ("diag_gaussian_actor.params.log_std_bounds=[2,-5]", "log_std_bounds=[2, -5]"),
-        ("large_batch=0", "large_batch=0"),
-        ("num_eval_episodes=0", "num_eval_episodes=0"),
-        ("hybrid_replay=maybe", "hybrid_replay='maybe'"),
-        ("strict_device=maybe", "strict_device='maybe'"),
-        ("resume=maybe", "resume='maybe'"),
-        ("replay_buffer_capacity=100", "must be >= agent.params.batch_size"),
-        ("history_episodes=0", "history_episodes=0"),
-        ("reward_schedule=3", "reward_schedule=3"),
-        ("reward_source=maybe", "reward_source='maybe'"),
-        ("reward_update=0", "reward_update=0"),
-        ("eval_frequency=0", "eval_frequency=0"),
-        ("topK=0", "topK=0"),
-        ("reward_train_batch=0", "reward_train_batch=0"),
-        ("data_aug_ratio=-1", "data_aug_ratio=-1"),
-        ("method=surf threshold_u=0.3", "threshold_u=0.3"),
-        ("method=rune rune_beta_decay=1.5", "rune_beta_decay=1.5"),
-        ("method=rune ensemble_size=1", "needs ensemble_size >= 2"),
-    ],
-)
+# Every key a user can set, with a value that cannot work and what the one-line error must say about it.
+BAD_VALUES = [
+    ("env=walker_wlak", "walker_walk"),
+    ("env=metaworld_nope-v2", "metaworld_nope-v2"),
+    ("num_train_steps=-5", "num_train_steps=-5"),
+    ("max_feedback=0", "max_feedback=0"),
+    ("agent.params.batch_size=0", "agent.params.batch_size=0"),
+    ("segment=1500", "episode length"),
+    ("num_seed_steps=200 num_unsup_steps=100", "one complete episode"),
+    ("segment=10", "temporal cropping"),
+    ("reward_batch=200", "must be <= max_feedback"),
+    ("her_ratio=1.5", "her_ratio=1.5"),
+    ("max_reward_buffer_size=0", "max_reward_buffer_size=0"),
+    ("ensemble_size=0", "ensemble_size=0"),
+    ("activation=gelu", "allowed: tanh, sig, relu"),
+    ("query_scheme=best", "query_scheme='best'"),
+    ("feed_type=9", "feed_type=9"),
+    ("explore=2", "explore=2"),
+    ("device=tpu", "device='tpu'"),
+    ("device=cuda:abc", "device='cuda:abc'"),
+    ("num_threads=0", "num_threads=0"),
+    ("reward_lr=abc", "reward_lr='abc'"),
+    ("reward_lr=0", "reward_lr=0"),
+    ("teacher_beta=abc", "teacher_beta='abc'"),
+    ("teacher_gamma=0", "teacher_gamma=0"),
+    ("teacher_eps_mistake=2", "teacher_eps_mistake=2"),
+    ("label_margin=-0.1", "label_margin=-0.1"),
+    ("agent.params.discount=abc", "agent.params.discount='abc'"),
+    ("agent.params.discount=1.5", "agent.params.discount=1.5"),
+    ("agent.params.critic_tau=0", "agent.params.critic_tau=0"),
+    ("agent.params.actor_lr=-1", "agent.params.actor_lr=-1"),
+    ("agent.params.alpha_betas=[0.9]", "agent.params.alpha_betas=[0.9]"),
+    ("agent.params.learnable_temperature=maybe", "learnable_temperature='maybe'"),
+    ("agent.params.actor_update_frequency=0", "actor_update_frequency=0"),
+    ("diag_gaussian_actor.params.hidden_dim=0", "diag_gaussian_actor.params.hidden_dim=0"),
+    ("double_q_critic.params.hidden_depth=0", "double_q_critic.params.hidden_depth=0"),
+    ("diag_gaussian_actor.params.log_std_bounds=[2,-5]", "log_std_bounds=[2, -5]"),
+    ("large_batch=0", "large_batch=0"),
+    ("num_eval_episodes=0", "num_eval_episodes=0"),
+    ("hybrid_replay=maybe", "hybrid_replay='maybe'"),
+    ("strict_device=maybe", "strict_device='maybe'"),
+    ("resume=maybe", "resume='maybe'"),
+    ("replay_buffer_capacity=100", "must be >= agent.params.batch_size"),
+    ("history_episodes=0", "history_episodes=0"),
+    ("reward_schedule=3", "reward_schedule=3"),
+    ("reward_source=maybe", "reward_source='maybe'"),
+    ("reward_update=0", "reward_update=0"),
+    ("eval_frequency=0", "eval_frequency=0"),
+    ("topK=0", "topK=0"),
+    ("reward_train_batch=0", "reward_train_batch=0"),
+    ("data_aug_ratio=-1", "data_aug_ratio=-1"),
+    ("method=surf threshold_u=0.3", "threshold_u=0.3"),
+    ("method=rune rune_beta_decay=1.5", "rune_beta_decay=1.5"),
+    ("method=rune ensemble_size=1", "needs ensemble_size >= 2"),
+    ("run_tag=a/b", "run_tag='a/b'"),
+    ("wandb_project=my/project", "wandb_project='my/project'"),
+    ("wandb_entity=true", "wandb_entity=True"),
+    ("seed=-1", "seed=-1"),
+    ("agent.params.batch_size=64.0", "agent.params.batch_size=64.0"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES)
 def test_bad_values_are_rejected_with_one_line_naming_them(override, message):
     with pytest.raises(ConfigError) as error:
         check_config(compose_config(*override.split()))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+# Runs `python train_QPA.py <args>` for each argument list on stdin (JSON), all through the script's own __main__
+# path in one interpreter (a start per row would cost minutes), and prints, per row, the exit status the
+# interpreter would give and what went to stderr. Building an environment counts as a failure: every bad value
+# must be refused before that.
+CLI_DRIVER = """
+import contextlib, io, json, runpy, sys
+import utils
+
+def refuse_to_build(*args):
+    raise AssertionError("an environment was built before the bad value was rejected")
+
+utils.make_env = refuse_to_build
+results = []
+for args in json.load(sys.stdin):
+    sys.argv = ["train_QPA.py", *args]
+    stderr, status = io.StringIO(), 0
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path("train_QPA.py", run_name="__main__")
+        except SystemExit as exit_:  # sys.exit("text") prints the text to stderr and exits with status 1
+            code = exit_.code
+            status = 0 if code is None else code if isinstance(code, int) else 1
+            if isinstance(code, str):
+                print(code, file=sys.stderr)
+        except BaseException as error:
+            status = 1
+            print(f"Traceback (uncaught) {type(error).__name__}: {error}", file=sys.stderr)
+    results.append({"status": status, "stderr": stderr.getvalue()})
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_value_cli_results(tmp_path_factory) -> dict[str, dict]:
+    root = tmp_path_factory.mktemp("bad")
+    rows = [[*override.split(), f"hydra.run.dir={root / str(i)}"] for i, (override, _) in enumerate(BAD_VALUES)]
+    result = subprocess.run([sys.executable, "-c", CLI_DRIVER], input=json.dumps(rows), cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    return {override: outcome for (override, _), outcome in zip(BAD_VALUES, outcomes, strict=True)}
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES)
+def test_cli_exits_with_one_line_for_every_bad_value_before_building_an_env(override, message, bad_value_cli_results):
+    outcome = bad_value_cli_results[override]
+    stderr = outcome["stderr"]
+    assert outcome["status"] == 1, stderr[-2000:]
+    assert "Traceback" not in stderr and "HYDRA_FULL_ERROR" not in stderr, stderr[-2000:]
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and message in error_lines[0], stderr[-2000:]
+    assert error_lines[0] == stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
