@@ -1,0 +1,65 @@
+"""Behaviour pinned by golden files: three fixed-seed tiny runs (QPA on walker_walk, PEBBLE on cheetah_run, SURF
+on Meta-World drawer-open) must write exactly the eval.csv and train.csv recorded in tests/golden/, timing
+columns aside. A refactor that changes what the code computes, by a single float, fails here.
+
+The runs pin the CPU kernels (AVX2 for PyTorch, MKL and oneDNN, one thread), so the files do not depend on whether
+the machine has AVX-512. Re-record after an intended change of behaviour with `python tests/test_golden.py`, and
+say in the commit why the numbers moved.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO_ROOT, TIME_COLUMNS
+from test_train import TINY
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+GOLDEN_RUNS = {
+    "qpa_walker_walk": ["env=walker_walk", "method=qpa"],
+    "pebble_cheetah_run": ["env=cheetah_run", "method=pebble"],
+    "surf_metaworld_drawer-open": ["env=metaworld_drawer-open-v3", "method=surf", "eval_frequency=500"],
+}
+LOGS = ("eval.csv", "train.csv")
+PINNED_KERNELS = {
+    "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1",
+}  # fmt: skip
+
+
+def run_golden(name: str, run_dir: Path) -> dict[str, pd.DataFrame]:
+    """Train the named golden run into run_dir and return its logs without the timing columns."""
+    command = [sys.executable, "train_QPA.py", *TINY, *GOLDEN_RUNS[name], "seed=3", "num_threads=1", "device=cpu",
+               f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, **PINNED_KERNELS}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {log: read_log(run_dir / log) for log in LOGS}
+
+
+def read_log(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, float_precision="round_trip").drop(columns=TIME_COLUMNS, errors="ignore")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(GOLDEN_RUNS))
+def test_fixed_seed_runs_write_the_golden_logs(name: str, tmp_path: Path) -> None:
+    logs = run_golden(name, tmp_path / name)
+    for log, frame in logs.items():
+        golden = read_log(GOLDEN_DIR / name / log)
+        pd.testing.assert_frame_equal(frame, golden, check_exact=True, obj=f"{name}/{log}")
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    for run_name in sorted(GOLDEN_RUNS):
+        with tempfile.TemporaryDirectory() as scratch:
+            (GOLDEN_DIR / run_name).mkdir(parents=True, exist_ok=True)
+            for log_name, log_frame in run_golden(run_name, Path(scratch) / run_name).items():
+                log_frame.to_csv(GOLDEN_DIR / run_name / log_name, index=False)
+            print(f"recorded {GOLDEN_DIR / run_name}")
