@@ -49,4 +49,5 @@ def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.Comp
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "slow: starts training runs in subprocesses (deselect with -m 'not slow')")
+    # The quick loop while editing is `pytest -m "not slow"`; CI and `make test` run everything.
+    config.addinivalue_line("markers", "slow: trains in subprocesses or for hundreds of steps")

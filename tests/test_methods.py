@@ -163,6 +163,7 @@ def test_sweep_tables_keep_qpa_identical_and_change_one_thing_per_ablation() -> 
     assert len(labels) == len(expected_change) + 1
 
 
+@pytest.mark.slow
 def test_sweep_scripts_dry_run() -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     for script, runs in (("run_baselines.sh", 5 * 5), ("run_ablations.sh", 9 * 5)):
@@ -501,6 +502,7 @@ def run_dir(root: Path, env: str, method: str, seed: int = 1) -> Path:
     return root / env / ("" if method == "qpa" else method) / RUN_NAME.format(seed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_preset_runs_end_to_end_on_walker(tiny_runs, method) -> None:
     directory = run_dir(tiny_runs, "walker_walk", method)
@@ -521,6 +523,7 @@ def test_every_preset_runs_end_to_end_on_walker(tiny_runs, method) -> None:
         assert len(fractions) >= 1 and fractions.between(0, 1).all()
 
 
+@pytest.mark.slow
 def test_rune_run_stores_mean_and_std_of_its_final_reward_model(tiny_runs) -> None:
     state = torch.load(run_dir(tiny_runs, "walker_walk", "rune") / "checkpoint.pt", weights_only=False)
     model = RewardModel(24, 6, ensemble_size=3, hidden_dim=32, size_segment=20, data_aug_ratio=0)
@@ -533,6 +536,7 @@ def test_rune_run_stores_mean_and_std_of_its_final_reward_model(tiny_runs) -> No
     assert torch.allclose(stored["reward"], mean, atol=1e-5) and torch.allclose(stored["reward_std"], std, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["surf", "rune"])
 def test_surf_and_rune_run_on_metaworld(tiny_runs, method) -> None:
     directory = run_dir(tiny_runs, "metaworld_drawer-open-v3", method)
@@ -541,6 +545,7 @@ def test_surf_and_rune_run_on_metaworld(tiny_runs, method) -> None:
     assert evals["success_rate"].notna().all() and evals["total_feedback"].iloc[-1] == 20
 
 
+@pytest.mark.slow
 def test_compare_plot_and_table_from_tiny_runs(tiny_runs, tmp_path) -> None:
     out_dir = tmp_path / "compare"
     assert plot_main(["compare", str(tiny_runs / "walker_walk"), "--out-dir", str(out_dir), "--reps", "200"]) == 0
@@ -557,6 +562,7 @@ def test_compare_plot_and_table_from_tiny_runs(tiny_runs, tmp_path) -> None:
     assert "| walker_walk | pebble | episode_reward | 2 |" in (out_dir / "final_performance.md").read_text()
 
 
+@pytest.mark.slow
 def test_compare_quick_reports_returns_iqm_difference_and_alignment(tiny_runs, tmp_path) -> None:
     out_dir = tmp_path / "compare_quick"
     result = subprocess.run(

@@ -52,6 +52,7 @@ def held_out_accuracy(model: RewardModel, weights: np.ndarray, rng: np.random.Ge
     return float(agree[clear].mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ensemble_size", [1, 3])
 @pytest.mark.parametrize("data_aug_ratio", [0, 20])
 def test_learns_linear_reward_from_oracle_preferences(ensemble_size, data_aug_ratio):
@@ -396,6 +397,7 @@ def original_rule_steps(model: RewardModel, num_iters: int) -> int:
     return num_iters
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("num_labels", "ensemble_size", "data_aug_ratio"), [(10, 1, 20), (40, 3, 20), (60, 1, 0)])
 def test_dmc_stopping_step_is_the_original_rule(num_labels, ensemble_size, data_aug_ratio):
     for seed in range(3):

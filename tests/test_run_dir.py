@@ -18,6 +18,8 @@ import pytest
 from conftest import REPO_ROOT, TIME_COLUMNS, train
 from test_train import TINY
 
+pytestmark = pytest.mark.slow  # every test here trains in subprocesses
+
 RUN = ["env=walker_walk", *TINY]
 
 

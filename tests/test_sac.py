@@ -46,6 +46,7 @@ def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- learning
+@pytest.mark.slow
 def test_sac_learns_cartpole_swingup_from_true_reward():
     # Measured: a uniform random policy scores ~15 and doing nothing ~0; SAC passes 150 within 4-6k steps
     # on seeds 0-2, so 100 leaves margin on both sides.

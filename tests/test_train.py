@@ -40,6 +40,7 @@ def walker_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_walker_run_logs_everything_and_spends_the_feedback_budget_exactly(walker_run):
     for name in ("config.yaml", "train.csv", "eval.csv", "checkpoint.pt", "status.json"):
         assert (walker_run / name).exists(), name
@@ -66,6 +67,7 @@ def test_walker_run_logs_everything_and_spends_the_feedback_budget_exactly(walke
     assert (walker_run / "status.json").read_text().count('"finished"') == 1
 
 
+@pytest.mark.slow
 def test_metaworld_run_logs_success_rate(tmp_path):
     run_dir = tmp_path / "mw"
     train(run_dir, "env=metaworld_drawer-open-v2", *TINY, "eval_frequency=500")
@@ -76,6 +78,7 @@ def test_metaworld_run_logs_success_rate(tmp_path):
     assert evals.step.iloc[-1] == 2000
 
 
+@pytest.mark.slow
 def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path):
     """The walker_walk line of the reference's run_QPA.sh with its step counts shrunk (seed, unsupervised, reset,
     eval and buffer budgets appended); wandb runs offline and device='cuda' falls back to the CPU."""
@@ -255,6 +258,7 @@ def test_the_paper_settings_pass_validation():
     check_config(compose_config("env=metaworld_door-open-v3", "num_eval_episodes=100", "reward_update=200"))
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_input_before_building_anything(tmp_path):
     result = train(tmp_path / "bad", "segment=5000", check=False)
     assert result.returncode != 0
@@ -273,6 +277,7 @@ def test_feed_type_alias_follows_bpref_numbering():
     assert config_check.resolve_query_scheme(compose_config()) == "policy_aligned"
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_logs(walker_run, tmp_path):
     again = tmp_path / "again"
     train(again, "env=walker_walk", *TINY)
@@ -282,6 +287,7 @@ def test_same_seed_gives_identical_logs(walker_run, tmp_path):
         pd.testing.assert_frame_equal(first, second)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result_without_duplicate_rows(walker_run, tmp_path):
     run_dir = tmp_path / "killed"
     command = [sys.executable, "train_QPA.py", "env=walker_walk", *TINY, f"hydra.run.dir={run_dir}"]
@@ -312,6 +318,7 @@ def test_killed_run_resumes_to_the_same_result_without_duplicate_rows(walker_run
     assert "already finished" in finished.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_config_is_refused_naming_the_keys(walker_run, tmp_path):
     result = train(walker_run, "env=walker_walk", *TINY, "max_feedback=30", "seed=7", check=False)
     assert result.returncode != 0
@@ -319,6 +326,7 @@ def test_resume_with_a_different_config_is_refused_naming_the_keys(walker_run, t
     assert "refusing to resume" in message and "max_feedback" in message and "seed" in message
 
 
+@pytest.mark.slow
 def test_longer_budget_resumes_a_finished_run(walker_run, tmp_path):
     extended = tmp_path / "extended"
     train(extended, "env=walker_walk", *TINY)
@@ -329,6 +337,7 @@ def test_longer_budget_resumes_a_finished_run(walker_run, tmp_path):
     assert list(evals.step) == [0, 1000, 2000, 3000]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_with_a_clear_message(tmp_path):
     run_dir = tmp_path / "nan"
     result = train(run_dir, "env=walker_walk", *TINY, "agent.params.critic_lr=1e38", check=False)
