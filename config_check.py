@@ -17,18 +17,9 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 import utils
+from queries import QUERY_SCHEMES, feed_types, scheme_for_feed_type
+from reward_model import QPA_CROP_SHRINK
 
-QUERY_SCHEMES = (
-    "policy_aligned",
-    "uniform",
-    "disagreement",
-    "entropy",
-    "kcenter",
-    "kcenter_disagree",
-    "kcenter_entropy",
-)
-# B-Pref's feed_type numbering.
-FEED_TYPE_SCHEMES = ("uniform", "disagreement", "entropy", "kcenter", "kcenter_disagree", "kcenter_entropy")
 ACTIVATIONS = ("tanh", "sig", "relu")
 REWARD_SOURCES = ("learned", "true")
 # Top-level keys that switch a method's behaviour; each one changed from the method preset names the run directory.
@@ -37,7 +28,6 @@ METHOD_SWITCHES = (
     "semi_supervised", "threshold_u", "mu", "lambda_u", "crop_range", "dataaug_window",
     "rune_beta_init", "rune_beta_decay",
 )  # fmt: skip
-CROP_SHRINK = 15  # temporal cropping draws lengths in U{S-15 ... S-5}
 DMC_EPISODE_STEPS = 1000
 METAWORLD_EPISODE_STEPS = 500
 
@@ -162,7 +152,7 @@ def resolve_query_scheme(cfg: DictConfig) -> str:
     """`feed_type` (B-Pref numbering) wins over `query_scheme` when it is set."""
     if cfg.feed_type is None:
         return cfg.query_scheme
-    return FEED_TYPE_SCHEMES[int(cfg.feed_type)]
+    return scheme_for_feed_type(int(cfg.feed_type))
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -230,8 +220,9 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.segment >= max_steps:
         _fail("segment", cfg.segment, f"must be < the episode length of {cfg.env} ({max_steps} steps)")
-    if cfg.data_aug_ratio > 0 and cfg.segment <= CROP_SHRINK:
-        _fail("segment", cfg.segment, f"must be >= {CROP_SHRINK + 1} for temporal cropping (or set data_aug_ratio=0)")
+    longest_cut = QPA_CROP_SHRINK[1]
+    if cfg.data_aug_ratio > 0 and cfg.segment <= longest_cut:
+        _fail("segment", cfg.segment, f"must be >= {longest_cut + 1} for temporal cropping (or set data_aug_ratio=0)")
 
     _require_number("her_ratio", cfg.her_ratio, 0.0, 1.0, low_open=False)
     _require_number("teacher_gamma", cfg.teacher_gamma, 0.0, 1.0)
@@ -244,13 +235,10 @@ def check_config(cfg: DictConfig) -> None:
         _fail("activation", cfg.activation, f"allowed: {', '.join(ACTIVATIONS)}")
     if cfg.query_scheme not in QUERY_SCHEMES:
         _fail("query_scheme", cfg.query_scheme, f"allowed: {', '.join(QUERY_SCHEMES)}")
-    if cfg.feed_type is not None and cfg.feed_type not in range(len(FEED_TYPE_SCHEMES)):
-        _fail(
-            "feed_type",
-            cfg.feed_type,
-            "allowed: null or 0..5 (B-Pref: 0 uniform, 1 disagreement, 2 entropy, "
-            "3 kcenter, 4 kcenter_disagree, 5 kcenter_entropy)",
-        )
+    numbers = feed_types()
+    if cfg.feed_type is not None and (isinstance(cfg.feed_type, bool) or cfg.feed_type not in numbers):
+        named = ", ".join(f"{number} {name}" for number, name in sorted(numbers.items()))
+        _fail("feed_type", cfg.feed_type, f"allowed: null or B-Pref's numbers: {named}")
     if cfg.reward_schedule not in (0, 1, 2):
         _fail("reward_schedule", cfg.reward_schedule, "allowed: 0 (fixed), 1 (shrinking), 2 (growing)")
     if cfg.reward_source not in REWARD_SOURCES:

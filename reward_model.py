@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import queries
 import utils
 from teacher import ScriptedTeacher
 
 # train_reward_iter stops at the first step where the accuracy, counted over every step of the call, reaches this
 DMC_STOP_ACCURACY = 0.98
-CROP_SHORTEST, CROP_LONGEST = 15, 5  # cropped length L ~ U{S - 15 ... S - 5} (QPA temporal cropping)
-EXPLORE_RECENT_EPISODES = 10  # with `explore`, the non-exploring share of queries comes from this many newest episodes
+QPA_CROP_SHRINK = (5, 15)  # QPA temporal cropping removes 5 to 15 of a segment's steps
 EPISODE_PREALLOC = 1000  # rows preallocated for the episode being collected; doubled when a longer one shows up
 # On CPU, 4096-row blocks keep a layer's activations (4 MB) in cache: 1.6x the throughput of one 65536-row pass
 # when relabelling. GPUs prefer one large launch, so they get the rows unsplit.
@@ -95,23 +95,29 @@ class EnsembleMLP(nn.Module):
         return nn.Sequential(*layers)
 
 
-def sample_crop_windows(
-    batch_shape: tuple[int, ...], segment_len: int, num_copies: int, generator: torch.Generator, device: torch.device
+def crop_windows(
+    batch_shape: tuple[int, ...],
+    window_len: int,
+    lengths: tuple[int, int],
+    num_copies: int,
+    generator: torch.Generator,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop windows for `num_copies` copies of each pair: starts [*batch, 2, K] and lengths [*batch, 1, K].
-
-    The length is shared by both segments of a pair; each segment gets its own start in [0, S - L].
-    """
-    lengths = torch.randint(
-        segment_len - CROP_SHORTEST,
-        segment_len - CROP_LONGEST + 1,
-        (*batch_shape, 1, num_copies),
-        generator=generator,
-        device=device,
-    )
+    """Temporal crops of pairs of `window_len`-step windows, `num_copies` per pair: starts [*batch, 2, copies] and
+    lengths [*batch, 1, copies]. The length L ~ U{lengths[0] ... lengths[1]} is shared by both windows of a pair;
+    each window gets its own start in [0, window_len - L]. QPA crops its labelled segments (`qpa_crop_lengths`),
+    SURF its unlabelled windows (L ~ U{S - crop_range ... S + crop_range})."""
+    shortest, longest = lengths
+    crop_lengths = torch.randint(shortest, longest + 1, (*batch_shape, 1, num_copies), generator=generator,
+                                 device=device)  # fmt: skip
     uniform = torch.rand((*batch_shape, 2, num_copies), generator=generator, device=device)
-    starts = (uniform * (segment_len - lengths + 1)).long()
-    return starts, lengths
+    starts = (uniform * (window_len - crop_lengths + 1)).long()
+    return starts, crop_lengths
+
+
+def qpa_crop_lengths(segment_len: int) -> tuple[int, int]:
+    """The shortest and longest crop QPA's temporal cropping keeps of an S-step segment: S - 15 and S - 5."""
+    return segment_len - QPA_CROP_SHRINK[1], segment_len - QPA_CROP_SHRINK[0]
 
 
 def window_sums(rewards: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -124,27 +130,6 @@ def pseudo_labels(returns: torch.Tensor, threshold: float) -> tuple[torch.Tensor
     """SURF's pseudo-labels from predicted returns [..., 2]: (argmax label [...], mask [...] of max P > threshold)."""
     confidence, labels = F.softmax(returns, dim=-1).max(-1)
     return labels, confidence > threshold
-
-
-def surf_crop_windows(
-    batch_shape: tuple[int, ...],
-    window_len: int,
-    segment_len: int,
-    crop_range: int,
-    generator: torch.Generator,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SURF's temporal crop of pairs of `window_len`-step windows: starts [*batch, 2, 1] and lengths [*batch, 1, 1].
-
-    The length L ~ U{S - crop_range ... S + crop_range} is shared by both windows of a pair; each window gets its
-    own start in [0, window_len - L].
-    """
-    lengths = torch.randint(
-        segment_len - crop_range, segment_len + crop_range + 1, (*batch_shape, 1, 1), generator=generator, device=device
-    )
-    uniform = torch.rand((*batch_shape, 2, 1), generator=generator, device=device)
-    starts = (uniform * (window_len - lengths + 1)).long()
-    return starts, lengths
 
 
 class RewardModel:
@@ -200,10 +185,10 @@ class RewardModel:
             raise ValueError(f"size_segment={size_segment} is not valid; allowed: an integer >= 1")
         if data_aug_ratio < 0:
             raise ValueError(f"data_aug_ratio={data_aug_ratio} is not valid; allowed: 0 (off) or a positive integer")
-        if data_aug_ratio > 0 and size_segment < CROP_SHORTEST + 1:
+        if data_aug_ratio > 0 and size_segment <= QPA_CROP_SHRINK[1]:
             raise ValueError(
                 f"size_segment={size_segment} is too short for temporal cropping (data_aug_ratio={data_aug_ratio}); "
-                f"allowed: size_segment >= {CROP_SHORTEST + 1}, or data_aug_ratio=0"
+                f"allowed: size_segment >= {QPA_CROP_SHRINK[1] + 1}, or data_aug_ratio=0"
             )
         if max_size < 1:
             raise ValueError(f"max_size={max_size} is not valid; allowed: an integer >= 1")
@@ -353,7 +338,7 @@ class RewardModel:
             self._episode_len = 0
             self.episodes_closed += 1
 
-    def _sample_segment_pairs(
+    def sample_segment_pairs(
         self, num: int, episodes: list[tuple[np.ndarray, np.ndarray]]
     ) -> tuple[np.ndarray, np.ndarray]:
         """`num` pairs: two episodes drawn uniformly with replacement, a uniform start in each.
@@ -424,77 +409,31 @@ class RewardModel:
     def set_teacher_thres_equal(self, new_margin: float) -> None:
         self.teacher.set_thres_equal(new_margin)
 
+    def query(self, scheme: str) -> int:
+        """One query round: `mb_size` pairs chosen by the registered `scheme` (see queries.py), labelled by the
+        teacher and stored. Returns how many were labelled (the teacher may skip some)."""
+        pairs, rewards = queries.QUERY_SCHEMES[scheme].select(self, self.mb_size)
+        return self._label_and_store(pairs, rewards)
+
+    # B-Pref's method names, kept for code written against it.
     def uniform_sampling(self) -> int:
-        """QPA policy-aligned selection: uniform pairs from the N = `max_size` most recent episodes."""
-        recent = list(self.episodes)[-self.max_size :]
-        if not self.explore:
-            return self._label_and_store(*self._sample_segment_pairs(self.mb_size, recent))
-        num_wide = round(self.explore * self.mb_size)
-        wide = self._sample_segment_pairs(num_wide, recent)
-        newest = self._sample_segment_pairs(self.mb_size - num_wide, recent[-EXPLORE_RECENT_EPISODES:])
-        return self._label_and_store(np.concatenate([wide[0], newest[0]]), np.concatenate([wide[1], newest[1]]))
-
-    def history_uniform_sampling(self) -> int:
-        """PEBBLE-style uniform selection over every stored episode (QPA without policy-aligned selection)."""
-        return self._label_and_store(*self._sample_segment_pairs(self.mb_size, list(self.episodes)))
-
-    def _history_candidates(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._sample_segment_pairs(self.mb_size * self.large_batch, list(self.episodes))
-
-    def _top(self, score: torch.Tensor, num: int) -> np.ndarray:
-        return utils.to_np(torch.topk(score, min(num, len(score))).indices)
+        """QPA's `uniform_sampling`: policy-aligned selection from the N most recent episodes."""
+        return self.query("policy_aligned")
 
     def disagreement_sampling(self) -> int:
-        """The `mb_size` of `mb_size × large_batch` history candidates with the largest ensemble disagreement."""
-        pairs, rewards = self._history_candidates()
-        chosen = self._top(self.disagreement(pairs), self.mb_size)
-        return self._label_and_store(pairs[chosen], rewards[chosen])
+        return self.query("disagreement")
 
     def entropy_sampling(self) -> int:
-        """The `mb_size` of `mb_size × large_batch` history candidates with the largest preference entropy."""
-        pairs, rewards = self._history_candidates()
-        chosen = self._top(self.entropy(pairs), self.mb_size)
-        return self._label_and_store(pairs[chosen], rewards[chosen])
+        return self.query("entropy")
 
     def kcenter_sampling(self) -> int:
-        """Greedy k-center over state features of history candidates, against the already-labelled pairs."""
-        pairs, rewards = self._history_candidates()
-        chosen = self._kcenter(pairs, self.mb_size)
-        return self._label_and_store(pairs[chosen], rewards[chosen])
+        return self.query("kcenter")
 
     def kcenter_disagree_sampling(self) -> int:
-        """k-center among the most disagreed-upon half of the candidates (B-Pref's hybrid)."""
-        pairs, rewards = self._history_candidates()
-        shortlist = self._top(self.disagreement(pairs), len(pairs) // 2)
-        chosen = shortlist[self._kcenter(pairs[shortlist], self.mb_size)]
-        return self._label_and_store(pairs[chosen], rewards[chosen])
+        return self.query("kcenter_disagree")
 
     def kcenter_entropy_sampling(self) -> int:
-        """k-center among the highest-entropy half of the candidates (B-Pref's hybrid)."""
-        pairs, rewards = self._history_candidates()
-        shortlist = self._top(self.entropy(pairs), len(pairs) // 2)
-        chosen = shortlist[self._kcenter(pairs[shortlist], self.mb_size)]
-        return self._label_and_store(pairs[chosen], rewards[chosen])
-
-    @torch.inference_mode()
-    def _kcenter(self, pairs: np.ndarray, num: int) -> np.ndarray:
-        """Indices of `num` candidates picked greedily to be farthest from the labelled pairs and each other.
-
-        Features are the states of both segments, flattened (as in B-Pref); actions are left out.
-        """
-        num = min(num, len(pairs))
-        features = torch.as_tensor(pairs[..., : self.ds], device=self.device).flatten(1)
-        nearest = torch.full((len(pairs),), torch.inf, device=self.device)
-        labelled = self._pairs[: self.num_labelled, ..., : self.ds].flatten(1)
-        for chunk in labelled.split(_PAIRS_PER_FORWARD) if self.num_labelled else ():
-            nearest = torch.minimum(nearest, torch.cdist(features, chunk).amin(1))
-        chosen = torch.empty(num, dtype=torch.long, device=self.device)
-        for pick in range(num):
-            index = torch.argmax(nearest)
-            chosen[pick] = index
-            nearest = torch.minimum(nearest, torch.cdist(features, features[index].unsqueeze(0)).squeeze(1))
-            nearest[index] = -torch.inf  # never re-pick, even when every candidate is a duplicate
-        return utils.to_np(chosen)
+        return self.query("kcenter_entropy")
 
     # ------------------------------------------------------------------ training
 
@@ -583,9 +522,8 @@ class RewardModel:
         labels = self._labels[index]
         rewards = self.net(pairs.reshape(members, -1, self.input_dim)).view(members, batch, 2, self.size_segment)
         if augment and self.data_aug_ratio:
-            starts, lengths = sample_crop_windows(
-                (members, batch), self.size_segment, self.data_aug_ratio, self.torch_rng, self.device
-            )
+            starts, lengths = crop_windows((members, batch), self.size_segment, qpa_crop_lengths(self.size_segment),
+                                           self.data_aug_ratio, self.torch_rng, self.device)  # fmt: skip
             returns = window_sums(rewards, starts, lengths).transpose(-1, -2)  # [E, B, copies, 2]
             targets = labels.unsqueeze(-1).expand(-1, -1, self.data_aug_ratio)
         else:
@@ -642,9 +580,8 @@ class RewardModel:
         centre = self.dataaug_window
         labels, confident = pseudo_labels(rewards[..., centre : centre + self.size_segment].sum(-1).detach(),
                                           self.threshold_u)  # fmt: skip
-        starts, lengths = surf_crop_windows(
-            (members, num), window, self.size_segment, self.crop_range, self.unlabelled_rng, self.device
-        )
+        surf_lengths = (self.size_segment - self.crop_range, self.size_segment + self.crop_range)
+        starts, lengths = crop_windows((members, num), window, surf_lengths, 1, self.unlabelled_rng, self.device)
         log_prob = F.log_softmax(window_sums(rewards, starts, lengths).squeeze(-1), dim=-1)
         cross_entropy = -log_prob.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         self._pseudo_counts[0] += confident.sum()

@@ -35,6 +35,7 @@ import utils
 from agent.sac import SACAgent
 from config_check import ConfigError, check_config, check_overrides, resolve_query_scheme
 from logger import Logger
+from queries import QUERY_SCHEMES
 from replay_buffer import ReplayBuffer
 from reward_model import RewardModel
 
@@ -59,15 +60,6 @@ RESUME_MUTABLE_KEYS = (
     "save_model",
 )
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
-QUERY_METHODS = {
-    "policy_aligned": "uniform_sampling",
-    "uniform": "history_uniform_sampling",
-    "disagreement": "disagreement_sampling",
-    "entropy": "entropy_sampling",
-    "kcenter": "kcenter_sampling",
-    "kcenter_disagree": "kcenter_disagree_sampling",
-    "kcenter_entropy": "kcenter_entropy_sampling",
-}
 # wandb receives the reference release's metric names, so existing dashboards keep working.
 REFERENCE_WANDB_NAMES = {
     "eval/episode_reward": "episode_reward",
@@ -152,7 +144,9 @@ class Workspace:
             data_aug_ratio=cfg.data_aug_ratio,
             device=str(self.device),
             max_feedback=cfg.max_feedback,
-            history_size=cfg.max_reward_buffer_size if self.query_scheme == "policy_aligned" else cfg.history_episodes,
+            history_size=cfg.max_reward_buffer_size
+            if QUERY_SCHEMES[self.query_scheme].recent_only
+            else cfg.history_episodes,
             explore=cfg.explore,
             hidden_dim=cfg.reward_hidden_dim,
             hidden_depth=cfg.reward_hidden_depth,
@@ -318,9 +312,9 @@ class Workspace:
             self.reward_model.set_batch(cfg.max_feedback - self.total_feedback)
 
         scheme = self.query_scheme
-        if first and scheme not in ("policy_aligned", "uniform"):
+        if first and QUERY_SCHEMES[scheme].uses_reward_model:
             scheme = "uniform"  # ensemble-based scores mean nothing before the first training (B-Pref)
-        labeled = getattr(self.reward_model, QUERY_METHODS[scheme])()
+        labeled = self.reward_model.query(scheme)
         self.log_query_alignment()
         self.total_feedback += self.reward_model.mb_size
         self.labeled_feedback += labeled

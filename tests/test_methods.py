@@ -24,11 +24,12 @@ from conftest import REPO_ROOT, SMALL_NETWORKS, compose_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import queries
 import train_QPA
 from config_check import METHOD_SWITCHES, ConfigError, check_config, resolve_query_scheme
 from plot import main as plot_main
 from replay_buffer import ReplayBuffer
-from reward_model import RewardModel, pseudo_labels, surf_crop_windows, window_sums
+from reward_model import RewardModel, crop_windows, pseudo_labels, window_sums
 
 METHODS = ("qpa", "pebble", "surf", "rune", "sac_true")
 # Small networks and budgets: the Workspace tests build every component but train for a handful of steps.
@@ -71,11 +72,7 @@ def test_presets_set_every_switch_and_only_switches() -> None:
 )  # fmt: skip
 def test_feed_type_aliases_follow_bpref(feed_type: int, scheme: str) -> None:
     assert resolve_query_scheme(compose_config(f"feed_type={feed_type}")) == scheme
-    assert train_QPA.QUERY_METHODS[scheme] == {
-        "uniform": "history_uniform_sampling", "disagreement": "disagreement_sampling",
-        "entropy": "entropy_sampling", "kcenter": "kcenter_sampling",
-        "kcenter_disagree": "kcenter_disagree_sampling", "kcenter_entropy": "kcenter_entropy_sampling",
-    }[scheme]  # fmt: skip
+    assert queries.QUERY_SCHEMES[scheme].feed_type == feed_type
 
 
 def test_bad_switch_values_are_one_line_errors() -> None:
@@ -382,7 +379,7 @@ def surf_model(**kwargs) -> RewardModel:
         for t in range(60):  # row = (episode tag, step, noise...): where every unlabelled window comes from
             model.add_data(np.array([episode, t, *rng.normal(size=2)]), rng.normal(size=2), float(rng.normal()),
                            t == 59)  # fmt: skip
-    model.history_uniform_sampling()
+    model.query("uniform")
     return model
 
 
@@ -398,7 +395,7 @@ def test_unlabelled_windows_are_contiguous_and_inside_one_episode() -> None:
 
 def test_surf_crop_lengths_and_starts() -> None:
     generator = torch.Generator().manual_seed(0)
-    starts, lengths = surf_crop_windows((4000,), 30, 20, 5, generator, torch.device("cpu"))
+    starts, lengths = crop_windows((4000,), 30, (15, 25), 1, generator, torch.device("cpu"))
     assert set(lengths.unique().tolist()) == set(range(15, 26))
     assert starts.min() == 0 and bool((starts + lengths <= 30).all()) and (starts + lengths).max() == 30
 
@@ -411,7 +408,9 @@ def test_semi_supervised_term_is_the_cross_entropy_of_confident_pairs_on_the_cro
         pairs = model.sample_unlabelled(members, num)
         rewards = model.net(pairs.reshape(members, -1, 6)).view(members, num, 2, 30)
         labels, confident = pseudo_labels(rewards[..., centre : centre + segment].sum(-1), 0.6)
-        starts, lengths = surf_crop_windows((members, num), 30, segment, 5, model.unlabelled_rng, model.device)
+        starts, lengths = crop_windows(
+            (members, num), 30, (segment - 5, segment + 5), 1, model.unlabelled_rng, model.device
+        )
         cropped = window_sums(rewards, starts, lengths).squeeze(-1)
         expected = (F.cross_entropy(cropped.flatten(0, 1), labels.flatten(), reduction="none").view(members, num)
                     * confident).mean(1)  # fmt: skip

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import queries
 import utils
-from reward_model import RewardModel, sample_crop_windows, window_sums
+from reward_model import RewardModel, crop_windows, qpa_crop_lengths, window_sums
 
 DS, DA = 3, 1
 SEGMENT = 20
@@ -133,7 +134,7 @@ def test_cropped_return_equals_masked_sum():
     generator = torch.Generator().manual_seed(0)
     segment, copies = 24, 7
     rewards = torch.randn(2, 5, 2, segment)
-    starts, lengths = sample_crop_windows((2, 5), segment, copies, generator, torch.device("cpu"))
+    starts, lengths = crop_windows((2, 5), segment, qpa_crop_lengths(segment), copies, generator, torch.device("cpu"))
     assert starts.shape == (2, 5, 2, copies) and lengths.shape == (2, 5, 1, copies)
     assert lengths.min() >= segment - 15 and lengths.max() <= segment - 5
     assert starts.min() >= 0 and torch.all(starts + lengths <= segment)
@@ -145,7 +146,7 @@ def test_cropped_return_equals_masked_sum():
         mask[start : start + length] = 1.0
         assert float(sums[index]) == pytest.approx(float((rewards[member, pair, side] * mask).sum()), abs=1e-5)
     # Over many draws every allowed length and the extreme starts occur (the windows are not stuck).
-    starts, lengths = sample_crop_windows((4000,), segment, 1, generator, torch.device("cpu"))
+    starts, lengths = crop_windows((4000,), segment, qpa_crop_lengths(segment), 1, generator, torch.device("cpu"))
     assert set(lengths.unique().tolist()) == set(range(segment - 15, segment - 4))
     assert int(starts.min()) == 0 and torch.any(starts + lengths == segment)
     assert not torch.equal(starts[:, 0], starts[:, 1])  # independent start per segment
@@ -215,7 +216,7 @@ def test_query_schemes_count_and_respect_the_batch():
     feed_numbered_episodes(model, [50] * 12)
     schemes = [
         model.uniform_sampling,
-        model.history_uniform_sampling,
+        lambda: model.query("uniform"),
         model.disagreement_sampling,
         model.entropy_sampling,
         model.kcenter_sampling,
@@ -251,7 +252,7 @@ def test_uniform_sampling_uses_only_recent_episodes():
     # Starts cover exactly 0 ... len - S - 1 (the original's range), so the last step (39) is never queried.
     assert set(np.unique(steps[..., 0])) == set(range(40 - SEGMENT))
     assert steps.max() == 38
-    model.history_uniform_sampling()
+    model.query("uniform")
     history_ids = model.labelled_data()[0].numpy()[200:, :, 0, 0]
     assert history_ids.min() < 25 and len(np.unique(history_ids)) > 20
 
@@ -272,7 +273,7 @@ def test_history_size_keeps_a_fifo_and_variable_lengths_work():
     feed_numbered_episodes(model, [50, 10, 70, 35, 25, 45])  # 10 < SEGMENT: never sampled
     assert [int(sa[0, 0]) for sa, _ in model.episodes] == [2, 3, 4, 5]
     assert [len(rew) for _, rew in model.episodes] == [70, 35, 25, 45]
-    model.history_uniform_sampling()
+    model.query("uniform")
     pairs = model.labelled_data()[0].numpy()
     assert set(np.unique(pairs[:, :, 0, 0])) <= {2, 3, 4, 5}
     lengths = {2: 70, 3: 35, 4: 25, 5: 45}
@@ -291,7 +292,7 @@ def test_disagreement_picks_top_variance_candidates():
     assert model.disagreement_sampling() == 12
     chosen = model.labelled_data()[0].numpy()
     model.rng.bit_generator.state = rng_state
-    candidates, _ = model._sample_segment_pairs(60, list(model.episodes))
+    candidates, _ = model.sample_segment_pairs(60, list(model.episodes))
     members = [model.net.member(index) for index in range(3)]
     with torch.no_grad():
         x = torch.from_numpy(candidates)
@@ -311,13 +312,15 @@ def test_kcenter_picks_points_far_from_labelled_ones():
     model.kcenter_sampling()
     picked = model.labelled_data()[0][5:, ..., :DS].flatten(1)
     model.rng.bit_generator.state = rng_state
-    candidates = torch.from_numpy(model._sample_segment_pairs(50, list(model.episodes))[0][..., :DS]).flatten(1)
+    candidates = torch.from_numpy(model.sample_segment_pairs(50, list(model.episodes))[0][..., :DS]).flatten(1)
     # The first pick is the candidate farthest from everything labelled.
     farthest = torch.cdist(candidates, labelled).amin(1).argmax()
     torch.testing.assert_close(picked[0], candidates[farthest])
     assert torch.cdist(picked, picked).fill_diagonal_(torch.inf).amin() > 0
     duplicates = np.repeat(model.labelled_data()[0][:1].numpy(), 8, axis=0)
-    assert sorted(model._kcenter(duplicates, 5).tolist()) == sorted(set(model._kcenter(duplicates, 5).tolist()))
+    assert sorted(queries.kcenter_indices(model, duplicates, 5).tolist()) == sorted(
+        set(queries.kcenter_indices(model, duplicates, 5).tolist())
+    )
 
 
 def test_invalid_arguments_raise():
