@@ -32,14 +32,22 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
-_FIELDS = ("obs", "action", "reward", "next_obs", "not_done", "not_done_no_max")
+class Batch(NamedTuple):
+    """A SAC minibatch, one row per transition; `not_done_no_max` is 0 only at true terminal states, so episodes
+    cut by the time limit still bootstrap."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    not_done: torch.Tensor
+    not_done_no_max: torch.Tensor
 
 
 class RewardPredictor(Protocol):
@@ -96,7 +104,7 @@ class ReplayBuffer:
         self.not_done_no_max = storage(1)
         self.reward_std = storage(1) if store_reward_std else None
         self.bonus_weight = 0.0  # β of the sampled reward + β * reward_std (RUNE); a plain float, set per step
-        self._fields = _FIELDS + (("reward_std",) if store_reward_std else ())
+        self._fields = Batch._fields + (("reward_std",) if store_reward_std else ())
 
         self.rng = np.random.default_rng(seed)
         # Positions are absolute (ever-growing) step counts; slot = position % capacity.
@@ -204,10 +212,12 @@ class ReplayBuffer:
 
     def _gather(self, idx: np.ndarray) -> Batch:
         idx_t = self._staged(idx, np.int64).to(self.device, non_blocking=True)
-        batch = [getattr(self, name).index_select(0, idx_t) for name in _FIELDS]
+        batch = Batch(*(getattr(self, name).index_select(0, idx_t) for name in Batch._fields))
         if self.reward_std is not None and self.bonus_weight:
-            batch[2] = batch[2].add(self.reward_std.index_select(0, idx_t), alpha=self.bonus_weight)
-        return tuple(batch)
+            batch = batch._replace(
+                reward=batch.reward.add(self.reward_std.index_select(0, idx_t), alpha=self.bonus_weight)
+            )
+        return batch
 
     def sample(self, batch_size: int) -> Batch:
         """Uniform over every stored transition."""
@@ -229,12 +239,9 @@ class ReplayBuffer:
         uniform = self._uniform_indices(batch_size - num_recent)
         return self._gather(np.concatenate([recent, uniform]))
 
-    def sample_state_ent(
-        self, batch_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample_state_ent(self, batch_size: int) -> tuple[Batch, torch.Tensor]:
         """A uniform batch plus every stored observation (a view) for the k-NN state-entropy bonus."""
-        obs, action, reward, next_obs, not_done, not_done_no_max = self.sample(batch_size)
-        return obs, self.obs[: len(self)], action, reward, next_obs, not_done, not_done_no_max
+        return self.sample(batch_size), self.obs[: len(self)]
 
     def relabel_with_predictor(self, predictor: RewardPredictor | RewardStdPredictor, batch_size: int = 4096) -> None:
         """Overwrite every stored reward with predictor.predict_reward(concat(obs, action)), in chunks (and, with

@@ -7,7 +7,7 @@ waits for the device; the caller converts them only when it logs.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import utils
 from agent.actor import DiagGaussianActor
 from agent.critic import DoubleQCritic
 from agent.state_entropy import RunningMeanStd, knn_distance
-from replay_buffer import ReplayBuffer
+from replay_buffer import Batch, ReplayBuffer
 
 Metrics = dict[str, torch.Tensor]
 
@@ -174,40 +174,39 @@ class SACAgent:
         metrics["alpha"] = self.alpha.detach()
         return metrics
 
-    def _learn(self, batch: Sequence[torch.Tensor], update_actor: bool) -> Metrics:
+    def _learn(self, batch: Batch, update_actor: bool) -> Metrics:
         """One critic step on a replay batch, then the actor and temperature when `update_actor`."""
-        obs, action, reward, next_obs, _, not_done_no_max = batch
-        # not_done_no_max: episodes cut by the time limit still bootstrap (SPEC §2).
-        metrics = self._update_critic(obs, action, reward, next_obs, not_done_no_max)
+        # not_done_no_max: episodes cut by the time limit still bootstrap.
+        metrics = self._update_critic(batch.obs, batch.action, batch.reward, batch.next_obs, batch.not_done_no_max)
         if update_actor:
-            metrics.update(self._update_actor_and_alpha(obs))
+            metrics.update(self._update_actor_and_alpha(batch.obs))
         return metrics
 
-    def _update_target(self) -> None:
-        utils.soft_update_params(self.critic, self.critic_target, self.critic_tau)
+    def _update_steps(
+        self, sample: Callable[[], Batch], step: int, gradient_update: int, policy_update: bool = True
+    ) -> Metrics:
+        """The one SAC update loop: `gradient_update` steps on batches from `sample`; the actor and temperature
+        (when `policy_update`) and the target critic follow their frequencies in `step`."""
+        _require(gradient_update >= 1, "gradient_update", gradient_update, "a positive integer")
+        update_actor = policy_update and step % self.actor_update_frequency == 0
+        for _ in range(gradient_update):
+            metrics = self._learn(sample(), update_actor)
+        if step % self.critic_target_update_frequency == 0:
+            utils.soft_update_params(self.critic, self.critic_target, self.critic_tau)
+        return metrics
 
     # ------------------------------------------------------------------ public update variants
     def update(self, replay_buffer: ReplayBuffer, step: int, gradient_update: int = 1) -> Metrics:
-        """`gradient_update` SAC steps on uniform batches; actor and target follow their frequencies in `step`."""
-        _require(gradient_update >= 1, "gradient_update", gradient_update, "a positive integer")
-        update_actor = step % self.actor_update_frequency == 0
-        for _ in range(gradient_update):
-            metrics = self._learn(replay_buffer.sample(self.batch_size), update_actor)
-        if step % self.critic_target_update_frequency == 0:
-            self._update_target()
-        return metrics
+        """SAC on uniform replay batches."""
+        return self._update_steps(lambda: replay_buffer.sample(self.batch_size), step, gradient_update)
 
     def update_onpolicy_sample(
         self, replay_buffer: ReplayBuffer, step: int, size: int, gradient_update: int = 1, her_ratio: float = 0.5
     ) -> Metrics:
-        """QPA hybrid replay: `her_ratio` of each batch from the `size` most recent episodes, the rest uniform."""
-        _require(gradient_update >= 1, "gradient_update", gradient_update, "a positive integer")
-        update_actor = step % self.actor_update_frequency == 0
-        for _ in range(gradient_update):
-            metrics = self._learn(replay_buffer.sample_hybrid(self.batch_size, size, her_ratio), update_actor)
-        if step % self.critic_target_update_frequency == 0:
-            self._update_target()
-        return metrics
+        """QPA's hybrid experience replay: `her_ratio` of each batch from the `size` most recent episodes, the
+        rest uniform."""
+        sample = lambda: replay_buffer.sample_hybrid(self.batch_size, size, her_ratio)  # noqa: E731
+        return self._update_steps(sample, step, gradient_update)
 
     def update_after_reset(
         self, replay_buffer: ReplayBuffer, step: int, gradient_update: int = 1, policy_update: bool = True
@@ -219,10 +218,7 @@ class SACAgent:
         """
         _require(gradient_update >= 1, "gradient_update", gradient_update, "a positive integer")
         for index in range(gradient_update):
-            update_actor = policy_update and index % self.actor_update_frequency == 0
-            metrics = self._learn(replay_buffer.sample(self.batch_size), update_actor)
-            if index % self.critic_target_update_frequency == 0:
-                self._update_target()
+            metrics = self._update_steps(lambda: replay_buffer.sample(self.batch_size), index, 1, policy_update)
         return metrics
 
     def update_state_ent(self, replay_buffer: ReplayBuffer, step: int, gradient_update: int = 1, K: int = 5) -> Metrics:
@@ -232,21 +228,19 @@ class SACAgent:
         observations; the batch rows are themselves stored, so that is the (K+1)-th smallest distance. With
         `normalize_state_entropy` it is divided by a running estimate of its standard deviation.
         """
-        _require(gradient_update >= 1, "gradient_update", gradient_update, "a positive integer")
         _require(K >= 1, "K", K, "a positive integer")
-        update_actor = step % self.actor_update_frequency == 0
-        for _ in range(gradient_update):
-            obs, full_obs, action, _, next_obs, not_done, not_done_no_max = replay_buffer.sample_state_ent(
-                self.batch_size
-            )
-            state_entropy = knn_distance(obs, full_obs, K + 1)
+        entropies = []
+
+        def intrinsic_batch() -> Batch:
+            batch, stored_obs = replay_buffer.sample_state_ent(self.batch_size)
+            state_entropy = knn_distance(batch.obs, stored_obs, K + 1)
             self.s_ent_stats.update(state_entropy)
-            intrinsic = state_entropy / self.s_ent_stats.std if self.normalize_state_entropy else state_entropy
-            metrics = self._learn((obs, action, intrinsic, next_obs, not_done, not_done_no_max), update_actor)
-            metrics["state_entropy"] = state_entropy.mean()
-        if step % self.critic_target_update_frequency == 0:
-            self._update_target()
-        return metrics
+            entropies.append(state_entropy.mean())
+            reward = state_entropy / self.s_ent_stats.std if self.normalize_state_entropy else state_entropy
+            return batch._replace(reward=reward)
+
+        metrics = self._update_steps(intrinsic_batch, step, gradient_update)
+        return {**metrics, "state_entropy": entropies[-1]}
 
     # ------------------------------------------------------------------ persistence
     def save(self, model_dir: str | Path, step: int) -> None:

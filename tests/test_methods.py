@@ -455,10 +455,10 @@ def test_rune_bonus_is_beta_times_the_ensemble_std() -> None:
     for beta in (0.05, 0.05 * (1 - 1e-5) ** 200_000, 0.0):
         buffer.bonus_weight = plain.bonus_weight = beta
         for batch in (buffer.sample(64), buffer.sample_hybrid(64, 1, 0.5), buffer.sample_onpolicy(64, 1)):
-            index = row_index(batch[0], buffer.obs[:300])
-            assert torch.allclose(batch[2], mean[index] + beta * std[index], atol=1e-6)
+            index = row_index(batch.obs, buffer.obs[:300])
+            assert torch.allclose(batch.reward, mean[index] + beta * std[index], atol=1e-6)
         batch = plain.sample(64)  # no std column: the bonus weight has nothing to scale
-        assert torch.allclose(batch[2], mean[row_index(batch[0], plain.obs[:300])], atol=1e-6)
+        assert torch.allclose(batch.reward, mean[row_index(batch.obs, plain.obs[:300])], atol=1e-6)
 
     step_buffer = ReplayBuffer((24,), (6,), 10, "cpu", store_reward_std=True)
     step_buffer.add(np.ones(24), np.zeros(6), mean[:1], np.ones(24), False, False, std[:1])

@@ -233,8 +233,8 @@ def test_sample_hybrid_split():
 def test_sample_state_ent_full_obs_is_a_view_of_stored_observations():
     buf = make_buffer()
     fill(buf, 0, 120)
-    obs, full_obs, *rest = buf.sample_state_ent(32)
-    assert obs.shape == (32, OBS_DIM) and len(rest) == 5
+    batch, full_obs = buf.sample_state_ent(32)
+    assert batch.obs.shape == (32, OBS_DIM) and batch.reward.shape == (32, 1)
     assert full_obs.shape == (120, OBS_DIM)
     assert full_obs.data_ptr() == buf.obs.data_ptr()
     np.testing.assert_array_equal(full_obs[:, 0].numpy(), np.arange(120))

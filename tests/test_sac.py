@@ -112,7 +112,7 @@ def test_state_entropy_update_uses_the_kth_neighbour_of_the_batch_observations()
     agent = small_agent()
     for step in range(3):
         metrics = agent.update_state_ent(buffer, step, K=5)
-    obs, full_obs = buffer.last[0].numpy(), buffer.last[1].numpy()
+    obs, full_obs = buffer.last[0].obs.numpy(), buffer.last[1].numpy()
     distances = np.sort(np.linalg.norm(obs[:, None].astype(np.float64) - full_obs[None], axis=-1), axis=1)
     kth = distances[:, 5]  # the 5th neighbour: index 0 is the row itself
     assert float(metrics["state_entropy"]) == pytest.approx(kth.mean(), rel=1e-4)
