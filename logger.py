@@ -2,7 +2,7 @@
 
 Knows nothing of RL: it averages whatever scalars it is given under `train/<name>` or `eval/<name>` between two
 dumps and writes one row per group and dump. Console and CSV always work; TensorBoard and wandb are optional and
-imported only when asked for, so a run never depends on them (SPEC §9).
+imported only when asked for, so a run never depends on them (ALGORITHM.md §9).
 """
 
 from __future__ import annotations

@@ -4,13 +4,13 @@ Transitions live in preallocated float32 tensors on the training device, so a
 SAC batch is an index gather with no host->device copy of the data. The buffer
 is a ring: once `capacity` transitions are stored the oldest is overwritten.
 
-Hybrid experience replay (QPA, SPEC §1): while feedback budget remains, a SAC
+Hybrid experience replay (QPA, ALGORITHM.md §1): while feedback budget remains, a SAC
 batch mixes transitions drawn uniformly from the N most recent episodes (near
 on-policy data, where the reward model was just queried) with transitions drawn
 uniformly from the whole buffer. `sample_onpolicy` draws the recent part,
 `sample` the uniform part and `sample_hybrid` both in one gather.
 
-Deliberate fix over the reference (SPEC §9): the reference drew recent
+Deliberate fix over the reference (ALGORITHM.md §9): the reference drew recent
 indices from [write position - N * max_episode_len, write position). Early in
 training that range is negative, and numpy's negative indexing then reads the
 never-written end of the array; the window is also a fixed slot count, not the
@@ -247,8 +247,8 @@ class ReplayBuffer:
         """Overwrite every stored reward with predictor.predict_reward(concat(obs, action)), in chunks (and, with
         `store_reward_std`, both columns with predictor.predict_reward_and_std).
 
-        4096-row chunks keep a 3x256 MLP's activations in CPU cache (1.4-3x faster than 16k-64k rows in
-        bench/bench_replay.py on 2 cores); on a GPU even a full 1M buffer is only ~250 chunks.
+        4096-row chunks keep a 3x256 MLP's activations in CPU cache (bench/bench_replay.py compares chunk sizes);
+        on a GPU even a full 1M buffer is only ~250 chunks.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not valid; allowed: a positive integer")

@@ -1,7 +1,7 @@
 """Preference-learned reward r̂(s, a): a Bradley-Terry ensemble, the episode and query stores, query selection.
 
 The learner only ever sees segments of (s, a) and the teacher's labels; the true rewards kept beside the episodes
-go to the scripted teacher and nowhere else (SPEC §4).
+go to the scripted teacher and nowhere else (ALGORITHM.md §4).
 
 Segment pairs are stored as one array [num, 2, segment, ds + da]: index 0 is σ0, index 1 is σ1, and a label
 y = 1 means σ1 is preferred (0.5 = equally preferable).
@@ -29,8 +29,8 @@ from teacher import ScriptedTeacher
 DMC_STOP_ACCURACY = 0.98
 QPA_CROP_SHRINK = (5, 15)  # QPA temporal cropping removes 5 to 15 of a segment's steps
 EPISODE_PREALLOC = 1000  # rows preallocated for the episode being collected; doubled when a longer one shows up
-# On CPU, 4096-row blocks keep a layer's activations (4 MB) in cache: 1.6x the throughput of one 65536-row pass
-# when relabelling. GPUs prefer one large launch, so they get the rows unsplit.
+# On CPU, 4096-row blocks keep a layer's activations (4 MB) in cache, which relabelling a large buffer gains from
+# (bench/bench_replay.py compares relabelling chunk sizes). GPUs prefer one large launch, so they get the rows unsplit.
 _CPU_BLOCK_ROWS = 4096
 _PAIRS_PER_FORWARD = 512  # keeps scoring many candidate pairs within a few hundred MB of activations
 _OUTPUT_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "sig": nn.Sigmoid, "relu": nn.ReLU}
@@ -68,8 +68,8 @@ class EnsembleMLP(nn.Module):
             bias = torch.empty(ensemble_size, 1, fan_out).uniform_(-bound, bound, generator=generator)
             self.weights.append(nn.Parameter(weight))
             self.biases.append(nn.Parameter(bias))
-        # Iterating a ParameterList costs ~13 us, a quarter of a per-env-step prediction; a plain list of the same
-        # Parameter objects stays valid through .to() and load_state_dict, which update them in place.
+        # Iterating a ParameterList is slow next to a per-env-step prediction; a plain list of the same Parameter
+        # objects stays valid through .to() and load_state_dict, which update them in place.
         self._layers = list(zip(self.weights, self.biases))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +136,7 @@ class RewardModel:
     """Ensemble reward model trained from scripted-teacher preferences (PEBBLE / QPA).
 
     `capacity` is accepted for keyword compatibility with the reference; the labelled-query store is sized from
-    `max_feedback` and grown on demand instead (SPEC §9). `max_size` is N, the number of most recent episodes
+    `max_feedback` and grown on demand instead (ALGORITHM.md §9). `max_size` is N, the number of most recent episodes
     policy-aligned selection draws from; `history_size` bounds the episode store (None keeps every episode).
 
     `semi_supervised` switches on SURF (Park et al., ICLR 2022): every training minibatch also draws

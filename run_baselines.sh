@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # QPA against PEBBLE, SURF, RUNE and SAC on the true reward: the 9 paper tasks x 5 methods x 5 seeds at the
-# paper's budgets (SPEC §8), listed in scripts/sweeps/baselines.yaml. Runs go task by task (every method and seed
+# paper's budgets (ALGORITHM.md §8), listed in scripts/sweeps/baselines.yaml. Runs go task by task (every method and seed
 # of a task before the next task). QPA's runs are the same as run_QPA.sh's (shared run directories).
 # Re-running is safe: finished runs are skipped and interrupted ones resume.
 #

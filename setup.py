@@ -5,7 +5,7 @@ pip install -e ./custom_dmcontrol -e ./custom_dmc2gym -e ".[dev]"
 
 from setuptools import setup
 
-# Versions known to work together (SPEC §7, checked 2026-11 on Python 3.11).
+# Versions known to work together (checked 2026-11 on Python 3.11).
 REQUIRES = [
     "torch==2.13.0",
     "numpy==2.2.6",

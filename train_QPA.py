@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train QPA (or a preference-based baseline) with one Hydra config: the loop of SPEC §2.
+"""Train QPA (or a preference-based baseline) with one Hydra config: the loop of ALGORITHM.md §2.
 
     python train_QPA.py env=walker_walk seed=1 max_feedback=100 reward_batch=10 num_interact=20000
     python train_QPA.py +preset=quick env=walker_walk        # a complete scaled-down run on a CPU
@@ -80,7 +80,7 @@ class RunFailedError(RuntimeError):
 
 
 def as_namespace(config: Any) -> Any:
-    """Plain attribute access for the per-step loop, where each OmegaConf lookup costs ~10 µs."""
+    """Plain attribute access for the per-step loop: an OmegaConf lookup costs far more than an attribute."""
     if isinstance(config, dict):
         return SimpleNamespace(**{key: as_namespace(value) for key, value in config.items()})
     return config
@@ -168,7 +168,7 @@ class Workspace:
         self.labeled_feedback = 0
         self.interact_count = 0
         self.last_eval_step = -1
-        self.recent_returns: deque[float] = deque(maxlen=10)  # teacher thresholds (SPEC §4)
+        self.recent_returns: deque[float] = deque(maxlen=10)  # teacher thresholds (ALGORITHM.md §4)
         self.last_update_metrics: dict[str, torch.Tensor] = {}
         self.last_eval_return = float("nan")
 
@@ -188,7 +188,7 @@ class Workspace:
             ),
         )
 
-    # ------------------------------------------------------------------ the loop of SPEC §2
+    # ------------------------------------------------------------------ the loop of ALGORITHM.md §2
     def run(self) -> None:
         cfg = self.cfg
         feedback_start = cfg.num_seed_steps + cfg.num_unsup_steps
@@ -294,7 +294,7 @@ class Workspace:
 
     # ------------------------------------------------------------------ preference feedback
     def first_feedback(self) -> None:
-        """First queries, relabel everything collected so far, and restart the critic (SPEC §2)."""
+        """First queries, relabel everything collected so far, and restart the critic (ALGORITHM.md §2)."""
         self.collect_feedback(first=True)
         self.agent.reset_critic()
         self.set_exploration_bonus()

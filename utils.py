@@ -1,6 +1,6 @@
 """The bottom floor: seeding, devices, small torch helpers, atomic files, env creation.
 
-Imports no other module of this project (SPEC §10).
+Imports no other module of this project (ALGORITHM.md §10).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SAC agent (SPEC §6): tanh-Gaussian actor, double-Q critic, and the PEBBLE / QPA update variants."""
+"""SAC agent (ALGORITHM.md §6): tanh-Gaussian actor, double-Q critic, and the PEBBLE / QPA update variants."""
 
 from agent.actor import DiagGaussianActor
 from agent.critic import DoubleQCritic

@@ -1,4 +1,4 @@
-"""Tanh-squashed diagonal Gaussian policy (SPEC §6)."""
+"""Tanh-squashed diagonal Gaussian policy (ALGORITHM.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Clipped double-Q critic (SPEC §6)."""
+"""Clipped double-Q critic (ALGORITHM.md §6)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ _RELU_INPLACE = functools.partial(nn.ReLU, inplace=True)
 class DoubleQCritic(nn.Module):
     """Two independent Q(s, a) MLPs on concat(obs, action); SAC uses their minimum against overestimation.
 
-    Two plain MLPs rather than one batched (stacked-weight bmm) network: on the 2-core CPU a batched pair was
-    no faster at hidden 256 / batch 256 (2.24 vs 2.24 ms per critic step, median) and slower at hidden 1024.
+    Two plain MLPs rather than one batched (stacked-weight bmm) network: on a 2-core CPU the batched pair was no
+    faster at hidden 256 and slower at hidden 1024.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int, hidden_depth: int) -> None:

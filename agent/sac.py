@@ -1,4 +1,4 @@
-"""Soft Actor-Critic with the update variants PEBBLE and QPA need (SPEC §2, §6).
+"""Soft Actor-Critic with the update variants PEBBLE and QPA need (ALGORITHM.md §2, §6).
 
 Every update returns its metrics as detached 0-d tensors on the agent's device, so a training step never
 waits for the device; the caller converts them only when it logs.
@@ -95,7 +95,7 @@ class SACAgent:
 
     # ------------------------------------------------------------------ construction and resets
     def _adam(self, params: Iterable[torch.Tensor], lr: float, betas: tuple[float, ...]) -> torch.optim.Adam:
-        # The fused kernel, on the CPU too: there it makes a critic step's Adam update 2.8x faster than foreach.
+        # The fused kernel, on the CPU too, where it is faster than the default foreach one.
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
 
     def reset_critic(self) -> None:

@@ -1,4 +1,4 @@
-"""PEBBLE's unsupervised pre-training bonus: k-NN state entropy and its running normalisation (SPEC §2)."""
+"""PEBBLE's unsupervised pre-training bonus: k-NN state entropy and its running normalisation (ALGORITHM.md §2)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from conftest import REPO_ROOT, SMALL_NETWORKS
 
 pytestmark = pytest.mark.slow  # every test here trains in subprocesses
 
-# SPEC §8, written out here independently of scripts/sweeps/qpa.yaml:
+# ALGORITHM.md §8, written out here independently of scripts/sweeps/qpa.yaml:
 # task: (env, num_train_steps, lr, num_interact, max_feedback, reward_batch, Meta-World max_reward_buffer_size)
 PAPER = {
     "walker_walk": ("walker_walk", 500_000, 5e-4, 20000, 100, 10, None),
