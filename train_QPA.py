@@ -191,7 +191,6 @@ class Workspace:
     # ------------------------------------------------------------------ the loop of ALGORITHM.md §2
     def run(self) -> None:
         cfg = self.cfg
-        feedback_start = cfg.num_seed_steps + cfg.num_unsup_steps
         self.start_time = time.perf_counter()
         self.progress = tqdm(
             total=int(cfg.num_train_steps), initial=self.step, unit="step", dynamic_ncols=True, disable=None
@@ -206,27 +205,8 @@ class Workspace:
             episode_return_hat = torch.zeros((), device=self.device)
             done = False
             while not done and self.step < cfg.num_train_steps:
-                if self.step < cfg.num_seed_steps:
-                    action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
-                else:
-                    with utils.eval_mode(self.agent.actor):
-                        action = self.agent.act(obs, sample=True)
-                    if not np.isfinite(action).all():  # a diverged update; caught here before it reaches the physics
-                        raise NonFiniteError(f"the policy produced a non-finite action at step {self.step}")
-
-                if not self.learns_reward:
-                    if self.step >= cfg.num_seed_steps:
-                        self.last_update_metrics = self.agent.update(self.replay_buffer, self.step, cfg.gradient_update)
-                elif self.step == feedback_start:
-                    self.first_feedback()
-                elif self.step > feedback_start:
-                    if self.total_feedback < cfg.max_feedback and self.interact_count == cfg.num_interact:
-                        self.collect_feedback()
-                    self.update_agent()
-                elif self.step > cfg.num_seed_steps:
-                    self.last_update_metrics = self.agent.update_state_ent(
-                        self.replay_buffer, self.step, gradient_update=1, K=cfg.topK
-                    )
+                action = self.act(obs)
+                self.update(self.phase())
 
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 done = terminated or truncated
@@ -262,6 +242,48 @@ class Workspace:
             self.agent.save(self.work_dir, self.step)
             self.reward_model.save(self.work_dir, self.step)
         self.logger.close()
+
+    def phase(self) -> str:
+        """The part of the loop the current step is in (ALGORITHM.md §2); each test stands on its own, so the
+        phases do not depend on the order they are checked in.
+
+        seed: no updates (also at step num_seed_steps itself, as in the original); unsupervised: PEBBLE's
+        state-entropy pre-training; first_feedback: the step of the first queries; feedback: every later step;
+        true_reward: SAC on the environment's reward (method=sac_true), which has no queries."""
+        cfg = self.cfg
+        feedback_start = cfg.num_seed_steps + cfg.num_unsup_steps
+        if not self.learns_reward:
+            return "seed" if self.step < cfg.num_seed_steps else "true_reward"
+        if self.step == feedback_start:
+            return "first_feedback"
+        if self.step <= cfg.num_seed_steps:
+            return "seed"
+        return "unsupervised" if self.step < feedback_start else "feedback"
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Uniform random actions for the first num_seed_steps, then a sample from the policy."""
+        if self.step < self.cfg.num_seed_steps:
+            return self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+        with utils.eval_mode(self.agent.actor):
+            action = self.agent.act(obs, sample=True)
+        if not np.isfinite(action).all():  # a diverged update; caught here before it reaches the physics
+            raise NonFiniteError(f"the policy produced a non-finite action at step {self.step}")
+        return action
+
+    def update(self, phase: str) -> None:
+        """This step's learning, the one entry point of the feedback schedule: queries when they are due, then
+        the SAC update of the phase."""
+        cfg = self.cfg
+        if phase == "true_reward":
+            self.last_update_metrics = self.agent.update(self.replay_buffer, self.step, cfg.gradient_update)
+        elif phase == "unsupervised":
+            self.last_update_metrics = self.agent.update_state_ent(self.replay_buffer, self.step, K=cfg.topK)
+        elif phase == "first_feedback":
+            self.first_feedback()
+        elif phase == "feedback":
+            if self.total_feedback < cfg.max_feedback and self.interact_count == cfg.num_interact:
+                self.collect_feedback()
+            self.update_agent()
 
     def reset_episode(self) -> np.ndarray:
         # Seeding every episode makes a resumed run continue exactly like an uninterrupted one.

@@ -207,6 +207,23 @@ def fill(buffer: ReplayBuffer, rng: np.random.Generator, episodes: int = 3, leng
                        rng.normal(size=obs_dim), done, False)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["num_seed_steps=1000", "num_unsup_steps=9000"],
+         {0: "seed", 1000: "seed", 1001: "unsupervised", 9999: "unsupervised", 10000: "first_feedback",
+          10001: "feedback"}),
+        (["num_seed_steps=1000", "num_unsup_steps=0"], {999: "seed", 1000: "first_feedback", 1001: "feedback"}),
+        (["method=sac_true", "num_seed_steps=1000"], {999: "seed", 1000: "true_reward", 20000: "true_reward"}),
+    ],
+)  # fmt: skip
+def test_phases_of_the_loop(tmp_path, overrides, expected) -> None:
+    workspace = make_workspace(tmp_path, *overrides)
+    for step, phase in expected.items():
+        workspace.step = step
+        assert workspace.phase() == phase, step
+
+
 @pytest.mark.parametrize("hybrid_replay", [True, False])
 def test_hybrid_replay_switch_decides_whether_batches_use_the_recent_window(tmp_path, hybrid_replay) -> None:
     workspace = make_workspace(tmp_path, f"hybrid_replay={str(hybrid_replay).lower()}", "max_reward_buffer_size=4",
