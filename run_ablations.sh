@@ -11,11 +11,4 @@
 #
 # Options: [task ...] [--dry-run] [--summary] [--launcher local|joblib|slurm] [--jobs N] [--seeds "1 2 3"]
 #          [--root DIR] [--force] [-- extra overrides for every run]; details: python scripts/sweep.py --help
-# Python: $PYTHON, else the repository's .venv, else `python` on the PATH.
-set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-python="${PYTHON:-}"
-if [[ -z "$python" ]]; then
-  if [[ -x "$repo/.venv/bin/python" ]]; then python="$repo/.venv/bin/python"; else python=python; fi
-fi
-exec "$python" "$repo/scripts/sweep.py" ablations "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/scripts/run_sweep.sh" ablations "$@"

@@ -120,7 +120,10 @@ def load_table(name_or_path: str) -> Table:
     unknown = set(raw) - {"seeds", "overrides", "tasks", "methods", "extra"}
     if unknown or not raw.get("tasks"):
         raise SweepError(f"{path}: needs `tasks` and allows seeds, overrides, methods, extra; got {sorted(raw)}")
-    tasks = {task: split_overrides(text) for task, text in raw["tasks"].items()}
+    if isinstance(raw["tasks"], list):  # names of config/task/ presets
+        tasks = {task: [f"task={task}"] for task in raw["tasks"]}
+    else:
+        tasks = {task: split_overrides(text) for task, text in raw["tasks"].items()}
     methods = {method: split_overrides(text) for method, text in (raw.get("methods") or {"": ""}).items()}
     extra = {}
     for cell, text in (raw.get("extra") or {}).items():

@@ -48,11 +48,15 @@ RUN_NAME = "maxFeedback20_numInteract250_seed{}"
 RUN_100 = "maxFeedback100_numInteract20000_seed1"
 
 
-def test_presets_set_every_switch_and_only_switches() -> None:
-    for method in METHODS:
+def test_presets_list_only_switches_and_only_what_they_change() -> None:
+    qpa = yaml.safe_load((REPO_ROOT / "config" / "method" / "qpa.yaml").read_text())
+    assert set(qpa) == {"name", "experiment", *METHOD_SWITCHES}  # the base every other preset starts from
+    for method in METHODS[1:]:
         preset = yaml.safe_load((REPO_ROOT / "config" / "method" / f"{method}.yaml").read_text())
-        assert set(preset) == {"name", "experiment", *METHOD_SWITCHES}, method
-        assert preset["name"] == method
+        base = preset.pop("defaults")[0]
+        assert preset.pop("name") == method and set(preset) <= {"experiment", *METHOD_SWITCHES}, method
+        inherited = compose_config(f"method={base}").method
+        assert all(preset[key] != inherited[key] for key in preset), (method, base)
     pebble = compose_config("method=pebble")
     assert (pebble.query_scheme, pebble.ensemble_size, pebble.large_batch) == ("disagreement", 3, 10)
     assert (pebble.hybrid_replay, pebble.data_aug_ratio, pebble.semi_supervised, pebble.rune_beta_init) == (
@@ -168,7 +172,7 @@ def test_sweep_scripts_dry_run() -> None:
                                 text=True, env=env, cwd=REPO_ROOT, timeout=300)  # fmt: skip
         assert result.returncode == 0, result.stderr
         commands = result.stdout.splitlines()
-        assert len(commands) == runs and all("env=walker_walk" in command for command in commands)
+        assert len(commands) == runs and all("task=walker_walk" in command for command in commands)
 
 
 # ---------------------------------------------------------------------------------------------- Workspace wiring

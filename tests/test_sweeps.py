@@ -18,11 +18,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, SMALL_NETWORKS
+from conftest import REPO_ROOT, SMALL_NETWORKS, compose_config
+from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.slow  # every test here trains in subprocesses
 
-# ALGORITHM.md §8, written out here independently of scripts/sweeps/qpa.yaml:
+# ALGORITHM.md §8, written out here independently of config/task/ and scripts/sweeps/qpa.yaml:
 # task: (env, num_train_steps, lr, num_interact, max_feedback, reward_batch, Meta-World max_reward_buffer_size)
 PAPER = {
     "walker_walk": ("walker_walk", 500_000, 5e-4, 20000, 100, 10, None),
@@ -65,6 +66,8 @@ def paper_overrides(task: str) -> dict[str, float | str]:
 
 
 def normalise(value: object) -> float | str:
+    if isinstance(value, bool):
+        return str(value).lower()
     try:
         return float(value)
     except ValueError:
@@ -105,8 +108,11 @@ def test_dry_run_prints_the_paper_commands(launcher: str) -> None:
             if launcher == "joblib":  # the parallel runs split the cores between them
                 jobs, threads = int(overrides.pop("hydra.launcher.n_jobs")), int(overrides.pop("num_threads"))
                 assert jobs >= 1 and threads == max(1, len(os.sched_getaffinity(0)) // jobs)
-        task = next(name for name, spec in PAPER.items() if spec[0] == overrides["env"])
-        assert {key: normalise(value) for key, value in overrides.items()} == paper_overrides(task)
+        assert overrides.pop("method") == "qpa" and not set(overrides) - {"task"}, overrides
+        task = overrides["task"]
+        cfg = compose_config(f"task={task}", "method=qpa")
+        composed = {key: normalise(OmegaConf.select(cfg, key)) for key in paper_overrides(task)}
+        assert composed == paper_overrides(task), task
         found.setdefault(task, []).extend(seeds)
     assert found == {task: SEEDS for task in PAPER}
 
