@@ -303,7 +303,7 @@ def _check_rune(cfg: DictConfig) -> None:
 
 
 def method_run_dir(*, _root_: DictConfig) -> str:
-    """Run-directory component: '' for plain QPA (the reference layout), else the method and every switch
+    """Run-directory component: '' for plain QPA (the original release's layout), else the method and every switch
     changed from the method preset, e.g. 'pebble/' or 'qpa_query_scheme-uniform/'."""
     method = _root_.method
     changed = [f"{key}-{_root_[key]}" for key in METHOD_SWITCHES if _root_[key] != method[key]]

@@ -10,7 +10,7 @@ on-policy data, where the reward model was just queried) with transitions drawn
 uniformly from the whole buffer. `sample_onpolicy` draws the recent part,
 `sample` the uniform part and `sample_hybrid` both in one gather.
 
-Deliberate fix over the reference (ALGORITHM.md §9): the reference drew recent
+Deliberate fix over the original release (ALGORITHM.md §9): the original drew recent
 indices from [write position - N * max_episode_len, write position). Early in
 training that range is negative, and numpy's negative indexing then reads the
 never-written end of the array; the window is also a fixed slot count, not the
@@ -20,7 +20,7 @@ transition); the window holds exactly the transitions of the N most recent
 episodes, stops at the oldest transition still stored and maps into the ring
 with a modulo, so it never reaches an unwritten or overwritten slot.
 Relabelling likewise covers every stored slot once the ring has wrapped (the
-reference relabelled only the slots before the write position).
+original relabelled only the slots before the write position).
 
 RUNE's exploration bonus (Liang et al., ICLR 2022): with `store_reward_std`
 the buffer keeps a second column, the reward ensemble's std of r̂(s, a), and

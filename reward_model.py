@@ -135,7 +135,7 @@ def pseudo_labels(returns: torch.Tensor, threshold: float) -> tuple[torch.Tensor
 class RewardModel:
     """Ensemble reward model trained from scripted-teacher preferences (PEBBLE / QPA).
 
-    `capacity` is accepted for keyword compatibility with the reference; the labelled-query store is sized from
+    `capacity` is accepted for keyword compatibility with the original release; the labelled-query store is sized from
     `max_feedback` and grown on demand instead (ALGORITHM.md §9). `max_size` is N, the number of most recent episodes
     policy-aligned selection draws from; `history_size` bounds the episode store (None keeps every episode).
 
@@ -505,7 +505,7 @@ class RewardModel:
         return _accuracy(utils.to_np(counts)), float(loss_sum) / (max(steps, 1) * self.ensemble_size)
 
     def _shuffled_order(self) -> torch.Tensor:
-        """An independent permutation of the labelled store per member [E, M] (as the reference's ensemble)."""
+        """An independent permutation of the labelled store per member [E, M] (as the original release's ensemble)."""
         keys = torch.rand((self.ensemble_size, self.num_labelled), generator=self.torch_rng, device=self.device)
         return keys.argsort(dim=1)
 

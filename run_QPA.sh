@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's QPA runs (ALGORITHM.md §8): 5 seeds x 9 tasks with the reference release's settings, listed in
+# The paper's QPA runs (ALGORITHM.md §8): 5 seeds x 9 tasks with the original release's settings, listed in
 # scripts/sweeps/qpa.yaml. Re-running is safe: finished runs are skipped and interrupted ones resume.
 #
 #   bash run_QPA.sh                                   # every task and seed, one run after another

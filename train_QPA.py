@@ -60,7 +60,7 @@ RESUME_MUTABLE_KEYS = (
     "save_model",
 )
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
-# wandb receives the reference release's metric names, so existing dashboards keep working.
+# wandb receives the original release's metric names, so existing dashboards keep working.
 REFERENCE_WANDB_NAMES = {
     "eval/episode_reward": "episode_reward",
     "eval/episode_reward_hat": "episode_reward_hat",

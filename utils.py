@@ -189,7 +189,7 @@ def canonical_env_name(name: str) -> str:
             if wanted != name and name not in _announced_aliases:
                 _announced_aliases.add(name)
                 warnings.warn(
-                    f"{name} is the reference's Meta-World v2 name; running {wanted} (metaworld 3.1.1 has only v3)",
+                    f"{name} is the original's Meta-World v2 name; running {wanted} (metaworld 3.1.1 has only v3)",
                     stacklevel=2,
                 )
             return wanted
