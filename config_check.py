@@ -162,6 +162,27 @@ def check_config(cfg: DictConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
+    _check_types(cfg)
+    max_steps = episode_steps(cfg.env)
+    _check_schedule(cfg, max_steps)
+    _require_number("her_ratio", cfg.her_ratio, 0.0, 1.0, low_open=False)
+    _require_number("teacher_gamma", cfg.teacher_gamma, 0.0, 1.0)
+    for key in ("teacher_eps_mistake", "teacher_eps_skip", "teacher_eps_equal", "label_margin"):
+        _require_number(key, cfg[key], 0.0, 1.0, low_open=False)
+    if cfg.explore is not False:
+        _require_number("explore", cfg.explore, 0.0, 1.0)
+
+    _check_choices(cfg)
+    _check_surf(cfg, max_steps)
+    _check_rune(cfg)
+    try:
+        utils.choose_device(cfg.device, strict=cfg.strict_device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_types(cfg: DictConfig) -> None:
+    """Integers, booleans, names and numbers of the top-level keys and of the agent."""
     for key in (
         "num_train_steps",
         "num_interact",
@@ -209,7 +230,9 @@ def check_config(cfg: DictConfig) -> None:
     _require_number("reward_lr", cfg.reward_lr, low=0.0)
     _require_number("teacher_beta", cfg.teacher_beta)
 
-    max_steps = episode_steps(cfg.env)
+
+def _check_schedule(cfg: DictConfig, max_steps: int) -> None:
+    """What the episode length allows: the first queries, the segment length, temporal cropping."""
     first_feedback = cfg.num_seed_steps + cfg.num_unsup_steps
     if cfg.reward_source == "learned" and first_feedback < max_steps:
         _fail(
@@ -224,13 +247,9 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.data_aug_ratio > 0 and cfg.segment <= longest_cut:
         _fail("segment", cfg.segment, f"must be >= {longest_cut + 1} for temporal cropping (or set data_aug_ratio=0)")
 
-    _require_number("her_ratio", cfg.her_ratio, 0.0, 1.0, low_open=False)
-    _require_number("teacher_gamma", cfg.teacher_gamma, 0.0, 1.0)
-    for key in ("teacher_eps_mistake", "teacher_eps_skip", "teacher_eps_equal", "label_margin"):
-        _require_number(key, cfg[key], 0.0, 1.0, low_open=False)
-    if cfg.explore is not False:
-        _require_number("explore", cfg.explore, 0.0, 1.0)
 
+def _check_choices(cfg: DictConfig) -> None:
+    """Keys that take one of a set of names or numbers."""
     if cfg.activation not in ACTIVATIONS:
         _fail("activation", cfg.activation, f"allowed: {', '.join(ACTIVATIONS)}")
     if cfg.query_scheme not in QUERY_SCHEMES:
@@ -252,12 +271,6 @@ def check_config(cfg: DictConfig) -> None:
         _require_int("num_threads", cfg.num_threads, 1)
     if cfg.history_episodes is not None:
         _require_int("history_episodes", cfg.history_episodes, 1)
-    _check_surf(cfg, max_steps)
-    _check_rune(cfg)
-    try:
-        utils.choose_device(cfg.device, strict=cfg.strict_device)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
 
 
 def _check_surf(cfg: DictConfig, max_steps: int) -> None:

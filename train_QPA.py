@@ -86,6 +86,56 @@ def as_namespace(config: Any) -> Any:
     return config
 
 
+def make_agent(config: DictConfig, env: Any, device: torch.device) -> SACAgent:
+    """SAC from `agent.params`, with the sizes and action range the environment gives."""
+    params = OmegaConf.to_container(config.agent.params, resolve=True)
+    params.update(
+        obs_dim=env.observation_space.shape[0],
+        action_dim=env.action_space.shape[0],
+        device=str(device),
+        action_range=[float(env.action_space.low.min()), float(env.action_space.high.max())],
+    )
+    return SACAgent(**params)
+
+
+def make_reward_model(
+    cfg: Any, obs_dim: int, action_dim: int, device: torch.device, query_scheme: str, seed: np.random.SeedSequence
+) -> RewardModel:
+    """The reward model (with its scripted teacher) from the top-level config keys."""
+    return RewardModel(
+        obs_dim,
+        action_dim,
+        ensemble_size=cfg.ensemble_size,
+        lr=cfg.reward_lr,
+        mb_size=cfg.reward_batch,
+        size_segment=cfg.segment,
+        max_size=cfg.max_reward_buffer_size,
+        activation=cfg.activation,
+        large_batch=cfg.large_batch,
+        label_margin=cfg.label_margin,
+        teacher_beta=cfg.teacher_beta,
+        teacher_gamma=cfg.teacher_gamma,
+        teacher_eps_mistake=cfg.teacher_eps_mistake,
+        teacher_eps_skip=cfg.teacher_eps_skip,
+        teacher_eps_equal=cfg.teacher_eps_equal,
+        data_aug_ratio=cfg.data_aug_ratio,
+        device=str(device),
+        max_feedback=cfg.max_feedback,
+        history_size=cfg.max_reward_buffer_size if QUERY_SCHEMES[query_scheme].recent_only else cfg.history_episodes,
+        explore=cfg.explore,
+        hidden_dim=cfg.reward_hidden_dim,
+        hidden_depth=cfg.reward_hidden_depth,
+        train_batch_size=cfg.reward_train_batch,
+        semi_supervised=cfg.semi_supervised,
+        threshold_u=cfg.threshold_u,
+        mu=cfg.mu,
+        lambda_u=cfg.lambda_u,
+        crop_range=cfg.crop_range,
+        dataaug_window=cfg.dataaug_window,
+        seed=int(seed.generate_state(1)[0]),
+    )
+
+
 class Workspace:
     def __init__(self, config: DictConfig, work_dir: Path) -> None:
         self.cfg = cfg = as_namespace(OmegaConf.to_container(config, resolve=True))
@@ -104,14 +154,7 @@ class Workspace:
         obs_dim = self.env.observation_space.shape[0]
         action_dim = self.env.action_space.shape[0]
 
-        agent_params = OmegaConf.to_container(config.agent.params, resolve=True)
-        agent_params.update(
-            obs_dim=obs_dim,
-            action_dim=action_dim,
-            device=str(self.device),
-            action_range=[float(self.env.action_space.low.min()), float(self.env.action_space.high.max())],
-        )
-        self.agent = SACAgent(**agent_params)
+        self.agent = make_agent(config, self.env, self.device)
 
         self.replay_buffer = ReplayBuffer(
             self.env.observation_space.shape,
@@ -125,40 +168,7 @@ class Workspace:
 
         self.learns_reward = cfg.reward_source == "learned"
         self.query_scheme = resolve_query_scheme(cfg)
-        self.reward_model = RewardModel(
-            obs_dim,
-            action_dim,
-            ensemble_size=cfg.ensemble_size,
-            lr=cfg.reward_lr,
-            mb_size=cfg.reward_batch,
-            size_segment=cfg.segment,
-            max_size=cfg.max_reward_buffer_size,
-            activation=cfg.activation,
-            large_batch=cfg.large_batch,
-            label_margin=cfg.label_margin,
-            teacher_beta=cfg.teacher_beta,
-            teacher_gamma=cfg.teacher_gamma,
-            teacher_eps_mistake=cfg.teacher_eps_mistake,
-            teacher_eps_skip=cfg.teacher_eps_skip,
-            teacher_eps_equal=cfg.teacher_eps_equal,
-            data_aug_ratio=cfg.data_aug_ratio,
-            device=str(self.device),
-            max_feedback=cfg.max_feedback,
-            history_size=cfg.max_reward_buffer_size
-            if QUERY_SCHEMES[self.query_scheme].recent_only
-            else cfg.history_episodes,
-            explore=cfg.explore,
-            hidden_dim=cfg.reward_hidden_dim,
-            hidden_depth=cfg.reward_hidden_depth,
-            train_batch_size=cfg.reward_train_batch,
-            semi_supervised=cfg.semi_supervised,
-            threshold_u=cfg.threshold_u,
-            mu=cfg.mu,
-            lambda_u=cfg.lambda_u,
-            crop_range=cfg.crop_range,
-            dataaug_window=cfg.dataaug_window,
-            seed=int(reward_seed.generate_state(1)[0]),
-        )
+        self.reward_model = make_reward_model(cfg, obs_dim, action_dim, self.device, self.query_scheme, reward_seed)
 
         self.rng = np.random.default_rng(action_seed)  # seed-phase actions
         self.diagnostic_rng = np.random.default_rng(diagnostic_seed)  # history windows of log_query_alignment
