@@ -5,11 +5,11 @@ every transition carries its global step index t in obs[0] and its reward is t.
 """
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 
 from agent.actor import DiagGaussianActor, SquashedNormal
 from agent.sac import SACAgent
@@ -305,15 +305,14 @@ def test_bad_arguments_raise_one_line_value_errors():
 def test_config_files_build_an_agent():
     from omegaconf import OmegaConf
 
-    for name in ("sac", "sac_metaworld"):
-        cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "config" / "agent" / f"{name}.yaml")
-        cfg.device = "cpu"
+    for name, batch_size in (("sac", 1024), ("sac_metaworld", 512)):
+        cfg = compose_config(f"agent={name}", "device=cpu")
         params = OmegaConf.to_container(cfg.agent.params, resolve=True) | {
             "obs_dim": OBS_DIM,
             "action_dim": ACT_DIM,
             "action_range": [-1.0, 1.0],
         }
         agent = SACAgent(**params)
-        assert agent.batch_size == cfg.agent.params.batch_size
+        assert agent.batch_size == cfg.agent.params.batch_size == batch_size
         assert agent.target_entropy == -ACT_DIM
         assert torch.isclose(agent.alpha, torch.tensor(0.1))
