@@ -23,11 +23,11 @@ from torch import nn
 
 import queries
 import utils
+from config_schema import QPA_CROP_SHRINK, ConfigError, QueryConfig, RewardConfig, TeacherConfig
 from teacher import ScriptedTeacher
 
 # train_reward_iter stops at the first step where the accuracy, counted over every step of the call, reaches this
 DMC_STOP_ACCURACY = 0.98
-QPA_CROP_SHRINK = (5, 15)  # QPA temporal cropping removes 5 to 15 of a segment's steps
 EPISODE_PREALLOC = 1000  # rows preallocated for the episode being collected; doubled when a longer one shows up
 # On CPU, 4096-row blocks keep a layer's activations (4 MB) in cache, which relabelling a large buffer gains from
 # (bench/bench_replay.py compares relabelling chunk sizes). GPUs prefer one large launch, so they get the rows unsplit.
@@ -53,8 +53,6 @@ class EnsembleMLP(nn.Module):
         generator: torch.Generator,
     ) -> None:
         super().__init__()
-        if activation not in _OUTPUT_ACTIVATIONS:
-            raise ValueError(f"activation={activation!r} is not valid; allowed: {', '.join(_OUTPUT_ACTIVATIONS)}")
         self.activation = activation
         self.ensemble_size = ensemble_size
         self.output_activation = _OUTPUT_ACTIVATIONS[activation]()
@@ -133,141 +131,79 @@ def pseudo_labels(returns: torch.Tensor, threshold: float) -> tuple[torch.Tensor
 
 
 class RewardModel:
-    """Ensemble reward model trained from scripted-teacher preferences (PEBBLE / QPA).
+    """Ensemble reward model trained from scripted-teacher preferences (PEBBLE / QPA), built from its config sections
+    (config_schema.RewardConfig, QueryConfig, TeacherConfig).
 
-    `capacity` is accepted for keyword compatibility with the original release; the labelled-query store is sized from
-    `max_feedback` and grown on demand instead (ALGORITHM.md §9). `max_size` is N, the number of most recent episodes
-    policy-aligned selection draws from; `history_size` bounds the episode store (None keeps every episode).
+    The labelled-query store is sized from `max_feedback` and grown on demand (ALGORITHM.md §9). The episode store
+    keeps `queries.history_size` episodes: the N most recent for policy-aligned selection, else history_episodes.
+    The attributes `size_segment`, `mb_size`, `max_size`, `large_batch` keep B-Pref's names, which query schemes read.
 
     `semi_supervised` switches on SURF (Park et al., ICLR 2022): every training minibatch also draws
-    `mu` x `train_batch_size` unlabelled pairs of windows (`size_segment` + 2 x `dataaug_window` steps) uniformly
-    from the episode store, pseudo-labels those whose prediction on the central `size_segment` steps has
-    max P > `threshold_u`, and adds `lambda_u` x their cross-entropy on a crop of `size_segment` ± `crop_range` steps.
+    `mu` x `reward_train_batch` unlabelled pairs of windows (`segment` + 2 x `dataaug_window` steps) uniformly
+    from the episode store, pseudo-labels those whose prediction on the central `segment` steps has
+    max P > `threshold_u`, and adds `lambda_u` x their cross-entropy on a crop of `segment` ± `crop_range` steps.
     """
 
     def __init__(
         self,
-        ds: int,
-        da: int,
-        ensemble_size: int = 3,
-        lr: float = 3e-4,
-        mb_size: int = 128,
-        size_segment: int = 50,
-        max_size: int = 100,
-        activation: str = "tanh",
-        capacity: float = 5e5,
-        large_batch: int = 1,
-        label_margin: float = 0.0,
-        teacher_beta: float = -1,
-        teacher_gamma: float = 1,
-        teacher_eps_mistake: float = 0,
-        teacher_eps_skip: float = 0,
-        teacher_eps_equal: float = 0,
-        data_aug_ratio: int = 20,
+        reward: RewardConfig,
+        queries: QueryConfig,
+        teacher: TeacherConfig,
+        obs_dim: int,
+        action_dim: int,
         device: str | torch.device = "cpu",
-        max_feedback: int = 1400,
-        history_size: int | None = None,
-        explore: bool | float = False,
-        hidden_dim: int = 256,
-        hidden_depth: int = 3,
-        train_batch_size: int = 128,
-        semi_supervised: bool = False,
-        threshold_u: float = 0.99,
-        mu: int = 4,
-        lambda_u: float = 1.0,
-        crop_range: int = 5,
-        dataaug_window: int = 5,
         seed: int = 0,
     ) -> None:
-        if ensemble_size < 1:
-            raise ValueError(f"ensemble_size={ensemble_size} is not valid; allowed: an integer >= 1")
-        if size_segment < 1:
-            raise ValueError(f"size_segment={size_segment} is not valid; allowed: an integer >= 1")
-        if data_aug_ratio < 0:
-            raise ValueError(f"data_aug_ratio={data_aug_ratio} is not valid; allowed: 0 (off) or a positive integer")
-        if data_aug_ratio > 0 and size_segment <= QPA_CROP_SHRINK[1]:
-            raise ValueError(
-                f"size_segment={size_segment} is too short for temporal cropping (data_aug_ratio={data_aug_ratio}); "
-                f"allowed: size_segment >= {QPA_CROP_SHRINK[1] + 1}, or data_aug_ratio=0"
-            )
-        if max_size < 1:
-            raise ValueError(f"max_size={max_size} is not valid; allowed: an integer >= 1")
-        if history_size is not None and history_size < 1:
-            raise ValueError(f"history_size={history_size} is not valid; allowed: None (keep all) or an integer >= 1")
-        if not 0.0 <= label_margin < 0.5:
-            raise ValueError(f"label_margin={label_margin} is not valid; allowed: 0 <= label_margin < 0.5")
-        explore_fraction = float(explore or 0.0)
-        if not 0.0 <= explore_fraction <= 1.0:
-            raise ValueError(f"explore={explore!r} is not valid; allowed: false or a fraction in (0, 1]")
-        if semi_supervised:
-            if not 0.5 <= threshold_u <= 1.0:
-                raise ValueError(f"threshold_u={threshold_u} is not valid; allowed: a number in [0.5, 1]")
-            if int(mu) != mu or mu < 1:
-                raise ValueError(f"mu={mu} is not valid; allowed: an integer >= 1")
-            if lambda_u < 0:
-                raise ValueError(f"lambda_u={lambda_u} is not valid; allowed: a number >= 0")
-            if not 0 <= crop_range < size_segment or crop_range > 2 * dataaug_window:
-                raise ValueError(
-                    f"crop_range={crop_range} is not valid; allowed: 0 <= crop_range < size_segment ({size_segment}) "
-                    f"and crop_range <= 2 * dataaug_window ({2 * dataaug_window})"
-                )
-
-        self.ds, self.da = ds, da
-        self.input_dim = ds + da
-        self.ensemble_size = ensemble_size
-        self.lr = lr
-        self.mb_size = int(mb_size)
-        self.origin_mb_size = int(mb_size)
-        self.size_segment = size_segment
-        self.max_size = max_size
-        self.activation = activation
-        self.large_batch = large_batch
-        self.label_margin = label_margin
-        self.data_aug_ratio = int(data_aug_ratio)
-        self.max_feedback = int(max_feedback)
-        self.explore = explore_fraction
-        self.train_batch_size = int(train_batch_size)  # labelled pairs per training minibatch
+        self.cfg = reward
+        self.ds, self.da, self.input_dim = obs_dim, action_dim, obs_dim + action_dim
+        self.ensemble_size = reward.ensemble_size
+        self.size_segment = reward.segment
+        self.mb_size = self.origin_mb_size = queries.reward_batch  # the current round's size and the configured one
+        self.max_size = queries.max_reward_buffer_size  # N
+        self.large_batch = queries.large_batch
+        self.explore = float(queries.explore or 0.0)
+        self.max_feedback = queries.max_feedback
         self.device = torch.device(device)
-        self.semi_supervised = bool(semi_supervised)
-        self.threshold_u = float(threshold_u)
-        self.mu = int(mu)
-        self.lambda_u = float(lambda_u)
-        self.crop_range = int(crop_range)
-        self.dataaug_window = int(dataaug_window)
         self.pseudo_label_fraction = float("nan")  # share of unlabelled pairs pseudo-labelled in the last training
         self._pseudo_counts = torch.zeros(2, device=self.device)  # pseudo-labelled, drawn unlabelled pairs
 
         seeds = np.random.SeedSequence(seed).generate_state(4)
-        init_generator = torch.Generator().manual_seed(seed)
-        self.net = EnsembleMLP(self.input_dim, hidden_dim, hidden_depth, ensemble_size, activation, init_generator)
+        self.net = EnsembleMLP(
+            self.input_dim,
+            reward.reward_hidden_dim,
+            reward.reward_hidden_depth,
+            reward.ensemble_size,
+            reward.activation,
+            torch.Generator().manual_seed(seed),
+        )
         self.net.to(self.device)
         # One Adam over the stacked weights is per-member Adam: the update is elementwise and members are disjoint.
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=reward.reward_lr)
         self.rng = np.random.default_rng(seeds[0])
         self.torch_rng = torch.Generator(device=self.device).manual_seed(int(seeds[1]))
         # Its own stream, so that the semi-supervised term leaves every other random draw of training unchanged.
         self.unlabelled_rng = torch.Generator(device=self.device).manual_seed(int(seeds[3]))
         self.teacher = ScriptedTeacher(
-            beta=teacher_beta,
-            gamma=teacher_gamma,
-            eps_mistake=teacher_eps_mistake,
-            eps_skip=teacher_eps_skip,
-            eps_equal=teacher_eps_equal,
+            teacher.teacher_beta,
+            teacher.teacher_gamma,
+            teacher.teacher_eps_mistake,
+            teacher.teacher_eps_skip,
+            teacher.teacher_eps_equal,
             seed=int(seeds[2]),
         )
 
         # Complete episodes as (sa [len, ds + da], true reward [len]) float32 arrays, oldest first.
-        self.episodes: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=history_size)
+        self.episodes: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=queries.history_size)
         self._episode_sa = np.empty((EPISODE_PREALLOC, self.input_dim), dtype=np.float32)
         self._episode_rew = np.empty(EPISODE_PREALLOC, dtype=np.float32)
         self._episode_len = 0
         self.episodes_closed = 0  # ever, so a cache of the store knows when it is stale
         self._unlabelled_source: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-        self.last_queries = np.empty((0, 2, size_segment, self.input_dim), dtype=np.float32)  # the latest batch asked
+        shape = (0, 2, self.size_segment, self.input_dim)
+        self.last_queries = np.empty(shape, dtype=np.float32)  # the latest batch asked
         self.num_labelled = 0
-        self._pairs = torch.empty((0, 2, size_segment, self.input_dim), device=self.device)
-        self._labels = torch.empty(0, device=self.device)
+        self._pairs, self._labels = torch.empty(shape, device=self.device), torch.empty(0, device=self.device)
 
     # ------------------------------------------------------------------ prediction
 
@@ -350,7 +286,7 @@ class RewardModel:
         eligible = [episode for episode in episodes if len(episode[1]) > length]
         if not eligible:
             raise ValueError(
-                f"no complete episode longer than size_segment={length} steps is stored "
+                f"no complete episode longer than segment={length} steps is stored "
                 f"({len(episodes)} candidates); allowed: query after add_data has closed such an episode"
             )
         lengths = np.array([len(episode[1]) for episode in eligible])
@@ -448,7 +384,7 @@ class RewardModel:
         if self.num_labelled == 0:
             raise ValueError("num_labelled=0: the reward model has no labelled queries; allowed: query before training")
         self._pseudo_counts.zero_()
-        copies = self.data_aug_ratio or 1
+        copies = self.cfg.data_aug_ratio or 1
         counts = torch.zeros(2, self.ensemble_size, device=self.device)  # correct, counted: since the call began
         loss_sum = torch.zeros((), device=self.device)
         # The host reads the counts only when the stop is possible at all: `seen` holds the counts it last read,
@@ -480,7 +416,7 @@ class RewardModel:
         counts = torch.zeros(2, self.ensemble_size, device=self.device)
         loss_sum = torch.zeros((), device=self.device)
         steps = 0
-        for index in self._minibatches(math.ceil(self.num_labelled / self.train_batch_size)):
+        for index in self._minibatches(math.ceil(self.num_labelled / self.cfg.reward_train_batch)):
             loss, correct, counted = self._train_minibatch(index, augment=False)
             loss_sum += loss
             counts[0] += correct
@@ -493,13 +429,13 @@ class RewardModel:
         permutation after each pass (the last slice of a pass may be shorter)."""
         order, position = self._shuffled_order(), 0
         for _ in range(num_steps):
-            yield order[:, position : position + self.train_batch_size]
-            position += self.train_batch_size
+            yield order[:, position : position + self.cfg.reward_train_batch]
+            position += self.cfg.reward_train_batch
             if position >= self.num_labelled:
                 order, position = self._shuffled_order(), 0
 
     def _finish_training(self, counts: torch.Tensor, loss_sum: torch.Tensor, steps: int) -> tuple[np.ndarray, float]:
-        if self.semi_supervised:
+        if self.cfg.semi_supervised:
             pseudo, drawn = utils.to_np(self._pseudo_counts)
             self.pseudo_label_fraction = float(pseudo / max(drawn, 1.0))
         return _accuracy(utils.to_np(counts)), float(loss_sum) / (max(steps, 1) * self.ensemble_size)
@@ -521,19 +457,19 @@ class RewardModel:
         pairs = self._pairs[index]
         labels = self._labels[index]
         rewards = self.net(pairs.reshape(members, -1, self.input_dim)).view(members, batch, 2, self.size_segment)
-        if augment and self.data_aug_ratio:
+        if augment and self.cfg.data_aug_ratio:
             starts, lengths = crop_windows((members, batch), self.size_segment, qpa_crop_lengths(self.size_segment),
-                                           self.data_aug_ratio, self.torch_rng, self.device)  # fmt: skip
+                                           self.cfg.data_aug_ratio, self.torch_rng, self.device)  # fmt: skip
             returns = window_sums(rewards, starts, lengths).transpose(-1, -2)  # [E, B, copies, 2]
-            targets = labels.unsqueeze(-1).expand(-1, -1, self.data_aug_ratio)
+            targets = labels.unsqueeze(-1).expand(-1, -1, self.cfg.data_aug_ratio)
         else:
             returns, targets = rewards.sum(-1), labels
-        smoothed = targets * (1.0 - 2.0 * self.label_margin) + self.label_margin
+        smoothed = targets * (1.0 - 2.0 * self.cfg.label_margin) + self.cfg.label_margin
         log_prob = F.log_softmax(returns, dim=-1)
         member_loss = -(smoothed * log_prob[..., 1] + (1.0 - smoothed) * log_prob[..., 0]).flatten(1).mean(1)
         loss = member_loss.sum()
-        if self.semi_supervised:
-            loss = loss + self.lambda_u * self._unlabelled_loss(members).sum()
+        if self.cfg.semi_supervised:
+            loss = loss + self.cfg.lambda_u * self._unlabelled_loss(members).sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -547,11 +483,11 @@ class RewardModel:
         """The episodes long enough for an unlabelled window, concatenated on `device`: rows [T, ds + da], and each
         episode's first row and length. Rebuilt only when an episode has closed since the last call."""
         if self._unlabelled_source is None or self._unlabelled_source[0] != self.episodes_closed:
-            window = self.size_segment + 2 * self.dataaug_window
+            window = self.size_segment + 2 * self.cfg.dataaug_window
             eligible = [sa for sa, _ in self.episodes if len(sa) >= window]
             if not eligible:
                 raise ValueError(
-                    f"no stored episode has size_segment + 2 * dataaug_window = {window} steps; allowed: train "
+                    f"no stored episode has segment + 2 * dataaug_window = {window} steps; allowed: train "
                     "the semi-supervised model once add_data has closed such an episode"
                 )
             lengths = torch.tensor([len(sa) for sa in eligible], device=self.device)
@@ -564,23 +500,23 @@ class RewardModel:
         """Pairs of windows [members, num, 2, S + 2 x dataaug_window, ds + da], each window from an episode drawn
         uniformly (with replacement) from the store and a uniform start in it: one gather, no loop over pairs."""
         rows, first_row, lengths = self._unlabelled_store()
-        window = self.size_segment + 2 * self.dataaug_window
+        window = self.size_segment + 2 * self.cfg.dataaug_window
         episode = torch.randint(len(lengths), (members, num, 2), generator=self.unlabelled_rng, device=self.device)
         uniform = torch.rand((members, num, 2), generator=self.unlabelled_rng, device=self.device)
         start = first_row[episode] + (uniform * (lengths[episode] - window + 1)).long()
         return rows[start.unsqueeze(-1) + torch.arange(window, device=self.device)]
 
     def _unlabelled_loss(self, members: int) -> torch.Tensor:
-        """Per-member mean over `mu` x `train_batch_size` unlabelled pairs of the pseudo-label cross-entropy on
+        """Per-member mean over `mu` x `reward_train_batch` unlabelled pairs of the pseudo-label cross-entropy on
         SURF's crop (pairs below the confidence threshold count as zero, as in SURF): [members]."""
-        num = self.mu * self.train_batch_size
-        window = self.size_segment + 2 * self.dataaug_window
+        num = self.cfg.mu * self.cfg.reward_train_batch
+        window = self.size_segment + 2 * self.cfg.dataaug_window
         pairs = self.sample_unlabelled(members, num)
         rewards = self.net(pairs.reshape(members, -1, self.input_dim)).view(members, num, 2, window)
-        centre = self.dataaug_window
+        centre = self.cfg.dataaug_window
         labels, confident = pseudo_labels(rewards[..., centre : centre + self.size_segment].sum(-1).detach(),
-                                          self.threshold_u)  # fmt: skip
-        surf_lengths = (self.size_segment - self.crop_range, self.size_segment + self.crop_range)
+                                          self.cfg.threshold_u)  # fmt: skip
+        surf_lengths = (self.size_segment - self.cfg.crop_range, self.size_segment + self.cfg.crop_range)
         starts, lengths = crop_windows((members, num), window, surf_lengths, 1, self.unlabelled_rng, self.device)
         log_prob = F.log_softmax(window_sums(rewards, starts, lengths).squeeze(-1), dim=-1)
         cross_entropy = -log_prob.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
@@ -645,6 +581,24 @@ class RewardModel:
         self.episodes_closed = int(state["episodes_closed"])
         self._unlabelled_source = None
         self.mb_size = int(state["mb_size"])
+
+
+def reward_model_from_keys(
+    obs_dim: int, action_dim: int, device: str | torch.device = "cpu", seed: int = 0, **keys: Any
+) -> RewardModel:
+    """A RewardModel outside a training run (tests, benchmarks, a notebook): its config keys by name
+    (`segment=20, ensemble_size=3`), the schema's defaults for the rest."""
+    sections = [
+        section(**{name: value for name, value in keys.items() if name in section.__dataclass_fields__})
+        for section in (RewardConfig, QueryConfig, TeacherConfig)
+    ]
+    unknown = set(keys).difference(*(section.__dataclass_fields__ for section in sections))
+    if unknown:
+        raise ConfigError(
+            f"{sorted(unknown)[0]} is not a RewardModel config key; allowed: the fields of "
+            "RewardConfig, QueryConfig and TeacherConfig (config_schema.py)"
+        )
+    return RewardModel(*sections, obs_dim, action_dim, device, seed)
 
 
 def _accuracy(counts: np.ndarray) -> np.ndarray:

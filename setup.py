@@ -43,7 +43,7 @@ setup(
         "reward_model",
         "teacher",
         "plot",
-        "config_check",
+        "config_schema",
         "queries",
     ],
     packages=["agent"],

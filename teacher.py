@@ -35,11 +35,6 @@ class ScriptedTeacher:
         eps_equal: float = 0.0,
         seed: int = 0,
     ) -> None:
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"teacher gamma={gamma} is not valid; allowed: 0 < gamma <= 1")
-        for name, value in (("eps_mistake", eps_mistake), ("eps_skip", eps_skip), ("eps_equal", eps_equal)):
-            if value < 0.0:
-                raise ValueError(f"teacher {name}={value} is not valid; allowed: a value >= 0")
         self.beta = float(beta)
         self.gamma = float(gamma)
         self.eps_mistake = float(eps_mistake)

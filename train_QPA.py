@@ -11,6 +11,7 @@ reward with hybrid replay while feedback remains), step the env and store the tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -20,7 +21,6 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import hydra
@@ -33,7 +33,15 @@ from tqdm import tqdm
 
 import utils
 from agent.sac import SACAgent
-from config_check import ConfigError, check_config, check_overrides, resolve_query_scheme
+from config_schema import (
+    ConfigError,
+    QueryConfig,
+    RewardConfig,
+    TeacherConfig,
+    TrainConfig,
+    check_config,
+    check_overrides,
+)  # fmt: skip
 from logger import Logger
 from queries import QUERY_SCHEMES
 from replay_buffer import ReplayBuffer
@@ -79,66 +87,32 @@ class RunFailedError(RuntimeError):
     """Ends one job of a --multirun sweep; its message is in the run directory's status.json."""
 
 
-def as_namespace(config: Any) -> Any:
-    """Plain attribute access for the per-step loop: an OmegaConf lookup costs far more than an attribute."""
-    if isinstance(config, dict):
-        return SimpleNamespace(**{key: as_namespace(value) for key, value in config.items()})
-    return config
-
-
-def make_agent(config: DictConfig, env: Any, device: torch.device) -> SACAgent:
-    """SAC from `agent.params`, with the sizes and action range the environment gives."""
-    params = OmegaConf.to_container(config.agent.params, resolve=True)
-    params.update(
-        obs_dim=env.observation_space.shape[0],
-        action_dim=env.action_space.shape[0],
-        device=str(device),
-        action_range=[float(env.action_space.low.min()), float(env.action_space.high.max())],
+def make_agent(
+    cfg: TrainConfig, obs_dim: int, action_dim: int, action_range: tuple[float, float], device: torch.device
+) -> SACAgent:
+    """SAC from `agent.params` and the two networks' sections, with the sizes and action range of the environment."""
+    return SACAgent(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        action_range=action_range,
+        device=device,
+        critic_cfg=dataclasses.asdict(cfg.double_q_critic.params),
+        actor_cfg=dataclasses.asdict(cfg.diag_gaussian_actor.params),
+        **dataclasses.asdict(cfg.agent.params),
     )
-    return SACAgent(**params)
 
 
 def make_reward_model(
-    cfg: Any, obs_dim: int, action_dim: int, device: torch.device, query_scheme: str, seed: np.random.SeedSequence
+    cfg: TrainConfig, obs_dim: int, action_dim: int, device: torch.device, seed: np.random.SeedSequence
 ) -> RewardModel:
-    """The reward model (with its scripted teacher) from the top-level config keys."""
-    return RewardModel(
-        obs_dim,
-        action_dim,
-        ensemble_size=cfg.ensemble_size,
-        lr=cfg.reward_lr,
-        mb_size=cfg.reward_batch,
-        size_segment=cfg.segment,
-        max_size=cfg.max_reward_buffer_size,
-        activation=cfg.activation,
-        large_batch=cfg.large_batch,
-        label_margin=cfg.label_margin,
-        teacher_beta=cfg.teacher_beta,
-        teacher_gamma=cfg.teacher_gamma,
-        teacher_eps_mistake=cfg.teacher_eps_mistake,
-        teacher_eps_skip=cfg.teacher_eps_skip,
-        teacher_eps_equal=cfg.teacher_eps_equal,
-        data_aug_ratio=cfg.data_aug_ratio,
-        device=str(device),
-        max_feedback=cfg.max_feedback,
-        history_size=cfg.max_reward_buffer_size if QUERY_SCHEMES[query_scheme].recent_only else cfg.history_episodes,
-        explore=cfg.explore,
-        hidden_dim=cfg.reward_hidden_dim,
-        hidden_depth=cfg.reward_hidden_depth,
-        train_batch_size=cfg.reward_train_batch,
-        semi_supervised=cfg.semi_supervised,
-        threshold_u=cfg.threshold_u,
-        mu=cfg.mu,
-        lambda_u=cfg.lambda_u,
-        crop_range=cfg.crop_range,
-        dataaug_window=cfg.dataaug_window,
-        seed=int(seed.generate_state(1)[0]),
-    )
+    """The reward model (with its scripted teacher) from its sections of the config."""
+    sections = RewardConfig.of(cfg), QueryConfig.of(cfg), TeacherConfig.of(cfg)
+    return RewardModel(*sections, obs_dim, action_dim, device, seed=int(seed.generate_state(1)[0]))
 
 
 class Workspace:
-    def __init__(self, config: DictConfig, work_dir: Path) -> None:
-        self.cfg = cfg = as_namespace(OmegaConf.to_container(config, resolve=True))
+    def __init__(self, cfg: TrainConfig, work_dir: Path) -> None:
+        self.cfg = cfg
         self.work_dir = work_dir
         self.device = utils.choose_device(cfg.device, strict=cfg.strict_device)
         if cfg.num_threads is not None:
@@ -151,24 +125,16 @@ class Workspace:
         self.eval_env = utils.make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET)
         self.is_metaworld = utils.is_metaworld(cfg.env)
         self.max_episode_steps = self.env.max_episode_steps
-        obs_dim = self.env.observation_space.shape[0]
-        action_dim = self.env.action_space.shape[0]
-
-        self.agent = make_agent(config, self.env, self.device)
-
-        self.replay_buffer = ReplayBuffer(
-            self.env.observation_space.shape,
-            self.env.action_space.shape,
-            int(cfg.replay_buffer_capacity),
-            self.device,
-            max_episode_len=self.max_episode_steps,
-            seed=replay_seed,
-            store_reward_std=cfg.rune_beta_init > 0,
-        )
+        (obs_dim,), (action_dim,) = self.env.observation_space.shape, self.env.action_space.shape
+        action_range = float(self.env.action_space.low.min()), float(self.env.action_space.high.max())
+        self.agent = make_agent(cfg, obs_dim, action_dim, action_range, self.device)
+        self.replay_buffer = ReplayBuffer((obs_dim,), (action_dim,), cfg.replay_buffer_capacity, self.device,
+                                          max_episode_len=self.max_episode_steps, seed=replay_seed,
+                                          store_reward_std=cfg.rune_beta_init > 0)  # fmt: skip
 
         self.learns_reward = cfg.reward_source == "learned"
-        self.query_scheme = resolve_query_scheme(cfg)
-        self.reward_model = make_reward_model(cfg, obs_dim, action_dim, self.device, self.query_scheme, reward_seed)
+        self.query_scheme = cfg.scheme
+        self.reward_model = make_reward_model(cfg, obs_dim, action_dim, self.device, reward_seed)
 
         self.rng = np.random.default_rng(action_seed)  # seed-phase actions
         self.diagnostic_rng = np.random.default_rng(diagnostic_seed)  # history windows of log_query_alignment
@@ -194,7 +160,7 @@ class Workspace:
                 project=cfg.wandb_project,
                 entity=cfg.wandb_entity,
                 name=f"{cfg.env}_{cfg.experiment}_{cfg.max_feedback}_{cfg.num_interact}_{cfg.seed}",
-                config=OmegaConf.to_container(config, resolve=True),
+                config=dataclasses.asdict(cfg),
             ),
         )
 
@@ -678,7 +644,7 @@ def main(cfg: DictConfig) -> None:
     work_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         cfg = select_agent_config(cfg)
-        check_config(cfg)
+        config = check_config(cfg)
         if not prepare_run_dir(cfg, work_dir):
             return
     except RunRefusedError as error:  # another run's directory: its status.json stays as that run left it
@@ -689,7 +655,7 @@ def main(cfg: DictConfig) -> None:
     workspace = None
     previous_handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        workspace = Workspace(cfg, work_dir)
+        workspace = Workspace(config, work_dir)
         write_status(work_dir, "running", workspace.step)
         workspace.run()
     except Interrupted as signal_name:
@@ -728,7 +694,7 @@ if __name__ == "__main__":
     # key or group option) come out as the same one-line message as every other bad value.
     if not any(arg.startswith("-") for arg in sys.argv[1:]):
         try:
-            check_overrides(sys.argv[1:], Path(__file__).resolve().parent / "config")
+            check_overrides(sys.argv[1:])
         except ConfigError as error:
             sys.exit(f"error: {error}")
     main()

@@ -63,10 +63,7 @@ class DiagGaussianActor(nn.Module):
         self, obs_dim: int, action_dim: int, hidden_dim: int, hidden_depth: int, log_std_bounds: tuple[float, float]
     ) -> None:
         super().__init__()
-        low, high = (float(bound) for bound in log_std_bounds)
-        if not low < high:
-            raise ValueError(f"log_std_bounds={list(log_std_bounds)!r} is not valid; allowed: [low, high], low < high")
-        self.log_std_low, self.log_std_high = low, high
+        self.log_std_low, self.log_std_high = (float(bound) for bound in log_std_bounds)
         self.trunk = utils.mlp(obs_dim, hidden_dim, 2 * action_dim, hidden_depth, activation=_RELU_INPLACE)
         self.apply(utils.weight_init)
 

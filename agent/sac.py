@@ -61,15 +61,6 @@ class SACAgent:
             action_range,
             "[low, high] with low < high",
         )
-        _require(0.0 <= discount <= 1.0, "discount", discount, "a number in [0, 1]")
-        _require(init_temperature > 0.0, "init_temperature", init_temperature, "a positive number")
-        _require(0.0 < critic_tau <= 1.0, "critic_tau", critic_tau, "a number in (0, 1]")
-        for name, value in (
-            ("actor_update_frequency", actor_update_frequency),
-            ("critic_target_update_frequency", critic_target_update_frequency),
-            ("batch_size", batch_size),
-        ):
-            _require(int(value) == value and value >= 1, name, value, "a positive integer")
 
         self.obs_dim = int(obs_dim)
         self.action_dim = int(action_dim)

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reward_model import RewardModel
+from reward_model import RewardModel, reward_model_from_keys
 
 DS, DA, SEGMENT = 24, 6, 50
 REWARD_UPDATE = 2000  # DMC: ceil(reward_update * labelled / 128) iterations at most
@@ -37,17 +37,8 @@ def smooth_episodes(rng: np.random.Generator, num: int, length: int = 500) -> li
 def model_with_labels(num_labels: int, ensemble_size: int, data_aug_ratio: int, seed: int = 0) -> RewardModel:
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=DS + DA) / math.sqrt(DS + DA)
-    model = RewardModel(
-        DS,
-        DA,
-        ensemble_size=ensemble_size,
-        mb_size=num_labels,
-        size_segment=SEGMENT,
-        max_size=10,
-        data_aug_ratio=data_aug_ratio,
-        max_feedback=num_labels,
-        seed=seed,
-    )
+    model = reward_model_from_keys(DS, DA, seed=seed, ensemble_size=ensemble_size, reward_batch=num_labels,
+                                   segment=SEGMENT, data_aug_ratio=data_aug_ratio, max_feedback=num_labels)  # fmt: skip
     for sa in smooth_episodes(rng, 10):
         for t, row in enumerate(sa):
             model.add_data(row[:DS], row[DS:], float(row @ weights), t == len(sa) - 1)
@@ -87,7 +78,7 @@ def main() -> None:
 
     transitions = torch.randn(100_000, DS + DA)
     for ensemble_size in (1, 3):
-        model = RewardModel(DS, DA, ensemble_size=ensemble_size, size_segment=SEGMENT)
+        model = reward_model_from_keys(DS, DA, ensemble_size=ensemble_size, segment=SEGMENT)
 
         def relabel(model: RewardModel = model) -> None:
             for chunk in transitions.split(65536):
@@ -99,7 +90,7 @@ def main() -> None:
         per_step = seconds_per_call(lambda model=model, row=one_row: model.predict_reward(row), repeats=2000)
         rows.append((f"predict_reward, 1 row, E={ensemble_size}", f"{per_step * 1e6:.1f} us"))
 
-    model = RewardModel(DS, DA, size_segment=SEGMENT)
+    model = reward_model_from_keys(DS, DA, ensemble_size=3, segment=SEGMENT)
     obs, act = np.zeros(DS, dtype=np.float32), np.zeros(DA, dtype=np.float32)
     steps = iter(range(10**9))
     per_add = seconds_per_call(lambda: model.add_data(obs, act, 0.0, next(steps) % 1000 == 999), repeats=20000)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import utils  # noqa: E402
 from replay_buffer import ReplayBuffer  # noqa: E402
-from reward_model import RewardModel  # noqa: E402
+from reward_model import reward_model_from_keys  # noqa: E402
 
 # (label, overrides, seed steps, first feedback, steps). The quick preset: random actions for one episode, PEBBLE
 # pre-training for the second, queries every 3000 steps from step 2000. The paper config: PEBBLE pre-training only
@@ -97,7 +97,7 @@ def per_step_overhead(steps: int = 2000) -> dict[str, float]:
         True,
     )
     buffer = ReplayBuffer((obs_dim,), (action_dim,), 100_000, device, max_episode_len=1000)
-    reward_model = RewardModel(obs_dim, action_dim, ensemble_size=1, size_segment=50, device=device)
+    reward_model = reward_model_from_keys(obs_dim, action_dim, device, ensemble_size=1, segment=50)
     obs, _ = env.reset(seed=0)
     records = []
     for _ in range(steps):

@@ -180,7 +180,7 @@ def resolve_runs(runs: list[Run], launcher: str, root: Path | None, with_dirs: b
     sys.path.insert(0, str(REPO))
     from hydra import compose, initialize_config_dir
 
-    from config_check import check_config  # also registers the ${method_dir:} resolver of the run directories
+    from config_schema import check_config  # also registers the ${method_dir:} resolver of the run directories
 
     groups: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -21,6 +22,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from config_schema import (  # noqa: E402
+    TrainConfig,
+    check_config,
+    compose_checked,
+)
+from reward_model import RewardModel, reward_model_from_keys  # noqa: E402
 
 # Columns that hold wall-clock figures, so two runs' logs differ in them and nowhere else.
 TIME_COLUMNS = ["fps", "duration", "total_time"]
@@ -51,3 +59,28 @@ def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.Comp
 def pytest_configure(config) -> None:
     # The quick loop while editing is `pytest -m "not slow"`; CI and `make test` run everything.
     config.addinivalue_line("markers", "slow: trains in subprocesses or for hundreds of steps")
+
+
+# RewardModel takes its config sections; these tests build one from config key names. The defaults are what the
+# tests were written against (B-Pref's constructor defaults): a 3-member ensemble, 128-query batches, every
+# episode kept and drawn from uniformly.
+REWARD_MODEL_TEST_KEYS = {
+    "ensemble_size": 3,
+    "reward_batch": 128,
+    "max_reward_buffer_size": 100,
+    "max_feedback": 1400,
+    "large_batch": 1,
+    "query_scheme": "uniform",
+    "history_episodes": None,
+}
+
+
+def make_reward_model(obs_dim: int, action_dim: int, **keys: Any) -> RewardModel:
+    """A RewardModel from config keys (`segment=20`, `reward_batch=16`, `seed=3`, ...): REWARD_MODEL_TEST_KEYS, then
+    the schema's defaults, for the rest."""
+    return reward_model_from_keys(obs_dim, action_dim, **{**REWARD_MODEL_TEST_KEYS, **keys})
+
+
+def load_config(*overrides: str) -> TrainConfig:
+    """The typed, checked config of these command-line overrides, as `train_QPA.py` checks it (ConfigError)."""
+    return check_config(compose_checked(list(overrides)))

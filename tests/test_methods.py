@@ -20,13 +20,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import REPO_ROOT, SMALL_NETWORKS, compose_config
+from conftest import REPO_ROOT, SMALL_NETWORKS, compose_config, load_config, make_reward_model
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import queries
 import train_QPA
-from config_check import METHOD_SWITCHES, ConfigError, check_config, resolve_query_scheme
+from config_schema import METHOD_SWITCHES, ConfigError, TrainConfig, method_preset
 from plot import main as plot_main
 from replay_buffer import ReplayBuffer
 from reward_model import RewardModel, crop_windows, pseudo_labels, window_sums
@@ -50,12 +50,13 @@ RUN_100 = "maxFeedback100_numInteract20000_seed1"
 
 def test_presets_list_only_switches_and_only_what_they_change() -> None:
     qpa = yaml.safe_load((REPO_ROOT / "config" / "method" / "qpa.yaml").read_text())
-    assert set(qpa) == {"name", "experiment", *METHOD_SWITCHES}  # the base every other preset starts from
+    assert qpa == {"method": "qpa", "experiment": "QPA"}  # QPA's switch values are the schema's defaults
+    assert {name: getattr(TrainConfig, name) for name in METHOD_SWITCHES} == method_preset("qpa")
     for method in METHODS[1:]:
         preset = yaml.safe_load((REPO_ROOT / "config" / "method" / f"{method}.yaml").read_text())
         base = preset.pop("defaults")[0]
-        assert preset.pop("name") == method and set(preset) <= {"experiment", *METHOD_SWITCHES}, method
-        inherited = compose_config(f"method={base}").method
+        assert preset.pop("method") == method and set(preset) <= {"experiment", *METHOD_SWITCHES}, method
+        inherited = {**method_preset(base), "experiment": compose_config(f"method={base}").experiment}
         assert all(preset[key] != inherited[key] for key in preset), (method, base)
     pebble = compose_config("method=pebble")
     assert (pebble.query_scheme, pebble.ensemble_size, pebble.large_batch) == ("disagreement", 3, 10)
@@ -75,7 +76,7 @@ def test_presets_list_only_switches_and_only_what_they_change() -> None:
      (5, "kcenter_entropy")],
 )  # fmt: skip
 def test_feed_type_aliases_follow_bpref(feed_type: int, scheme: str) -> None:
-    assert resolve_query_scheme(compose_config(f"feed_type={feed_type}")) == scheme
+    assert load_config(f"feed_type={feed_type}").scheme == scheme
     assert queries.QUERY_SCHEMES[scheme].feed_type == feed_type
 
 
@@ -90,7 +91,7 @@ def test_bad_switch_values_are_one_line_errors() -> None:
     }
     for overrides, key in cases.items():
         with pytest.raises(ConfigError) as error:
-            check_config(compose_config(*overrides))
+            load_config(*overrides)
         message = str(error.value)
         assert message.startswith(f"{key}=") and "\n" not in message, message
 
@@ -197,9 +198,7 @@ class RecordingReplayBuffer(ReplayBuffer):
 
 
 def make_workspace(tmp_path: Path, *overrides: str) -> train_QPA.Workspace:
-    cfg = compose_config(*SMALL, *overrides)
-    check_config(cfg)
-    return train_QPA.Workspace(cfg, tmp_path)
+    return train_QPA.Workspace(load_config(*SMALL, *overrides), tmp_path)
 
 
 def fill(buffer: ReplayBuffer, rng: np.random.Generator, episodes: int = 3, length: int = 100) -> None:
@@ -364,8 +363,8 @@ def test_rune_workspace_stores_the_ensemble_std_and_decays_beta(tmp_path) -> Non
 def test_surf_and_sac_true_workspaces(tmp_path) -> None:
     surf = make_workspace(tmp_path / "surf", "method=surf", "threshold_u=0.95")
     model = surf.reward_model
-    assert (model.semi_supervised, model.threshold_u, model.mu, model.lambda_u) == (True, 0.95, 4, 1.0)
-    assert make_workspace(tmp_path / "qpa").reward_model.semi_supervised is False
+    assert (model.cfg.semi_supervised, model.cfg.threshold_u, model.cfg.mu, model.cfg.lambda_u) == (True, 0.95, 4, 1.0)
+    assert make_workspace(tmp_path / "qpa").reward_model.cfg.semi_supervised is False
     assert make_workspace(tmp_path / "sac", "method=sac_true").learns_reward is False
 
 
@@ -393,8 +392,8 @@ def test_pseudo_labels_only_above_the_threshold() -> None:
 
 
 def surf_model(**kwargs) -> RewardModel:
-    model = RewardModel(4, 2, ensemble_size=2, mb_size=16, size_segment=20, max_feedback=64, data_aug_ratio=1,
-                        hidden_dim=32, train_batch_size=16, seed=3, **kwargs)  # fmt: skip
+    model = make_reward_model(4, 2, ensemble_size=2, reward_batch=16, segment=20, max_feedback=64, data_aug_ratio=1,
+                        reward_hidden_dim=32, reward_train_batch=16, seed=3, **kwargs)  # fmt: skip
     rng = np.random.default_rng(4)
     for episode in range(5):
         for t in range(60):  # row = (episode tag, step, noise...): where every unlabelled window comes from
@@ -462,7 +461,7 @@ def row_index(sampled_obs: torch.Tensor, stored_obs: torch.Tensor) -> torch.Tens
 
 
 def test_rune_bonus_is_beta_times_the_ensemble_std() -> None:
-    model = RewardModel(24, 6, ensemble_size=3, hidden_dim=32, seed=5)
+    model = make_reward_model(24, 6, ensemble_size=3, reward_hidden_dim=32, seed=5)
     buffer = ReplayBuffer((24,), (6,), 1000, "cpu", store_reward_std=True, seed=6)
     plain = ReplayBuffer((24,), (6,), 1000, "cpu", seed=6)
     for target in (buffer, plain):
@@ -528,7 +527,7 @@ def test_every_preset_runs_end_to_end_on_walker(tiny_runs, method) -> None:
     directory = run_dir(tiny_runs, "walker_walk", method)
     assert yaml.safe_load((directory / "status.json").read_text()) == {"state": "finished", "step": 1500, "error": None}
     config = OmegaConf.load(directory / "config.yaml")
-    assert config.run_label == method and config.method.name == method
+    assert config.run_label == method and config.method == method
     evals, train = pd.read_csv(directory / "eval.csv"), pd.read_csv(directory / "train.csv")
     assert evals["step"].tolist() == [0, 1500] and evals["episode_reward"].notna().all()
     if method == "sac_true":  # no queries and no reward-model metrics
@@ -546,7 +545,7 @@ def test_every_preset_runs_end_to_end_on_walker(tiny_runs, method) -> None:
 @pytest.mark.slow
 def test_rune_run_stores_mean_and_std_of_its_final_reward_model(tiny_runs) -> None:
     state = torch.load(run_dir(tiny_runs, "walker_walk", "rune") / "checkpoint.pt", weights_only=False)
-    model = RewardModel(24, 6, ensemble_size=3, hidden_dim=32, size_segment=20, data_aug_ratio=0)
+    model = make_reward_model(24, 6, ensemble_size=3, reward_hidden_dim=32, segment=20, data_aug_ratio=0)
     model.load_state_dict(state["reward_model"])
     stored = state["replay_buffer"]
     # The last queries came at step 1250, so every stored r̂ (relabelled then, or predicted per step after) is

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, compose_config
+from conftest import REPO_ROOT, load_config
 from test_train import TINY
 
 import queries
-from config_check import ConfigError, check_config
+from config_schema import ConfigError
 from reward_model import RewardModel
 
 TOY_SCHEME = "newest_episode"
@@ -42,9 +42,9 @@ def newest_episode(model: RewardModel, num: int) -> queries.SegmentPairs:
 
 
 def test_a_registered_scheme_is_a_valid_config_value_and_the_rest_are_not() -> None:
-    check_config(compose_config(f"query_scheme={TOY_SCHEME}"))
+    load_config(f"query_scheme={TOY_SCHEME}")
     with pytest.raises(ConfigError, match=f"allowed: .*{TOY_SCHEME}"):
-        check_config(compose_config("query_scheme=newest_episodes"))
+        load_config("query_scheme=newest_episodes")
     with pytest.raises(ValueError, match="already registered"):
         queries.register(TOY_SCHEME)(newest_episode)
 

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_reward_model
 
 import queries
 import utils
+from config_schema import ConfigError
 from reward_model import RewardModel, crop_windows, qpa_crop_lengths, window_sums
 
 DS, DA = 3, 1
 SEGMENT = 20
 # The learning tests run the same code with a narrower net and a larger step so they fit the suite budget;
 # the default 3 x 256 network is checked against per-member nn.Linear stacks below.
-FAST_LEARNER = {"hidden_dim": 128, "lr": 1e-3}
+FAST_LEARNER = {"reward_hidden_dim": 128, "reward_lr": 1e-3}
 
 
 def smooth_episode(rng: np.random.Generator, length: int) -> np.ndarray:
@@ -59,13 +61,13 @@ def held_out_accuracy(model: RewardModel, weights: np.ndarray, rng: np.random.Ge
 def test_learns_linear_reward_from_oracle_preferences(ensemble_size, data_aug_ratio):
     rng = np.random.default_rng(ensemble_size * 10 + data_aug_ratio)
     weights = rng.normal(size=DS + DA)
-    model = RewardModel(
+    model = make_reward_model(
         DS,
         DA,
         ensemble_size=ensemble_size,
-        mb_size=40,
-        size_segment=SEGMENT,
-        max_size=10,
+        reward_batch=40,
+        segment=SEGMENT,
+        max_reward_buffer_size=10,
         data_aug_ratio=data_aug_ratio,
         max_feedback=200,
         seed=0,
@@ -84,7 +86,7 @@ def test_learns_linear_reward_from_oracle_preferences(ensemble_size, data_aug_ra
 
 
 def test_batched_ensemble_equals_per_member_networks():
-    model = RewardModel(DS, DA, ensemble_size=3, size_segment=SEGMENT, seed=0)  # the default 3 x 256 network
+    model = make_reward_model(DS, DA, ensemble_size=3, segment=SEGMENT, seed=0)  # the default 3 x 256 network
     members = [model.net.member(index) for index in range(3)]
     x = torch.randn(257, DS + DA)
     loop = torch.stack([member(x) for member in members])
@@ -108,13 +110,13 @@ def test_batched_ensemble_equals_per_member_networks():
 
 
 def test_one_training_step_equals_per_member_adam():
-    model = RewardModel(DS, DA, ensemble_size=2, size_segment=SEGMENT, data_aug_ratio=0, label_margin=0.1, seed=3)
+    model = make_reward_model(DS, DA, ensemble_size=2, segment=SEGMENT, data_aug_ratio=0, label_margin=0.1, seed=3)
     rng = np.random.default_rng(0)
     pairs = rng.normal(size=(30, 2, SEGMENT, DS + DA)).astype(np.float32)
     labels = rng.choice([0.0, 1.0, 0.5], size=30).astype(np.float32)
     model._store(pairs, labels)
     members = [model.net.member(index) for index in range(2)]
-    optimisers = [torch.optim.Adam(member.parameters(), lr=model.lr) for member in members]
+    optimisers = [torch.optim.Adam(member.parameters(), lr=model.cfg.reward_lr) for member in members]
     index = torch.stack([torch.randperm(30), torch.randperm(30)])
     model._train_minibatch(index, augment=True)
     for row, (member, optimiser) in enumerate(zip(members, optimisers)):
@@ -154,7 +156,7 @@ def test_cropped_return_equals_masked_sum():
 
 def test_equal_labels_train_as_half_targets():
     margin = 0.05
-    model = RewardModel(DS, DA, ensemble_size=2, size_segment=SEGMENT, data_aug_ratio=0, label_margin=margin)
+    model = make_reward_model(DS, DA, ensemble_size=2, segment=SEGMENT, data_aug_ratio=0, label_margin=margin)
     rng = np.random.default_rng(1)
     pairs = rng.normal(size=(64, 2, SEGMENT, DS + DA)).astype(np.float32)
     labels = np.array([0.0, 1.0, 0.5, 0.5] * 16, dtype=np.float32)
@@ -168,7 +170,7 @@ def test_equal_labels_train_as_half_targets():
     assert loss == pytest.approx(float(expected), rel=1e-5)
     assert np.all((accuracy >= 0) & (accuracy <= 1))
 
-    equal_only = RewardModel(DS, DA, ensemble_size=1, size_segment=SEGMENT, data_aug_ratio=0, **FAST_LEARNER)
+    equal_only = make_reward_model(DS, DA, ensemble_size=1, segment=SEGMENT, data_aug_ratio=0, **FAST_LEARNER)
     equal_only._store(pairs[:16], np.full(16, 0.5, dtype=np.float32))
     before = equal_only._pair_returns(pairs[:16]).diff(dim=-1).abs().mean()
     for _ in range(40):
@@ -180,8 +182,8 @@ def test_equal_labels_train_as_half_targets():
 
 
 def make_model(**kwargs) -> RewardModel:
-    defaults = {"ensemble_size": 3, "mb_size": 20, "size_segment": SEGMENT, "max_size": 5, "seed": 0}
-    return RewardModel(DS, DA, **{**defaults, **kwargs})
+    defaults = {"ensemble_size": 3, "reward_batch": 20, "segment": SEGMENT, "max_reward_buffer_size": 5, "seed": 0}
+    return make_reward_model(DS, DA, **{**defaults, **kwargs})
 
 
 def feed_numbered_episodes(model: RewardModel, lengths: list[int], first_id: int = 0) -> None:
@@ -195,7 +197,7 @@ def feed_numbered_episodes(model: RewardModel, lengths: list[int], first_id: int
 
 
 def test_labelled_store_grows_on_demand_within_max_feedback():
-    model = make_model(mb_size=40, max_feedback=300)
+    model = make_model(reward_batch=40, max_feedback=300)
     feed_numbered_episodes(model, [60] * 8)
     assert model.labelled_capacity == 0
     capacities = []
@@ -241,7 +243,7 @@ def test_query_schemes_count_and_respect_the_batch():
 
 
 def test_uniform_sampling_uses_only_recent_episodes():
-    model = make_model(mb_size=200, max_size=5, history_size=None, ensemble_size=1)
+    model = make_model(reward_batch=200, max_reward_buffer_size=5, history_episodes=None, ensemble_size=1)
     feed_numbered_episodes(model, [40] * 30)
     model.uniform_sampling()
     pairs = model.labelled_data()[0].numpy()
@@ -258,7 +260,7 @@ def test_uniform_sampling_uses_only_recent_episodes():
 
 
 def test_explore_splits_between_all_recent_and_newest_ten():
-    model = make_model(mb_size=200, max_size=25, explore=0.25, ensemble_size=1)
+    model = make_model(reward_batch=200, max_reward_buffer_size=25, explore=0.25, ensemble_size=1)
     feed_numbered_episodes(model, [30] * 40)
     assert model.uniform_sampling() == 200
     episode_ids = model.labelled_data()[0].numpy()[:, :, 0, 0]
@@ -269,7 +271,7 @@ def test_explore_splits_between_all_recent_and_newest_ten():
 
 
 def test_history_size_keeps_a_fifo_and_variable_lengths_work():
-    model = make_model(history_size=4, ensemble_size=1)
+    model = make_model(history_episodes=4, ensemble_size=1)
     feed_numbered_episodes(model, [50, 10, 70, 35, 25, 45])  # 10 < SEGMENT: never sampled
     assert [int(sa[0, 0]) for sa, _ in model.episodes] == [2, 3, 4, 5]
     assert [len(rew) for _, rew in model.episodes] == [70, 35, 25, 45]
@@ -281,12 +283,12 @@ def test_history_size_keeps_a_fifo_and_variable_lengths_work():
         assert segment[-1, 1] < lengths[int(segment[0, 0])]
     empty = make_model()
     feed_numbered_episodes(empty, [10, 12])
-    with pytest.raises(ValueError, match="size_segment=20"):
+    with pytest.raises(ValueError, match="segment=20"):
         empty.uniform_sampling()
 
 
 def test_disagreement_picks_top_variance_candidates():
-    model = make_model(ensemble_size=3, large_batch=5, mb_size=12)
+    model = make_model(ensemble_size=3, large_batch=5, reward_batch=12)
     feed_numbered_episodes(model, [60] * 10)
     rng_state = model.rng.bit_generator.state
     assert model.disagreement_sampling() == 12
@@ -304,7 +306,7 @@ def test_disagreement_picks_top_variance_candidates():
 
 
 def test_kcenter_picks_points_far_from_labelled_ones():
-    model = make_model(ensemble_size=1, large_batch=10, mb_size=5)
+    model = make_model(ensemble_size=1, large_batch=10, reward_batch=5)
     feed_numbered_episodes(model, [60] * 10)
     model.uniform_sampling()
     labelled = model.labelled_data()[0][..., :DS].flatten(1)
@@ -324,24 +326,24 @@ def test_kcenter_picks_points_far_from_labelled_ones():
 
 
 def test_invalid_arguments_raise():
-    with pytest.raises(ValueError, match="size_segment=15"):
-        RewardModel(DS, DA, size_segment=15, data_aug_ratio=20)
-    RewardModel(DS, DA, size_segment=15, data_aug_ratio=0)
-    with pytest.raises(ValueError, match="activation='gelu'"):
-        RewardModel(DS, DA, size_segment=SEGMENT, activation="gelu")
-    with pytest.raises(ValueError, match=r"explore=1\.5"):
-        RewardModel(DS, DA, size_segment=SEGMENT, explore=1.5)
+    with pytest.raises(ConfigError, match="segment=15"):
+        make_reward_model(DS, DA, segment=15, data_aug_ratio=20)
+    make_reward_model(DS, DA, segment=15, data_aug_ratio=0)
+    with pytest.raises(ConfigError, match="activation='gelu'"):
+        make_reward_model(DS, DA, segment=SEGMENT, activation="gelu")
+    with pytest.raises(ConfigError, match=r"explore=1\.5"):
+        make_reward_model(DS, DA, segment=SEGMENT, explore=1.5)
     x = torch.randn(100, DS + DA) * 10
-    sig = RewardModel(DS, DA, size_segment=SEGMENT, activation="sig").predict_reward(x)
-    relu = RewardModel(DS, DA, size_segment=SEGMENT, activation="relu").predict_reward(x)
-    tanh = RewardModel(DS, DA, size_segment=SEGMENT, activation="tanh", ensemble_size=1).predict_reward(x)
+    sig = make_reward_model(DS, DA, segment=SEGMENT, activation="sig").predict_reward(x)
+    relu = make_reward_model(DS, DA, segment=SEGMENT, activation="relu").predict_reward(x)
+    tanh = make_reward_model(DS, DA, segment=SEGMENT, activation="tanh", ensemble_size=1).predict_reward(x)
     assert sig.min() > 0 and sig.max() < 1
     assert relu.min() >= 0
     assert tanh.min() > -1 and tanh.max() < 1 and tanh.min() < 0
 
 
 def test_state_dict_round_trip_resumes_exactly(tmp_path):
-    kwargs = {"ensemble_size": 2, "mb_size": 16, "teacher_eps_mistake": 0.2, "teacher_beta": 2.0, "seed": 4}
+    kwargs = {"ensemble_size": 2, "reward_batch": 16, "teacher_eps_mistake": 0.2, "teacher_beta": 2.0, "seed": 4}
     model = make_model(**kwargs)
     feed_numbered_episodes(model, [40] * 6 + [17])
     model.add_data(np.zeros(DS), np.zeros(DA), 0.0, False)  # an open episode is part of the state
@@ -380,7 +382,7 @@ def adam_steps(model: RewardModel) -> int:
 def labelled_model(num_labels: int, seed: int, **kwargs) -> RewardModel:
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=DS + DA)
-    model = make_model(mb_size=num_labels, max_size=10, max_feedback=500, seed=seed, **kwargs)
+    model = make_model(reward_batch=num_labels, max_reward_buffer_size=10, max_feedback=500, seed=seed, **kwargs)
     feed_episodes(model, [smooth_episode(rng, 100) for _ in range(10)], weights)
     model.uniform_sampling()
     return model
@@ -408,7 +410,7 @@ def test_dmc_stopping_step_is_the_original_rule(num_labels, ensemble_size, data_
         twin = io.BytesIO()
         torch.save(model.state_dict(), twin)
         twin.seek(0)
-        independent = make_model(mb_size=num_labels, max_size=10, max_feedback=500, seed=seed,
+        independent = make_model(reward_batch=num_labels, max_reward_buffer_size=10, max_feedback=500, seed=seed,
                                  ensemble_size=ensemble_size, data_aug_ratio=data_aug_ratio)  # fmt: skip
         independent.load_state_dict(torch.load(twin, weights_only=False))
         num_iters = math.ceil(2000 * num_labels / 128)
@@ -440,7 +442,7 @@ def test_first_round_on_walker_with_ten_labels_trains_for_tens_of_steps():
     num_iters = math.ceil(2000 * 10 / 128)
     counts = []
     for seed in range(5):
-        model = RewardModel(24, 6, ensemble_size=1, mb_size=10, size_segment=50, data_aug_ratio=20, seed=seed)
+        model = make_reward_model(24, 6, ensemble_size=1, reward_batch=10, segment=50, data_aug_ratio=20, seed=seed)
         for steps in episodes:
             for obs, action, reward, done in steps:
                 model.add_data(obs, action, reward, done)

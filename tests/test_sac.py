@@ -9,12 +9,14 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import load_config
 
+import train_QPA
 from agent.actor import DiagGaussianActor, SquashedNormal
 from agent.sac import SACAgent
 from agent.state_entropy import RunningMeanStd, knn_distance
 from bench.bench_sac import make_agent, train_true_reward
+from config_schema import ActorParams, ConfigError, SACParams
 from replay_buffer import ReplayBuffer
 
 OBS_DIM, ACT_DIM = 4, 2
@@ -294,25 +296,18 @@ def test_onpolicy_update_draws_her_ratio_of_each_batch_from_recent_episodes():
 def test_bad_arguments_raise_one_line_value_errors():
     with pytest.raises(ValueError, match="action_range"):
         small_agent(action_range=[1.0, -1.0])
-    with pytest.raises(ValueError, match="batch_size"):
-        small_agent(batch_size=0)
-    with pytest.raises(ValueError, match="log_std_bounds"):
-        DiagGaussianActor(OBS_DIM, ACT_DIM, 32, 2, log_std_bounds=(2.0, -5.0))
+    with pytest.raises(ConfigError, match="batch_size"):  # the schema checks the agent's config keys
+        SACParams(batch_size=0)
+    with pytest.raises(ConfigError, match="log_std_bounds"):
+        ActorParams(log_std_bounds=(2.0, -5.0))
     with pytest.raises(ValueError, match="gradient_update"):
         small_agent().update(indexed_buffer(10, 5), 0, gradient_update=0)
 
 
 def test_config_files_build_an_agent():
-    from omegaconf import OmegaConf
-
     for name, batch_size in (("sac", 1024), ("sac_metaworld", 512)):
-        cfg = compose_config(f"agent={name}", "device=cpu")
-        params = OmegaConf.to_container(cfg.agent.params, resolve=True) | {
-            "obs_dim": OBS_DIM,
-            "action_dim": ACT_DIM,
-            "action_range": [-1.0, 1.0],
-        }
-        agent = SACAgent(**params)
+        cfg = load_config(f"agent={name}", "device=cpu")
+        agent = train_QPA.make_agent(cfg, OBS_DIM, ACT_DIM, (-1.0, 1.0), torch.device("cpu"))
         assert agent.batch_size == cfg.agent.params.batch_size == batch_size
         assert agent.target_entropy == -ACT_DIM
         assert torch.isclose(agent.alpha, torch.tensor(0.1))

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
-from omegaconf import OmegaConf
+from conftest import REPO_ROOT, compose_config
 
+from config_schema import ConfigError, TeacherConfig
 from teacher import ScriptedTeacher
 
 
@@ -106,16 +106,23 @@ def test_myopic_teacher_discounts_early_steps():
 
 
 def test_config_presets_match_bpref():
-    """config/teacher/*.yaml hold the six simulated teachers of B-Pref (Lee et al. 2021, §3)."""
-    presets = {path.stem: dict(OmegaConf.load(path)) for path in (REPO_ROOT / "config" / "teacher").glob("*.yaml")}
-    assert set(presets) == {"oracle", "noisy", "mistake", "skip", "myopic", "equal"}
-    oracle = {"beta": -1.0, "gamma": 1.0, "eps_mistake": 0.0, "eps_skip": 0.0, "eps_equal": 0.0}
+    """config/teacher/*.yaml hold the six simulated teachers of B-Pref (Lee et al. 2021, §3), each composed onto the
+    schema's defaults (the oracle)."""
+    names = {path.stem for path in (REPO_ROOT / "config" / "teacher").glob("*.yaml")}
+    assert names == {"oracle", "noisy", "mistake", "skip", "myopic", "equal"}
+    keys = ("teacher_beta", "teacher_gamma", "teacher_eps_mistake", "teacher_eps_skip", "teacher_eps_equal")
+    presets = {name: {key: compose_config(f"teacher={name}")[key] for key in keys} for name in names}
+    oracle = dict(zip(keys, (-1.0, 1.0, 0.0, 0.0, 0.0)))
     assert presets["oracle"] == oracle
-    changes = {"noisy": ("beta", 1.0), "mistake": ("eps_mistake", 0.1), "skip": ("eps_skip", 0.1)}
-    changes |= {"myopic": ("gamma", 0.9), "equal": ("eps_equal", 0.1)}
+    changes = {"noisy": ("teacher_beta", 1.0), "mistake": ("teacher_eps_mistake", 0.1)}
+    changes |= {
+        "skip": ("teacher_eps_skip", 0.1),
+        "myopic": ("teacher_gamma", 0.9),
+        "equal": ("teacher_eps_equal", 0.1),
+    }
     for name, (key, value) in changes.items():
         assert presets[name] == {**oracle, key: value}
-        ScriptedTeacher(**presets[name])
+        ScriptedTeacher(*presets[name].values())
 
 
 def test_state_dict_round_trip_reproduces_labels():
@@ -134,9 +141,9 @@ def test_state_dict_round_trip_reproduces_labels():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="gamma=0"):
-        ScriptedTeacher(gamma=0.0)
-    with pytest.raises(ValueError, match=r"eps_mistake=-0\.1"):
-        ScriptedTeacher(eps_mistake=-0.1)
+    with pytest.raises(ConfigError, match="teacher_gamma=0"):  # the schema checks the teacher's keys
+        TeacherConfig(teacher_gamma=0.0)
+    with pytest.raises(ConfigError, match=r"teacher_eps_mistake=-0\.1"):
+        TeacherConfig(teacher_eps_mistake=-0.1)
     with pytest.raises(ValueError, match="shapes"):
         ScriptedTeacher().label(np.zeros((3, 4)), np.zeros((3, 5)))

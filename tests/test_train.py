@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, SMALL_NETWORKS, TIME_COLUMNS, compose_config, train
+from conftest import REPO_ROOT, SMALL_NETWORKS, TIME_COLUMNS, load_config, train
 
-import config_check
-from config_check import ConfigError, check_config
+from config_schema import ConfigError
 
 TINY = [
     "num_train_steps=2000",
@@ -165,7 +164,7 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("override", "message"), BAD_VALUES)
 def test_bad_values_are_rejected_with_one_line_naming_them(override, message):
     with pytest.raises(ConfigError) as error:
-        check_config(compose_config(*override.split()))
+        load_config(*override.split())
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -250,12 +249,12 @@ def test_strict_cuda_without_gpu_is_rejected():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present, so strict cuda is valid here")
     with pytest.raises(ConfigError, match="strict_device=true"):
-        check_config(compose_config("device=cuda", "strict_device=true"))
+        load_config("device=cuda", "strict_device=true")
 
 
 def test_the_paper_settings_pass_validation():
-    check_config(compose_config())
-    check_config(compose_config("env=metaworld_door-open-v3", "num_eval_episodes=100", "reward_update=200"))
+    load_config()
+    load_config("env=metaworld_door-open-v3", "num_eval_episodes=100", "reward_update=200")
 
 
 @pytest.mark.slow
@@ -273,8 +272,8 @@ def test_cli_rejects_bad_input_before_building_anything(tmp_path):
 def test_feed_type_alias_follows_bpref_numbering():
     names = ["uniform", "disagreement", "entropy", "kcenter", "kcenter_disagree", "kcenter_entropy"]
     for feed_type, name in enumerate(names):
-        assert config_check.resolve_query_scheme(compose_config(f"feed_type={feed_type}")) == name
-    assert config_check.resolve_query_scheme(compose_config()) == "policy_aligned"
+        assert load_config(f"feed_type={feed_type}").scheme == name
+    assert load_config().scheme == "policy_aligned"
 
 
 @pytest.mark.slow
