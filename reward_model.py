@@ -381,47 +381,38 @@ class RewardModel:
         training stops after the first step at which its mean over the ensemble reaches 0.98.
         Returns (per-member running accuracy, mean loss per member and step).
         """
-        if self.num_labelled == 0:
-            raise ValueError("num_labelled=0: the reward model has no labelled queries; allowed: query before training")
-        self._pseudo_counts.zero_()
-        copies = self.cfg.data_aug_ratio or 1
-        counts = torch.zeros(2, self.ensemble_size, device=self.device)  # correct, counted: since the call began
-        loss_sum = torch.zeros((), device=self.device)
-        # The host reads the counts only when the stop is possible at all: `seen` holds the counts it last read,
-        # and `unseen` bounds the predictions counted since. (correct + x) / (counted + x) grows with x, so
-        # (seen correct + unseen) / (seen counted + unseen) bounds each member's accuracy from above.
-        seen = np.zeros((2, self.ensemble_size))
-        unseen = 0
-        steps = 0
-        for index in self._minibatches(int(num_iters)):
-            loss, correct, counted = self._train_minibatch(index, augment=True)
-            loss_sum += loss
-            counts[0] += correct
-            counts[1] += counted
-            steps += 1
-            unseen += index.shape[1] * copies
-            if np.mean((seen[0] + unseen) / (seen[1] + unseen)) >= DMC_STOP_ACCURACY:
-                seen, unseen = utils.to_np(counts).astype(np.float64), 0
-                if _accuracy(seen).mean() >= DMC_STOP_ACCURACY:
-                    break
-        return self._finish_training(counts, loss_sum, steps)
+        return self._train(int(num_iters), augment=True, stop_accuracy=DMC_STOP_ACCURACY)
 
     def train_reward(self) -> tuple[np.ndarray, float]:
         """One epoch over the labelled store on whole segments (the original release's Meta-World trainer; the
         caller repeats it until the epoch's mean accuracy exceeds 0.97). Temporal cropping belongs to the DMC
         rule, `train_reward_iter`. Returns (per-member accuracy of the epoch, mean loss per member and step)."""
+        return self._train(math.ceil(self.num_labelled / self.cfg.reward_train_batch), augment=False)
+
+    def _train(self, num_steps: int, augment: bool, stop_accuracy: float | None = None) -> tuple[np.ndarray, float]:
+        """`num_steps` Adam steps, counting accuracy over all of them; with `stop_accuracy`, stop after the first
+        step at which the running accuracy (mean over members) reaches it."""
         if self.num_labelled == 0:
             raise ValueError("num_labelled=0: the reward model has no labelled queries; allowed: query before training")
         self._pseudo_counts.zero_()
-        counts = torch.zeros(2, self.ensemble_size, device=self.device)
+        copies = (self.cfg.data_aug_ratio or 1) if augment else 1
+        counts = torch.zeros(2, self.ensemble_size, device=self.device)  # correct, counted: since the call began
         loss_sum = torch.zeros((), device=self.device)
-        steps = 0
-        for index in self._minibatches(math.ceil(self.num_labelled / self.cfg.reward_train_batch)):
-            loss, correct, counted = self._train_minibatch(index, augment=False)
+        # The host reads the counts only when the stop is possible at all: `seen` holds the counts it last read,
+        # and `unseen` bounds the predictions counted since. (correct + x) / (counted + x) grows with x, so
+        # (seen correct + unseen) / (seen counted + unseen) bounds each member's accuracy from above.
+        seen, unseen, steps = np.zeros((2, self.ensemble_size)), 0, 0
+        for index in self._minibatches(num_steps):
+            loss, correct, counted = self._train_minibatch(index, augment)
             loss_sum += loss
             counts[0] += correct
             counts[1] += counted
             steps += 1
+            unseen += index.shape[1] * copies
+            if stop_accuracy is not None and np.mean((seen[0] + unseen) / (seen[1] + unseen)) >= stop_accuracy:
+                seen, unseen = utils.to_np(counts).astype(np.float64), 0
+                if _accuracy(seen).mean() >= stop_accuracy:
+                    break
         return self._finish_training(counts, loss_sum, steps)
 
     def _minibatches(self, num_steps: int) -> Iterator[torch.Tensor]:
