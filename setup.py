@@ -44,6 +44,7 @@ setup(
         "teacher",
         "plot",
         "config_schema",
+        "run_dir",
         "queries",
     ],
     packages=["agent"],
