@@ -156,6 +156,19 @@ class EnvName:
         return None
 
 
+class SchemeName:
+    """A scheme of the query-selection registry: the built-in ones or any registered since (README, "Adding a
+    query scheme"); the README's table lists only the built-in ones, whatever else a process has registered."""
+
+    @property
+    def text(self) -> str:
+        builtin = [name for name, scheme in QUERY_SCHEMES.items() if scheme.select.__module__ == "queries"]
+        return f"a registered scheme: {', '.join(builtin)}, or one of your own"
+
+    def __call__(self, value: Any) -> str | None:
+        return Choice(lambda: tuple(QUERY_SCHEMES))(value)
+
+
 def key(default: Any, rule: Callable[[Any], str | None] | None, doc: str, switch: bool = False) -> Any:
     """A config key: its default, its rule, its one-line help; `switch` marks a method switch."""
     return field(default=default, metadata={"rule": rule, "doc": doc, "switch": switch})
@@ -310,9 +323,7 @@ class QueryConfig(Section):
         Choice((0, 1, 2), "0 (fixed), 1 (shrinking), 2 (growing)"),
         "B-Pref's batch schedule: 0 fixed, 1 shrinking, 2 growing",
     )
-    query_scheme: str = key(
-        "policy_aligned", Choice(lambda: tuple(QUERY_SCHEMES)), "the registered query scheme (queries.py)", switch=True
-    )
+    query_scheme: str = key("policy_aligned", SchemeName(), "the query-selection scheme (queries.py)", switch=True)
     feed_type: int | None = key(
         None,
         optional(
