@@ -418,6 +418,18 @@ class TeacherConfig(Section):
     teacher_eps_mistake: float = key(0.0, Number(0.0, 1.0, closed=True), "probability of flipping a label")
     teacher_eps_skip: float = key(0.0, Number(0.0, 1.0, closed=True), "skip pairs whose return is below this share")
     teacher_eps_equal: float = key(0.0, Number(0.0, 1.0, closed=True), "equal label when returns differ by less")
+    teacher_type: str = key(
+        "scripted", Choice(("scripted", "human", "replay")), "who labels: B-Pref's script, a person, or a saved run"
+    )
+    labels_from: Any = key(None, optional(Name(r".+", "a path")), "teacher=replay: the labels.sqlite to replay")
+    human_mode: str = key("sync", Choice(("sync", "async")), "human: wait for each round, or train on meanwhile")
+    human_host: str = key("127.0.0.1", Name(r"[\w.:-]+", "a host name or address"), "human: the page's bind address")
+    human_port: int = key(8765, Int(0), "human: the page's port; 0: any free port")
+    human_timeout: float = key(300.0, Number(0.0), "human: seconds before an unanswered query goes back to the pool")
+
+    def check_relations(self) -> None:
+        if self.teacher_type == "replay" and (self.labels_from is None or not Path(str(self.labels_from)).is_file()):
+            fail("labels_from", self.labels_from, "teacher=replay needs the labels.sqlite of a finished run")
 
 
 @dataclass

@@ -325,11 +325,28 @@ class RewardModel:
         self._labels[self.num_labelled : needed] = torch.as_tensor(labels, device=self.device)
         self.num_labelled = needed
 
-    def _label_and_store(self, pairs: np.ndarray, rewards: np.ndarray) -> int:
-        self.last_queries = pairs
-        keep_index, labels = self.teacher.label(rewards[:, 0], rewards[:, 1])
+    def store_labels(self, pairs: np.ndarray, keep_index: np.ndarray, labels: np.ndarray) -> int:
+        """Store the answered queries `pairs[keep_index]` with their labels; returns how many were stored."""
         self._store(pairs[keep_index], labels)
         return len(keep_index)
+
+    def segment_origins(self, pairs: np.ndarray) -> np.ndarray:
+        """(episode, start step) of each segment of pairs [num, 2, S, ds + da] in the episode store: [num, 2, 2].
+        Episodes are numbered from 0, the run's first; a person's answers are filed under these numbers."""
+        rows = np.concatenate([sa for sa, _ in self.episodes])
+        ends = np.cumsum([len(sa) for sa, _ in self.episodes])
+        first_episode = self.episodes_closed - len(self.episodes)
+        origins = np.empty((*pairs.shape[:2], 2), dtype=np.int64)
+        for query, side in np.ndindex(*pairs.shape[:2]):
+            segment = pairs[query, side]
+            for row in np.flatnonzero(rows[:, 0] == segment[0, 0]):
+                episode = int(np.searchsorted(ends, row, side="right"))
+                if row + len(segment) <= ends[episode] and np.array_equal(rows[row : row + len(segment)], segment):
+                    origins[query, side] = first_episode + episode, row - (ends[episode - 1] if episode else 0)
+                    break
+            else:
+                raise ValueError(f"segment {side} of query {query} is not in the episode store")
+        return origins
 
     # ------------------------------------------------------------------ query selection
 
@@ -345,11 +362,18 @@ class RewardModel:
     def set_teacher_thres_equal(self, new_margin: float) -> None:
         self.teacher.set_thres_equal(new_margin)
 
-    def query(self, scheme: str) -> int:
-        """One query round: `mb_size` pairs chosen by the registered `scheme` (see queries.py), labelled by the
-        teacher and stored. Returns how many were labelled (the teacher may skip some)."""
+    def select_queries(self, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+        """`mb_size` pairs [mb_size, 2, S, ds + da] chosen by the registered `scheme` (see queries.py), with their
+        true rewards [mb_size, 2, S] for a scripted teacher."""
         pairs, rewards = queries.QUERY_SCHEMES[scheme].select(self, self.mb_size)
-        return self._label_and_store(pairs, rewards)
+        self.last_queries = pairs
+        return pairs, rewards
+
+    def query(self, scheme: str) -> int:
+        """One query round with the scripted teacher: select, label, store. Returns how many were labelled (the
+        teacher may skip some)."""
+        pairs, rewards = self.select_queries(scheme)
+        return self.store_labels(pairs, *self.teacher.label(rewards[:, 0], rewards[:, 1]))
 
     # B-Pref's method names, kept for code written against it.
     def uniform_sampling(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from config_schema import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
+LABELS_NAME = "labels.sqlite"  # a person's answers (human_teacher.py)
 # status.json: {"state": running | finished | failed | interrupted, "step": last checkpoint, "error": ...}
 STATUS_NAME = "status.json"
 RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, STATUS_NAME, "train.csv", "eval.csv")
@@ -37,6 +39,9 @@ RESUME_MUTABLE_KEYS = (
     "wandb_entity",
     "log_save_tb",
     "save_model",
+    "human_host",
+    "human_port",
+    "human_timeout",
 )
 
 
@@ -72,6 +77,11 @@ def prepare_run_dir(cfg: DictConfig, work_dir: Path) -> bool:
         for name in RUN_FILES:
             (work_dir / name).unlink(missing_ok=True)
         shutil.rmtree(work_dir / "tb", ignore_errors=True)
+        labels = work_dir / LABELS_NAME
+        if labels.exists():  # a person's work is never deleted, only moved aside
+            kept = labels.with_name(f"labels-replaced-{time.strftime('%Y%m%d-%H%M%S')}.sqlite")
+            labels.rename(kept)
+            print(f"overwrite=true: the earlier answers are kept in {kept}", file=sys.stderr)
     for stale in work_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
     logs = [work_dir / name for name in ("train.csv", "eval.csv") if (work_dir / name).exists()]

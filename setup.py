@@ -25,6 +25,9 @@ REQUIRES = [
     "matplotlib==3.11.2",
     "scipy==1.17.1",
     "rliable==1.2.0",
+    "pillow==13.0.0",  # teacher=human: the segments' frames
+    "starlette==1.7.0",  # teacher=human: the labelling page
+    "uvicorn==0.54.0",
     # our own packages in this checkout: pip install -e ./custom_dmcontrol -e ./custom_dmc2gym -e ".[dev]"
     "custom_dmcontrol==0.1.0",
     "custom_dmc2gym==0.1.0",
@@ -46,8 +49,10 @@ setup(
         "config_schema",
         "run_dir",
         "queries",
+        "human_teacher",
+        "labelling_app",
     ],
     packages=["agent"],
     install_requires=REQUIRES,
-    extras_require={"dev": ["pytest==9.2.0", "ruff==0.17.6"]},
+    extras_require={"dev": ["pytest==9.2.0", "ruff==0.17.6", "selenium==4.50.0"]},
 )

@@ -1,4 +1,7 @@
-"""Scripted teacher: the B-Pref model of a (possibly irrational) human labelling segment pairs.
+"""Teachers, and the scripted one: the B-Pref model of a (possibly irrational) human labelling segment pairs.
+
+The training loop hands every teacher a `QueryRound` (`ask`) and collects its labels (`answers`, None while a
+person is still answering); human_teacher.py holds the person (`teacher=human`) and the replay of their answers.
 
 Given the true rewards of both segments of each query it returns which queries it answers and a label per
 answered query: 0 = segment 1 preferred, 1 = segment 2 preferred, 0.5 = equally preferable.
@@ -10,9 +13,41 @@ mistakes flip the preference; "equal" overrides everything, so an equal label is
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
+
+Answers = tuple[np.ndarray, np.ndarray]  # the answered queries' indices (int64) and their labels (float32)
+
+
+@dataclass
+class QueryRound:
+    """One round of queries as the training loop hands it to a teacher."""
+
+    index: int  # 0 for the first round of the run
+    pairs: np.ndarray  # [num, 2, S, ds + da]
+    rewards: np.ndarray  # true rewards [num, 2, S]: the scripted teacher's input, never shown to a person
+    origins: np.ndarray | None  # (episode, start) of each segment [num, 2, 2]; None for the scripted teacher
+    opened_step: int
+    feedback_before: int  # queries asked in earlier rounds
+    feedback_budget: int  # max_feedback
+    first: bool  # the run's first round, after which the critic restarts
+
+
+class TeacherError(RuntimeError):
+    """A teacher that cannot answer (recorded labels that do not fit this run, a segment that does not render):
+    the run stops with this one line."""
+
+
+class Teacher(Protocol):
+    def set_thres_skip(self, new_margin: float) -> None: ...
+    def set_thres_equal(self, new_margin: float) -> None: ...
+    def ask(self, query_round: QueryRound) -> None: ...
+    def answers(self, step: int) -> Answers | None: ...
+    def wait(self, seconds: float) -> None: ...
+    def progress(self) -> str: ...
+    def close(self) -> None: ...
 
 
 class ScriptedTeacher:
@@ -43,6 +78,7 @@ class ScriptedTeacher:
         self.thres_skip = 0.0
         self.thres_equal = 0.0
         self.rng = np.random.default_rng(seed)
+        self._answers: Answers | None = None
 
     def set_thres_skip(self, new_margin: float) -> None:
         self.thres_skip = float(new_margin) * self.eps_skip
@@ -93,6 +129,21 @@ class ScriptedTeacher:
             equal |= np.abs(return_1 - return_2) < self.thres_equal
         labels[equal] = 0.5
         return keep_index.astype(np.int64), labels
+
+    def ask(self, query_round: QueryRound) -> None:
+        self._answers = self.label(query_round.rewards[:, 0], query_round.rewards[:, 1])
+
+    def answers(self, step: int) -> Answers | None:
+        return self._answers
+
+    def wait(self, seconds: float) -> None:
+        """The script answers at once."""
+
+    def progress(self) -> str:
+        return "scripted"
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -40,11 +40,13 @@ from config_schema import (
     check_config,
     check_overrides,
 )  # fmt: skip
+from human_teacher import HumanTeacher, ReplayTeacher, SimStateRecorder
 from logger import Logger
 from queries import QUERY_SCHEMES
 from replay_buffer import ReplayBuffer
 from reward_model import RewardModel
 from run_dir import CHECKPOINT_NAME, RunRefusedError, prepare_run_dir, write_status
+from teacher import QueryRound, Teacher, TeacherError
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
 # wandb receives the original release's metric names, so existing dashboards keep working.
@@ -89,6 +91,16 @@ def make_reward_model(
     return RewardModel(*sections, obs_dim, action_dim, device, seed=int(seed.generate_state(1)[0]))
 
 
+def make_teacher(cfg: TrainConfig, work_dir: Path, env: Any, reward_model: RewardModel) -> Teacher:
+    """The reward model's scripted teacher, a person in the browser, or the replay of a person's answers."""
+    if cfg.teacher_type == "scripted":
+        return reward_model.teacher
+    if cfg.teacher_type == "replay":
+        return ReplayTeacher(TeacherConfig.of(cfg))
+    recorder = SimStateRecorder(env, cfg.history_size)
+    return HumanTeacher(TeacherConfig.of(cfg), work_dir, cfg.env, cfg.seed, recorder, cfg.segment)
+
+
 class Workspace:
     def __init__(self, cfg: TrainConfig, work_dir: Path) -> None:
         self.cfg = cfg
@@ -114,6 +126,9 @@ class Workspace:
         self.learns_reward = cfg.reward_source == "learned"
         self.query_scheme = cfg.scheme
         self.reward_model = make_reward_model(cfg, obs_dim, action_dim, self.device, reward_seed)
+        self.teacher = make_teacher(cfg, work_dir, self.env, self.reward_model)
+        # The simulator state of every step, to show a person the segments of a query (teacher=human only)
+        self.recorder = self.teacher.recorder if isinstance(self.teacher, HumanTeacher) and self.learns_reward else None
 
         self.rng = np.random.default_rng(action_seed)  # seed-phase actions
         self.diagnostic_rng = np.random.default_rng(diagnostic_seed)  # history windows of log_query_alignment
@@ -121,6 +136,8 @@ class Workspace:
         self.episode = 0
         self.total_feedback = 0
         self.labeled_feedback = 0
+        self.feedback_rounds = 0
+        self.open_round: QueryRound | None = None  # asked, not yet answered (a person, human_mode=async)
         self.interact_count = 0
         self.last_eval_step = -1
         self.recent_returns: deque[float] = deque(maxlen=10)  # teacher thresholds (ALGORITHM.md §4)
@@ -162,6 +179,8 @@ class Workspace:
             while not done and self.step < cfg.num_train_steps:
                 action = self.act(obs)
                 self.update(self.phase())
+                if self.recorder is not None:
+                    self.recorder.record()
 
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 done = terminated or truncated
@@ -171,6 +190,8 @@ class Workspace:
                     stored_reward, reward_std = self.predict_step_reward(obs, action)
                     episode_return_hat += stored_reward.squeeze()
                     self.reward_model.add_data(obs, action, reward, done)
+                    if done and self.recorder is not None:
+                        self.recorder.end_episode()
                 else:
                     stored_reward, reward_std = reward, None
                 self.replay_buffer.add(obs, action, stored_reward, next_obs, float(done), done_no_max, reward_std)
@@ -196,6 +217,7 @@ class Workspace:
         if cfg.save_model:
             self.agent.save(self.work_dir, self.step)
             self.reward_model.save(self.work_dir, self.step)
+        self.teacher.close()
         self.logger.close()
 
     def phase(self) -> str:
@@ -236,7 +258,9 @@ class Workspace:
         elif phase == "first_feedback":
             self.first_feedback()
         elif phase == "feedback":
-            if self.total_feedback < cfg.max_feedback and self.interact_count == cfg.num_interact:
+            if self.open_round is not None:
+                self.receive_labels(block=False)
+            elif self.total_feedback < cfg.max_feedback and self.interact_count >= cfg.num_interact:
                 self.collect_feedback()
             self.update_agent()
 
@@ -271,15 +295,13 @@ class Workspace:
 
     # ------------------------------------------------------------------ preference feedback
     def first_feedback(self) -> None:
-        """First queries, relabel everything collected so far, and restart the critic (ALGORITHM.md §2)."""
+        """First queries; once answered, relabel everything collected so far and restart the critic (ALGORITHM.md
+        §2, `receive_labels`)."""
         self.collect_feedback(first=True)
-        self.agent.reset_critic()
-        self.set_exploration_bonus()
-        self.last_update_metrics = self.agent.update_after_reset(
-            self.replay_buffer, self.step, gradient_update=self.cfg.reset_update, policy_update=True
-        )
 
     def collect_feedback(self, first: bool = False) -> None:
+        """Open a query round: its size and the scripted teacher's thresholds, the queries, and their labels (at
+        once, unless a person answers with human_mode=async: then at a later step)."""
         cfg = self.cfg
         self.reward_model.change_batch(self.batch_fraction())
         margin = (np.mean(self.recent_returns) if self.recent_returns else 0.0) * cfg.segment / self.max_episode_steps
@@ -291,14 +313,46 @@ class Workspace:
         scheme = self.query_scheme
         if first and QUERY_SCHEMES[scheme].uses_reward_model:
             scheme = "uniform"  # ensemble-based scores mean nothing before the first training (B-Pref)
-        labeled = self.reward_model.query(scheme)
+        pairs, rewards = self.reward_model.select_queries(scheme)
         self.log_query_alignment()
+        origins = None if cfg.teacher_type == "scripted" else self.reward_model.segment_origins(pairs)
+        self.open_round = QueryRound(self.feedback_rounds, pairs, rewards, origins, self.step, self.total_feedback,
+                                     cfg.max_feedback, first)  # fmt: skip
+        self.feedback_rounds += 1
         self.total_feedback += self.reward_model.mb_size
-        self.labeled_feedback += labeled
+        self.interact_count = 0
+        self.teacher.ask(self.open_round)
+        self.receive_labels(block=cfg.human_mode == "sync")
+
+    def receive_labels(self, block: bool) -> None:
+        """Take the open round's labels when they are all in (with `block`, wait for them), then train r̂ on every
+        label so far and relabel the replay buffer; after the first round, restart the critic."""
+        labels = self.teacher.answers(self.step)
+        if labels is None and block:
+            tqdm.write(f"step {self.step}: waiting for labels ({self.teacher.progress()})", file=sys.stderr)
+            while labels is None:
+                self.progress.set_description(f"waiting for labels: {self.teacher.progress()}", refresh=True)
+                self.teacher.wait(1.0)
+                labels = self.teacher.answers(self.step)
+            self.progress.set_description("")
+        if labels is None:
+            return
+        query_round, self.open_round = self.open_round, None
+        self.labeled_feedback += self.reward_model.store_labels(query_round.pairs, *labels)
+        if self.cfg.teacher_type != "scripted":
+            self.logger.log("train/label_wait_steps", self.step - query_round.opened_step, self.step)
+        if self.recorder is not None:
+            self.logger.log("train/sim_state_mb", self.recorder.nbytes / 2**20, self.step)
+            self.logger.log("train/render_seconds", self.teacher.render_seconds, self.step)
         if self.labeled_feedback > 0:
             self.train_reward()
         self.replay_buffer.relabel_with_predictor(self.reward_model)
-        self.interact_count = 0
+        if query_round.first:
+            self.agent.reset_critic()
+            self.set_exploration_bonus()
+            self.last_update_metrics = self.agent.update_after_reset(
+                self.replay_buffer, self.step, gradient_update=self.cfg.reset_update, policy_update=True
+            )
 
     def log_query_alignment(self) -> None:
         """Query-policy alignment (the QPA paper's Figure 11): the mean per-step log π(a|s) under the current
@@ -371,6 +425,7 @@ class Workspace:
         self.progress.update(length)
         self.progress.set_postfix(
             feedback=f"{self.total_feedback}/{self.cfg.max_feedback}",
+            **({"labels": self.teacher.progress()} if self.open_round is not None else {}),
             eval_return=f"{self.last_eval_return:.1f}",
             refresh=False,
         )
@@ -433,6 +488,9 @@ class Workspace:
             "episode": self.episode,
             "total_feedback": self.total_feedback,
             "labeled_feedback": self.labeled_feedback,
+            "feedback_rounds": self.feedback_rounds,
+            "open_round": dataclasses.asdict(self.open_round) if self.open_round is not None else None,
+            "sim_states": self.recorder.state_dict() if self.recorder is not None else None,
             "interact_count": self.interact_count,
             "last_eval_step": self.last_eval_step,
             "recent_returns": list(self.recent_returns),
@@ -472,6 +530,12 @@ class Workspace:
         self.agent.load_state_dict(state["agent"])
         self.replay_buffer.load_state_dict(state["replay_buffer"])
         self.reward_model.load_state_dict(state["reward_model"])
+        self.feedback_rounds = state["feedback_rounds"]
+        if self.recorder is not None:
+            self.recorder.load_state_dict(state["sim_states"])
+        if state["open_round"] is not None:
+            self.open_round = QueryRound(**state["open_round"])
+            self.teacher.ask(self.open_round)
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
         return self.step
 
@@ -519,6 +583,9 @@ def main(cfg: DictConfig) -> None:
     except NonFiniteError as error:
         write_status(work_dir, "failed", checkpointed_step(workspace), str(error))
         stop(f"{error}; the last good checkpoint is {work_dir / CHECKPOINT_NAME}")
+    except TeacherError as error:
+        write_status(work_dir, "failed", checkpointed_step(workspace), str(error))
+        stop(str(error))
     except BaseException as error:
         write_status(work_dir, "failed", checkpointed_step(workspace), f"{type(error).__name__}: {error}")
         raise

@@ -257,6 +257,11 @@ class MetaWorldEnv(gym.Env):
         truncated = self._elapsed_steps >= self.max_episode_steps
         return obs.astype(np.float32), float(reward), False, truncated, info
 
+    @property
+    def sim(self) -> tuple[Any, Any]:
+        """The MuJoCo model and data (mujoco.MjModel, mujoco.MjData), to save and restore simulator states."""
+        return self._env.model, self._env.data
+
     def render(self) -> np.ndarray:
         """An RGB uint8 frame (480, 480, 3) from Meta-World's default camera."""
         from custom_dmcontrol import configure_rendering_backend

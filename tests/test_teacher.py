@@ -108,8 +108,11 @@ def test_myopic_teacher_discounts_early_steps():
 def test_config_presets_match_bpref():
     """config/teacher/*.yaml hold the six simulated teachers of B-Pref (Lee et al. 2021, §3), each composed onto the
     schema's defaults (the oracle)."""
-    names = {path.stem for path in (REPO_ROOT / "config" / "teacher").glob("*.yaml")}
+    names = {path.stem for path in (REPO_ROOT / "config" / "teacher").glob("*.yaml")} - {"human", "replay"}
     assert names == {"oracle", "noisy", "mistake", "skip", "myopic", "equal"}
+    assert {compose_config(f"teacher={name}").teacher_type for name in names} == {"scripted"}
+    assert compose_config("teacher=human").teacher_type == "human"  # a person (human_teacher.py)
+    assert compose_config("teacher=replay").teacher_type == "replay"
     keys = ("teacher_beta", "teacher_gamma", "teacher_eps_mistake", "teacher_eps_skip", "teacher_eps_equal")
     presets = {name: {key: compose_config(f"teacher={name}")[key] for key in keys} for name in names}
     oracle = dict(zip(keys, (-1.0, 1.0, 0.0, 0.0, 0.0)))

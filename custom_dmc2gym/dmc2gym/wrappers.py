@@ -68,6 +68,11 @@ class DMCEnv(gym.Env):
         """The wrapped dm_control environment, for its physics and specs."""
         return self._env
 
+    @property
+    def sim(self) -> tuple[Any, Any]:
+        """The raw MuJoCo model and data (mujoco.MjModel, mujoco.MjData), to save and restore simulator states."""
+        return self._env.physics.model.ptr, self._env.physics.data.ptr
+
     def _to_spec_bounds(self, action: np.ndarray) -> np.ndarray:
         # Clipping first keeps a policy's float rounding just outside [-1, 1] from leaving the spec.
         unit = (np.clip(action, -1.0, 1.0) + 1.0) / 2.0
