@@ -38,7 +38,7 @@ SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # positions, velocities, actuat
 LAYOUT_FIELDS = ("body_pos", "body_quat", "site_pos")
 Layout = dict[str, np.ndarray]
 FRAME_HEIGHT, FRAME_WIDTH = 240, 320
-JPEG_QUALITY = 85
+JPEG_QUALITY = 80
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (

@@ -158,6 +158,13 @@ BAD_VALUES = [
     ("wandb_entity=true", "wandb_entity=True"),
     ("seed=-1", "seed=-1"),
     ("agent.params.batch_size=64.0", "agent.params.batch_size=64.0"),
+    ("teacher=replay", "labels_from=None is invalid: teacher=replay needs the labels.sqlite"),
+    ("teacher=replay labels_from=no/such.sqlite", "labels_from='no/such.sqlite'"),
+    ("teacher_type=person", "teacher_type='person'"),
+    ("teacher=human human_mode=later", "human_mode='later'"),
+    ("teacher=human human_port=-1", "human_port=-1"),
+    ("teacher=human human_timeout=0", "human_timeout=0"),
+    ("teacher=human human_host=a/b", "human_host='a/b'"),
 ]
 
 
