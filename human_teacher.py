@@ -227,6 +227,9 @@ class HumanTeacher:
 
     def __init__(self, cfg: TeacherConfig, work_dir: Path, env_name: str, seed: int, recorder: SimStateRecorder,
                  segment: int) -> None:  # fmt: skip
+        from labelling_app import bind
+
+        bind(cfg.human_host, cfg.human_port).close()  # a port in use fails now, not at the first round
         self.cfg = cfg
         self.store = LabelStore(work_dir / LABELS_NAME)
         self.recorder = recorder
@@ -346,8 +349,13 @@ class HumanTeacher:
         from labelling_app import LabellingServer
 
         self._fps = self._start_renderer()
-        self._server = LabellingServer(self, self.cfg.human_host, self.cfg.human_port)
-        self.url = self._server.start()
+        server = LabellingServer(self, self.cfg.human_host, self.cfg.human_port)
+        try:
+            self.url = server.start()
+        except TeacherError:
+            self._render_jobs.put(None)
+            raise
+        self._server = server
         print(f"labelling at {self.url}", flush=True)
 
     def _start_renderer(self) -> float:

@@ -8,6 +8,7 @@ query, plays its two segments from `/api/video/...` side by side and posts the a
 from __future__ import annotations
 
 import secrets
+import socket
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from human_teacher import ANSWER_LABELS
+from teacher import TeacherError
 
 if TYPE_CHECKING:
     from human_teacher import HumanTeacher
@@ -79,28 +81,38 @@ def make_app(teacher: HumanTeacher, token: str) -> Starlette:
     return Starlette(routes=routes, middleware=[Middleware(TokenRequired, token=token)])
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port), or a one-line TeacherError (also checked when the run starts)."""
+    try:
+        return socket.create_server((host, port))
+    except OSError as error:
+        raise TeacherError(
+            f"human_port={port} on human_host={host} could not be opened ({error.strerror}); "
+            "allowed: a free port of an address of this machine, or human_port=0 for any free port"
+        ) from None
+
+
 class LabellingServer:
-    """uvicorn in a daemon thread; `start` returns the page's URL with its token once the socket listens."""
+    """uvicorn in a daemon thread on a socket bound here, so that a port in use is one clear error."""
 
     def __init__(self, teacher: HumanTeacher, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.token = secrets.token_urlsafe(16)
-        config = uvicorn.Config(make_app(teacher, self.token), host=host, port=port, log_level="warning",
-                                lifespan="off")  # fmt: skip
+        config = uvicorn.Config(make_app(teacher, self.token), log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name="labelling-server")
 
     def start(self) -> str:
+        """Bind, serve, and return the page's URL with its token once the server is up."""
+        listening = bind(self.host, self.port)
+        port = listening.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [listening]}, daemon=True,
+                                       name="labelling-server")  # fmt: skip
         self.thread.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"human_port={self.port} on human_host={self.host} could not be opened (in use?); "
-                    "allowed: a free port, or human_port=0 for any free one"
-                )
+                raise TeacherError(f"the labelling page did not start on {self.host}:{port}")
             time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
         return f"http://{self.host}:{port}/?token={self.token}"
 
     def stop(self) -> None:

@@ -323,6 +323,9 @@ class Workspace:
         self.interact_count = 0
         self.teacher.ask(self.open_round)
         self.receive_labels(block=cfg.human_mode == "sync")
+        if self.open_round is not None:
+            tqdm.write(f"step {self.step}: waiting for labels ({self.teacher.progress()}); training goes on "
+                       "(human_mode=async)", file=sys.stderr)  # fmt: skip
 
     def receive_labels(self, block: bool) -> None:
         """Take the open round's labels when they are all in (with `block`, wait for them), then train r̂ on every

@@ -5,6 +5,7 @@ pool with two labellers, and the token. tests/test_human_browser.py drives whole
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -27,7 +28,7 @@ from human_teacher import (
     labels_of,
     render_segment,
 )
-from teacher import QueryRound
+from teacher import QueryRound, TeacherError
 
 
 def record_episode(env_name: str, steps: int, seed: int = 0) -> tuple[object, SimStateRecorder, list[np.ndarray]]:
@@ -230,3 +231,15 @@ def test_an_unanswered_claim_goes_back_to_the_pool_after_the_timeout(open_teache
     open_teacher.cfg = TeacherConfig(teacher_type="human", human_port=0, human_timeout=0.001)
     time.sleep(0.01)
     assert open_teacher.claim("bob")["query"] == 0
+
+
+def test_a_port_in_use_is_refused_with_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _, recorder, _ = record_episode("walker_walk", steps=10)
+        refused = f"human_port={port} on human_host=127.0.0.1 could not be opened .*; allowed: a free port"
+        with pytest.raises(TeacherError, match=refused):  # when the run starts, not at its first round
+            HumanTeacher(TeacherConfig(teacher_type="human", human_port=port), tmp_path, "walker_walk", 0, recorder,
+                         segment=5)  # fmt: skip

