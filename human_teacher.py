@@ -290,7 +290,7 @@ class HumanTeacher:
             return f"round {self._round.query_round.index + 1}, {size - self._round.unanswered} of {size} answered"
 
     # ---------------------------------------------------------------- the web app's side
-    def claim(self, labeller: str) -> dict[str, Any] | None:
+    def claim(self) -> dict[str, Any] | None:
         """The next rendered query nobody holds (a claim expires after human_timeout), as the page shows it."""
         now = time.monotonic()
         with self._changed:
@@ -393,6 +393,8 @@ class HumanTeacher:
     def close(self) -> None:
         if self._server is not None:
             self._server.stop()
+            while not self._render_jobs.empty():  # an async run can end with a round still open
+                self._render_jobs.get_nowait()
             self._render_jobs.put(None)
             self._render_thread.join(timeout=30)
         self.store.db.close()

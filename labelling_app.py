@@ -49,7 +49,7 @@ def make_app(teacher: HumanTeacher, token: str) -> Starlette:
         return HTMLResponse(PAGE.read_text())
 
     async def next_query(request: Request) -> JSONResponse:
-        query = teacher.claim(request.query_params.get("labeller", ""))
+        query = teacher.claim()
         return JSONResponse(query or {"waiting": teacher.progress(), "step": teacher.step})
 
     async def video(request: Request) -> Response:

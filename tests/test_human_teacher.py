@@ -168,9 +168,9 @@ def get(url: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def post_answer(base: str, token: str, round_index: int, query: int, answer: str) -> int:
-    request = urllib.request.Request(f"{base}/api/answer?token={token}", method="POST",
-                                     data=json.dumps({"round": round_index, "query": query, "answer": answer}).encode(),
+def post_answer(base: str, token: str, round_index: int, query: int, answer: str, labeller: str = "") -> int:
+    body = {"round": round_index, "query": query, "answer": answer, "labeller": labeller}
+    request = urllib.request.Request(f"{base}/api/answer?token={token}", method="POST", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -194,7 +194,7 @@ def test_two_labellers_never_get_or_record_the_same_query(open_teacher):
 
     def label(name: str) -> None:
         while True:
-            _, body = get(f"{base}/api/next?token={token}&labeller={name}")
+            _, body = get(f"{base}/api/next?token={token}")
             query = json.loads(body)
             if "query" not in query:
                 if "6 of 6" in query["waiting"]:
@@ -203,7 +203,7 @@ def test_two_labellers_never_get_or_record_the_same_query(open_teacher):
                 continue
             assert get(f"{base}/api/video/0/{query['query']}/1?token={token}")[0] == 200
             claimed.append((name, query["query"]))
-            assert post_answer(base, token, 0, query["query"], "left" if name == "ann" else "right") == 200
+            assert post_answer(base, token, 0, query["query"], "left" if name == "ann" else "right", name) == 200
 
     threads = [threading.Thread(target=label, args=(name,)) for name in ("ann", "bob")]
     for thread in threads:
@@ -212,8 +212,8 @@ def test_two_labellers_never_get_or_record_the_same_query(open_teacher):
         thread.join(timeout=120)
     assert sorted(query for _, query in claimed) == list(range(6))  # each served once, to one of them
     rows = open_teacher.store.db.execute("SELECT query, answer, labeller FROM queries ORDER BY query").fetchall()
-    assert [(query, answer) for query, answer, _ in rows] == [
-        (query, "left" if name == "ann" else "right") for name, query in sorted(claimed, key=lambda c: c[1])
+    assert rows == [
+        (query, "left" if name == "ann" else "right", name) for name, query in sorted(claimed, key=lambda c: c[1])
     ]
     assert post_answer(base, token, 0, 0, "right") == 409  # answered queries stay answered
     keep, labels = open_teacher.answers(600)
@@ -224,13 +224,13 @@ def test_two_labellers_never_get_or_record_the_same_query(open_teacher):
 
 
 def test_an_unanswered_claim_goes_back_to_the_pool_after_the_timeout(open_teacher):
-    while open_teacher.claim("ann") is None:  # the first query once it is rendered
+    while open_teacher.claim() is None:  # the first query once it is rendered
         open_teacher.wait(0.1)
-    second = open_teacher.claim("bob")
+    second = open_teacher.claim()
     assert second is None or second["query"] != 0
     open_teacher.cfg = TeacherConfig(teacher_type="human", human_port=0, human_timeout=0.001)
     time.sleep(0.01)
-    assert open_teacher.claim("bob")["query"] == 0
+    assert open_teacher.claim()["query"] == 0
 
 
 def test_a_port_in_use_is_refused_with_one_line(tmp_path):
