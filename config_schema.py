@@ -411,7 +411,8 @@ class RewardConfig(Section):
 
 @dataclass
 class TeacherConfig(Section):
-    """B-Pref's scripted teacher (Lee et al., NeurIPS 2021 Datasets and Benchmarks); presets in config/teacher/."""
+    """Who labels: B-Pref's scripted teacher (Lee et al., NeurIPS 2021 Datasets and Benchmarks), a person in the
+    browser (human_*), or a replay of a person's answers (labels_from); presets in config/teacher/."""
 
     teacher_beta: float = key(-1.0, Number(), "Bradley-Terry rationality; <= 0: a perfectly rational teacher")
     teacher_gamma: float = key(1.0, Number(0.0, 1.0), "myopia: step t of T weighs gamma^(T-1-t)")

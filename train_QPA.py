@@ -305,8 +305,8 @@ class Workspace:
         cfg = self.cfg
         self.reward_model.change_batch(self.batch_fraction())
         margin = (np.mean(self.recent_returns) if self.recent_returns else 0.0) * cfg.segment / self.max_episode_steps
-        self.reward_model.set_teacher_thres_skip(margin)
-        self.reward_model.set_teacher_thres_equal(margin)
+        self.teacher.set_thres_skip(margin)
+        self.teacher.set_thres_equal(margin)
         if self.reward_model.mb_size + self.total_feedback > cfg.max_feedback:
             self.reward_model.set_batch(cfg.max_feedback - self.total_feedback)
 
