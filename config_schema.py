@@ -505,6 +505,8 @@ class TrainConfig(LogConfig, ReplayConfig, TeacherConfig, RewardConfig, QueryCon
                 self.rune_beta_init,
                 "needs reward_source=learned (the bonus is the reward models' std)",
             )
+        if self.teacher_type != "scripted" and self.reward_source != "learned":
+            fail("teacher_type", self.teacher_type, "allowed with reward_source=true: scripted (no queries are asked)")
         if self.rune_beta_init > 0 and self.ensemble_size < 2:
             fail(
                 "rune_beta_init",

@@ -128,7 +128,7 @@ class Workspace:
         self.reward_model = make_reward_model(cfg, obs_dim, action_dim, self.device, reward_seed)
         self.teacher = make_teacher(cfg, work_dir, self.env, self.reward_model)
         # The simulator state of every step, to show a person the segments of a query (teacher=human only)
-        self.recorder = self.teacher.recorder if isinstance(self.teacher, HumanTeacher) and self.learns_reward else None
+        self.recorder = self.teacher.recorder if isinstance(self.teacher, HumanTeacher) else None
 
         self.rng = np.random.default_rng(action_seed)  # seed-phase actions
         self.diagnostic_rng = np.random.default_rng(diagnostic_seed)  # history windows of log_query_alignment

@@ -165,6 +165,7 @@ BAD_VALUES = [
     ("teacher=human human_port=-1", "human_port=-1"),
     ("teacher=human human_timeout=0", "human_timeout=0"),
     ("teacher=human human_host=a/b", "human_host='a/b'"),
+    ("method=sac_true teacher=human", "teacher_type='human' is invalid: allowed with reward_source=true: scripted"),
 ]
 
 
