@@ -38,9 +38,12 @@ CONFIGS = (
 )
 
 
-def loop_speed(label: str, overrides: list[str], seed_steps: int, first_feedback: int, steps: int, root: Path) -> dict:
+def loop_speed(
+    label: str, overrides: list[str], seed_steps: int, first_feedback: int, steps: int, root: Path, threads: int
+) -> dict:
     run_dir = root / label.split()[0]
     schedule = [
+        f"num_threads={threads}",  # explicit: the quick preset's own num_threads=1 would otherwise win
         f"num_train_steps={steps}",
         f"num_seed_steps={seed_steps}",
         f"num_unsup_steps={first_feedback - seed_steps}",
@@ -165,12 +168,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--result", type=Path, help="folder of finished quick-preset runs to report")
     parser.add_argument("--skip-loop", action="store_true", help="skip the loop-speed runs")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of every run")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads")
     pd.set_option("display.width", 200)
     if not args.skip_loop:
         with tempfile.TemporaryDirectory() as root:
-            table = pd.DataFrame([loop_speed(*config, Path(root)) for config in CONFIGS])
+            table = pd.DataFrame([loop_speed(*config, Path(root), args.threads) for config in CONFIGS])
         print("\nfull training loop, walker_walk (env steps/s)")
         print(table.to_string(index=False, float_format=lambda value: f"{value:.1f}"))
         overhead = per_step_overhead()
