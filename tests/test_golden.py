@@ -1,6 +1,7 @@
 """Behaviour pinned by golden files: three fixed-seed tiny runs (QPA on walker_walk, PEBBLE on cheetah_run, SURF
 on Meta-World drawer-open) must write exactly the eval.csv and train.csv recorded in tests/golden/, timing
-columns aside. A refactor that changes what the code computes, by a single float, fails here.
+columns aside (the environment's returns to 1e-13 relative, see ENV_REWARD_COLUMNS). A refactor that changes
+what the code computes, by a single float, fails here.
 
 The runs pin the CPU kernels (AVX2 for PyTorch, MKL and oneDNN, one thread), so the files do not depend on whether
 the machine has AVX-512. Re-record after an intended change of behaviour with `python tests/test_golden.py`, and
@@ -26,6 +27,12 @@ GOLDEN_RUNS = {
     "surf_metaworld_drawer-open": ["env=metaworld_drawer-open-v3", "method=surf", "eval_frequency=500"],
 }
 LOGS = ("eval.csv", "train.csv")
+# The environment's own returns, summed from Meta-World's numpy reward code, came out one ulp apart between two
+# processes of the same commit on the same machine (CI, 2026-12-02: 468.06697328179405 vs 468.066973281794 for a
+# random-action episode; every other column equal): the likely cause is numpy's SIMD kernels, whose rounding can
+# depend on an array's memory alignment. These columns are compared to 1e-13 relative; everything the code
+# computes (losses, r̂ and its returns, alpha, entropies, feedback counts) stays exact.
+ENV_REWARD_COLUMNS = ("episode_reward",)
 PINNED_KERNELS = {
     "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1",
 }  # fmt: skip
@@ -51,7 +58,11 @@ def test_fixed_seed_runs_write_the_golden_logs(name: str, tmp_path: Path) -> Non
     logs = run_golden(name, tmp_path / name)
     for log, frame in logs.items():
         golden = read_log(GOLDEN_DIR / name / log)
-        pd.testing.assert_frame_equal(frame, golden, check_exact=True, obj=f"{name}/{log}")
+        exact = [column for column in golden.columns if column not in ENV_REWARD_COLUMNS]
+        pd.testing.assert_frame_equal(frame[exact], golden[exact], check_exact=True, obj=f"{name}/{log}")
+        rewards = [column for column in golden.columns if column in ENV_REWARD_COLUMNS]
+        pd.testing.assert_frame_equal(frame[rewards], golden[rewards], check_exact=False, rtol=1e-13, atol=0.0,
+                                      obj=f"{name}/{log}")  # fmt: skip
 
 
 if __name__ == "__main__":
