@@ -1,6 +1,7 @@
-"""QPA vs PEBBLE vs SAC on the true reward, walker_walk at CPU scale: the quick preset for every method, 5 seeds.
+"""QPA vs PEBBLE vs SAC on the true reward at CPU scale: the quick preset for every method, 5 seeds, one task.
 
     python bench/compare_quick.py --root exp/compare_quick --jobs 2        # the full comparison (hours on 2 cores)
+    python bench/compare_quick.py --task cheetah_run --methods qpa pebble --root exp/compare_quick_cheetah --jobs 2
     python bench/compare_quick.py --root /tmp/cq --steps 3000 --seeds 2 -- num_seed_steps=500 ...   # a smoke check
 
 Runs scripts/sweeps/compare_quick.yaml through scripts/sweep.py (so finished runs are skipped and interrupted ones
@@ -32,6 +33,7 @@ from plot import Run, aggregate_curve, compare, final_scores, iqm_table, load_ru
 TABLE = "compare_quick"
 METHODS = ("qpa", "pebble", "sac_true")
 PREFERENCE_METHODS = ("qpa", "pebble")
+TASKS = ("walker_walk", "cheetah_run")
 BOOTSTRAP_REPS = 10_000
 BOOTSTRAP_SEED = 0
 
@@ -46,9 +48,9 @@ def difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[fl
     return float(low), float(high)
 
 
-def comparison_runs(root: Path) -> list[Run]:
-    """The runs of the comparison under `root`: QPA and PEBBLE must be there and share one feedback budget."""
-    runs = [run for run in load_runs(root) if run.method in METHODS]
+def comparison_runs(root: Path, task: str) -> list[Run]:
+    """The runs of the comparison on `task` under `root`: QPA and PEBBLE must be there and share one budget."""
+    runs = [run for run in load_runs(root) if run.method in METHODS and run.task == task]
     budgets = {run.max_feedback for run in runs if run.method in PREFERENCE_METHODS}
     if len(budgets) > 1:
         raise ValueError(f"runs under {root} have different max_feedback {sorted(budgets)}; allowed: one budget")
@@ -68,7 +70,7 @@ def alignment(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("method")[["query_log_likelihood", "history_log_likelihood"]].mean()
 
 
-def alignment_figure(runs: list[Run], out: Path) -> Path:
+def alignment_figure(runs: list[Run], task: str, out: Path) -> Path:
     """Mean log π(a|s) per query round: each method's queried segments (solid) and history windows (dashed),
     mean and 95% bootstrap band over seeds (the QPA paper's Figure 11)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
@@ -82,7 +84,7 @@ def alignment_figure(runs: list[Run], out: Path) -> Path:
             ax.fill_between(curve["x"], curve["low"], curve["high"], color=f"C{index}", alpha=0.15, linewidth=0)
     ax.set_xlabel("feedback (queries) after the round")
     ax.set_ylabel("mean log π(a|s) under the current policy")
-    ax.set_title("walker_walk: query-policy alignment")
+    ax.set_title(f"{task}: query-policy alignment")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,12 +93,12 @@ def alignment_figure(runs: list[Run], out: Path) -> Path:
     return out
 
 
-def report(root: Path, out_dir: Path) -> None:
-    runs = comparison_runs(root)
+def report(root: Path, task: str, out_dir: Path) -> None:
+    runs = comparison_runs(root, task)
     scores = final_scores(runs)
     iqm = iqm_table(scores, normalise="none", reps=BOOTSTRAP_REPS).set_index("method")
     aligned = alignment(runs)
-    print(f"\nfinal return (last evaluation) on walker_walk, runs under {root}:")
+    print(f"\nfinal return (last evaluation) on {task}, runs under {root}:")
     finals: dict[str, np.ndarray] = {}
     for method in METHODS:
         method_scores = scores[scores["method"] == method].sort_values("seed")
@@ -115,7 +117,7 @@ def report(root: Path, out_dir: Path) -> None:
     run_dirs = [run.source for run in runs]
     compare(run_dirs, out_dir, reps=BOOTSTRAP_REPS)
     compare(run_dirs, out_dir / "alignment", metric="query_log_likelihood", x="both", reps=BOOTSTRAP_REPS)
-    alignment_figure(runs, out_dir / "alignment.png")
+    alignment_figure(runs, task, out_dir / "alignment.png")
     print(f"curves and tables in {out_dir}; alignment in {out_dir / 'alignment.png'} and {out_dir / 'alignment'}")
 
 
@@ -126,6 +128,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO / "exp" / "compare_quick", help="where the runs go")
     parser.add_argument("--out-dir", type=Path, default=REPO / "figure" / "compare_quick", help="figures, tables")
+    parser.add_argument("--task", default="walker_walk", choices=TASKS, help="the task (a row of the sweep table)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to train")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per method (1..N)")
     parser.add_argument("--steps", type=int, default=None, help="override num_train_steps (a shorter check)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (joblib launcher when > 1)")
@@ -133,19 +137,21 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
         parser.error("needs --seeds >= 2 (for a spread), --jobs >= 1 and --steps >= 1")
+    if not set(PREFERENCE_METHODS) <= set(args.methods):
+        parser.error(f"--methods {' '.join(args.methods)} is invalid: the comparison needs qpa and pebble")
 
     if not args.report_only:
         overrides = ([f"num_train_steps={args.steps}"] if args.steps else []) + extras
         launcher = ["--launcher", "joblib", "--jobs", str(args.jobs)] if args.jobs > 1 else []
         seeds = " ".join(str(seed) for seed in range(1, args.seeds + 1))
-        command = [sys.executable, str(REPO / "scripts" / "sweep.py"), TABLE, "--root", str(args.root),
-                   "--seeds", seeds, *launcher, "--", *overrides]  # fmt: skip
+        command = [sys.executable, str(REPO / "scripts" / "sweep.py"), TABLE, args.task, "--root", str(args.root),
+                   "--methods", " ".join(args.methods), "--seeds", seeds, *launcher, "--", *overrides]  # fmt: skip
         print("[compare_quick]", " ".join(command), flush=True)
         if subprocess.run(command, cwd=REPO).returncode != 0:
             print("[compare_quick] some runs did not finish; see the summary above", file=sys.stderr)
             return 1
     try:
-        report(args.root, args.out_dir)
+        report(args.root, args.task, args.out_dir)
     except ValueError as error:
         print(f"[compare_quick] error: {error}", file=sys.stderr)
         return 2
