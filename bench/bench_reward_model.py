@@ -1,11 +1,12 @@
 """Reward-model speed: training steps, time to the early stop, relabel throughput, per-step prediction.
 
-Run: `python bench/bench_reward_model.py` (about 30 s on 2 CPU cores).
+Run: `python bench/bench_reward_model.py [--device cpu|cuda|auto]` (about 30 s on 2 CPU cores).
 Shapes are walker's (24-d state, 6-d action), segments of 50, the default 3 x 256 network.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -18,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reward_model import RewardModel, reward_model_from_keys
+from utils import choose_device
 
 DS, DA, SEGMENT = 24, 6, 50
 REWARD_UPDATE = 2000  # DMC: ceil(reward_update * labelled / 128) iterations at most
@@ -34,10 +36,12 @@ def smooth_episodes(rng: np.random.Generator, num: int, length: int = 500) -> li
     return episodes
 
 
-def model_with_labels(num_labels: int, ensemble_size: int, data_aug_ratio: int, seed: int = 0) -> RewardModel:
+def model_with_labels(
+    num_labels: int, ensemble_size: int, data_aug_ratio: int, device: torch.device, seed: int = 0
+) -> RewardModel:
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=DS + DA) / math.sqrt(DS + DA)
-    model = reward_model_from_keys(DS, DA, seed=seed, ensemble_size=ensemble_size, reward_batch=num_labels,
+    model = reward_model_from_keys(DS, DA, device, seed=seed, ensemble_size=ensemble_size, reward_batch=num_labels,
                                    segment=SEGMENT, data_aug_ratio=data_aug_ratio, max_feedback=num_labels)  # fmt: skip
     for sa in smooth_episodes(rng, 10):
         for t, row in enumerate(sa):
@@ -46,26 +50,37 @@ def model_with_labels(num_labels: int, ensemble_size: int, data_aug_ratio: int, 
     return model
 
 
-def seconds_per_call(fn: Callable[[], object], repeats: int) -> float:
+def seconds_per_call(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     fn()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+    synchronize(device)
     return (time.perf_counter() - start) / repeats
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    device = choose_device(parser.parse_args().device)
     torch.manual_seed(0)
     rows: list[tuple[str, str]] = []
 
     for ensemble_size in (1, 3):
         for data_aug_ratio in (0, 20):
-            model = model_with_labels(4 * 128, ensemble_size, data_aug_ratio)
-            epoch = seconds_per_call(model.train_reward, repeats=1)  # 4 minibatches of 128 pairs
+            model = model_with_labels(4 * 128, ensemble_size, data_aug_ratio, device)
+            epoch = seconds_per_call(model.train_reward, 1, device)  # 4 minibatches of 128 pairs
             rows.append((f"train steps/s, 128 pairs, E={ensemble_size}, crop x{data_aug_ratio}", f"{4 / epoch:.1f}"))
 
     for ensemble_size in (1, 3):
-        model = model_with_labels(100, ensemble_size, data_aug_ratio=20)
+        model = model_with_labels(100, ensemble_size, 20, device)
+        synchronize(device)
         start = time.perf_counter()
         accuracy, _ = model.train_reward_iter(math.ceil(REWARD_UPDATE * model.num_labelled / 128))
         elapsed = time.perf_counter() - start
@@ -76,28 +91,28 @@ def main() -> None:
             )
         )
 
-    transitions = torch.randn(100_000, DS + DA)
+    transitions = torch.randn(100_000, DS + DA, device=device)
     for ensemble_size in (1, 3):
-        model = reward_model_from_keys(DS, DA, ensemble_size=ensemble_size, segment=SEGMENT)
+        model = reward_model_from_keys(DS, DA, device, ensemble_size=ensemble_size, segment=SEGMENT)
 
         def relabel(model: RewardModel = model) -> None:
             for chunk in transitions.split(65536):
                 model.predict_reward(chunk)
 
-        per_row = seconds_per_call(relabel, repeats=2) / len(transitions)
+        per_row = seconds_per_call(relabel, 2, device) / len(transitions)
         rows.append((f"relabel 100k transitions, E={ensemble_size}", f"{per_row * 1e6:.2f} us/transition"))
         one_row = transitions[:1]
-        per_step = seconds_per_call(lambda model=model, row=one_row: model.predict_reward(row), repeats=2000)
+        per_step = seconds_per_call(lambda model=model, row=one_row: model.predict_reward(row), 2000, device)
         rows.append((f"predict_reward, 1 row, E={ensemble_size}", f"{per_step * 1e6:.1f} us"))
 
-    model = reward_model_from_keys(DS, DA, ensemble_size=3, segment=SEGMENT)
+    model = reward_model_from_keys(DS, DA, device, ensemble_size=3, segment=SEGMENT)
     obs, act = np.zeros(DS, dtype=np.float32), np.zeros(DA, dtype=np.float32)
     steps = iter(range(10**9))
-    per_add = seconds_per_call(lambda: model.add_data(obs, act, 0.0, next(steps) % 1000 == 999), repeats=20000)
+    per_add = seconds_per_call(lambda: model.add_data(obs, act, 0.0, next(steps) % 1000 == 999), 20000, device)
     rows.append(("add_data, 1 step", f"{per_add * 1e6:.1f} us"))
 
     width = max(len(name) for name, _ in rows)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
 

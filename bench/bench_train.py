@@ -1,6 +1,7 @@
 """Speed of the whole training loop, the per-step work outside the SAC update, and the quick preset's result.
 
     python bench/bench_train.py                          # loop speed (quick preset + paper DMC config), per-step cost
+    python bench/bench_train.py --device cuda            # the same on a GPU
     python bench/bench_train.py --result exp/demo        # also: final eval return of finished quick runs vs random
 
 Loop speed comes from real `train_QPA.py` runs of a few thousand steps with each config's own feedback schedule:
@@ -39,10 +40,19 @@ CONFIGS = (
 
 
 def loop_speed(
-    label: str, overrides: list[str], seed_steps: int, first_feedback: int, steps: int, root: Path, threads: int
+    label: str,
+    overrides: list[str],
+    seed_steps: int,
+    first_feedback: int,
+    steps: int,
+    root: Path,
+    threads: int,
+    device: str,
 ) -> dict:
     run_dir = root / label.split()[0]
     schedule = [
+        f"device={device}",
+        "strict_device=true",
         f"num_threads={threads}",  # explicit: the quick preset's own num_threads=1 would otherwise win
         f"num_train_steps={steps}",
         f"num_seed_steps={seed_steps}",
@@ -71,13 +81,12 @@ def loop_speed(
     }
 
 
-def per_step_overhead(steps: int = 2000) -> dict[str, float]:
+def per_step_overhead(device: torch.device, steps: int = 2000) -> dict[str, float]:
     """µs per env step spent outside the SAC update: acting, r̂ of the step, both buffer writes (env step excluded)."""
     from agent.sac import SACAgent
 
     env = utils.make_env("walker_walk", 0)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    device = torch.device("cpu")
     agent = SACAgent(
         obs_dim,
         action_dim,
@@ -116,7 +125,7 @@ def per_step_overhead(steps: int = 2000) -> dict[str, float]:
         with utils.eval_mode(agent.actor):
             agent.act(obs, sample=True)
         after_act = time.perf_counter()
-        reward_hat = reward_model.predict_reward(torch.as_tensor(np.concatenate([obs, action])[None]))
+        reward_hat = reward_model.predict_reward(torch.as_tensor(np.concatenate([obs, action])[None], device=device))
         after_predict = time.perf_counter()
         buffer.add(obs, action, reward_hat, next_obs, float(done), 0.0)
         after_add = time.perf_counter()
@@ -169,16 +178,18 @@ def main() -> None:
     parser.add_argument("--result", type=Path, help="folder of finished quick-preset runs to report")
     parser.add_argument("--skip-loop", action="store_true", help="skip the loop-speed runs")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of every run")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index> (every run and the per-step cost)")
     args = parser.parse_args()
+    device = utils.choose_device(args.device, strict=True)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(f"torch {torch.__version__}, {args.threads} threads, {device}")
     pd.set_option("display.width", 200)
     if not args.skip_loop:
         with tempfile.TemporaryDirectory() as root:
-            table = pd.DataFrame([loop_speed(*config, Path(root), args.threads) for config in CONFIGS])
+            table = pd.DataFrame([loop_speed(*config, Path(root), args.threads, str(device)) for config in CONFIGS])
         print("\nfull training loop, walker_walk (env steps/s)")
         print(table.to_string(index=False, float_format=lambda value: f"{value:.1f}"))
-        overhead = per_step_overhead()
+        overhead = per_step_overhead(device)
         print("\nper-step work outside the SAC update (µs, H256 actor, ensemble-1 reward model)")
         print("  " + ", ".join(f"{name} {value:.1f}" for name, value in overhead.items()))
     if args.result:
