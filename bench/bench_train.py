@@ -26,6 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_sac import make_agent  # noqa: E402
+
 import utils  # noqa: E402
 from replay_buffer import ReplayBuffer  # noqa: E402
 from reward_model import reward_model_from_keys  # noqa: E402
@@ -83,31 +85,9 @@ def loop_speed(
 
 def per_step_overhead(device: torch.device, steps: int = 2000) -> dict[str, float]:
     """µs per env step spent outside the SAC update: acting, r̂ of the step, both buffer writes (env step excluded)."""
-    from agent.sac import SACAgent
-
     env = utils.make_env("walker_walk", 0)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    agent = SACAgent(
-        obs_dim,
-        action_dim,
-        [-1.0, 1.0],
-        device,
-        {"hidden_dim": 256, "hidden_depth": 2},
-        {"hidden_dim": 256, "hidden_depth": 2, "log_std_bounds": [-5, 2]},
-        0.99,
-        0.1,
-        1e-4,
-        [0.9, 0.999],
-        1e-4,
-        [0.9, 0.999],
-        1,
-        1e-4,
-        [0.9, 0.999],
-        0.005,
-        2,
-        256,
-        True,
-    )
+    agent = make_agent(obs_dim, action_dim, 256, 2, 256, device)
     buffer = ReplayBuffer((obs_dim,), (action_dim,), 100_000, device, max_episode_len=1000)
     reward_model = reward_model_from_keys(obs_dim, action_dim, device, ensemble_size=1, segment=50)
     obs, _ = env.reset(seed=0)
