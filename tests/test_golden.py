@@ -3,10 +3,10 @@ on Meta-World drawer-open) must write exactly the eval.csv and train.csv recorde
 columns aside (the environment's returns to 1e-13 relative, see ENV_REWARD_COLUMNS). A refactor that changes
 what the code computes, by a single float, fails here.
 
-The runs pin the CPU kernels (AVX2 for PyTorch, MKL and oneDNN, MKL in strict mode, one thread), so the files
-depend neither on whether the machine has AVX-512 nor on how arrays happen to be aligned in memory. Re-record
-after an intended change of behaviour with `python tests/test_golden.py`, and say in the commit why the numbers
-moved.
+The runs pin the CPU kernels (AVX2 for PyTorch and oneDNN, no AVX-512 for numpy, MKL's vendor-independent
+branch in strict mode, one thread), so the files depend neither on the processor's maker, nor on whether it has
+AVX-512, nor on how arrays happen to be aligned in memory. Re-record after an intended change of behaviour with
+`python tests/test_golden.py`, and say in the commit why the numbers moved.
 """
 
 from __future__ import annotations
@@ -37,9 +37,14 @@ ENV_REWARD_COLUMNS = ("episode_reward",)
 # MKL promises run-to-run reproducibility without STRICT only for aligned arrays. With MKL_CBWR=AVX2 alone the
 # step-0 evaluation of the untrained policy on cheetah_run was 10.03 when recorded and 13.37 on 2026-12-02's
 # machine (a 1000-step episode turns last-bit differences of the actions into different returns); STRICT drops
-# the alignment condition.
+# the alignment condition. MKL's AVX2 branch exists on Intel processors only: on an AMD EPYC (2026-12-04) it ran
+# the AUTO branch, whose matrix products differ from it, and all three files differed from step 0. COMPATIBLE is
+# the branch MKL runs alike on every x86 maker's processors. numpy picks its SIMD kernels when it loads, AVX-512
+# ones where the processor has them, so those are switched off.
+NUMPY_AVX512 = "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL"
 PINNED_KERNELS = {
-    "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1",
+    "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "NPY_DISABLE_CPU_FEATURES": NUMPY_AVX512, "OMP_NUM_THREADS": "1",
 }  # fmt: skip
 
 
