@@ -17,7 +17,7 @@ demo: install
 	$(PY) -m plot curves exp/demo --x both --out figure/demo_walker_walk.png
 
 test: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n auto
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -54,5 +54,5 @@ setup(
     ],
     packages=["agent"],
     install_requires=REQUIRES,
-    extras_require={"dev": ["pytest==9.2.0", "ruff==0.17.6", "selenium==4.50.0"]},
+    extras_require={"dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6", "selenium==4.50.0"]},
 )
