@@ -4,9 +4,11 @@ columns aside (the environment's returns to 1e-13 relative, see ENV_REWARD_COLUM
 what the code computes, by a single float, fails here.
 
 The runs pin the CPU kernels (AVX2 for PyTorch and oneDNN, no AVX-512 for numpy, MKL's vendor-independent
-branch in strict mode, one thread), so the files depend neither on the processor's maker, nor on whether it has
-AVX-512, nor on how arrays happen to be aligned in memory. Re-record after an intended change of behaviour with
-`python tests/test_golden.py`, and say in the commit why the numbers moved.
+branch in strict mode, one thread) so that the files depend neither on the processor's maker, nor on whether it
+has AVX-512, nor on how arrays happen to be aligned in memory. Checked on AMD only: the files were recorded on an
+AMD EPYC; an Intel Xeon with torch 2.11 instead of the pinned 2.13 (2026-12-04) wrote the same step-0 evaluation
+and diverged from the first SAC update on, which the torch version alone can explain. Re-record after an
+intended change of behaviour with `python tests/test_golden.py`, and say in the commit why the numbers moved.
 """
 
 from __future__ import annotations

@@ -148,11 +148,17 @@ def human_run(browser, tmp_path_factory) -> tuple[Path, dict[tuple[int, int], st
             int, re.match(r"query (\d+) of (\d+), round (\d+), \d+ of 20 used", progress).groups()
         )
         if number == 0:
+            # The progress line can show before the first frames are drawn (seen under load with two test workers):
+            # wait until both canvases hold a picture, not one flat colour, then until the left one changes.
+            WebDriverWait(browser, 60).until(
+                lambda driver: min(canvas_pixels(driver, side).std() for side in ("left", "right")) > 1.0
+            )
             first = canvas_pixels(browser, "left")
-            time.sleep(0.3)
+            WebDriverWait(browser, 10, poll_frequency=0.3).until(  # the video plays
+                lambda driver, first=first: np.abs(first - canvas_pixels(driver, "left")).mean() > 0.5
+            )
             later, right = canvas_pixels(browser, "left"), canvas_pixels(browser, "right")
-            assert np.abs(first - later).mean() > 0.5  # the video plays
-            assert np.abs(later - right).mean() > 0.5  # and the two sides show different segments
+            assert np.abs(later - right).mean() > 0.5  # the two sides show different segments
             browser.save_screenshot(str(run_dir / "page.png"))
             if os.environ.get("QPA_SAVE_SCREENSHOT"):
                 shutil.copy(run_dir / "page.png", REPO_ROOT / "figure" / "human_feedback_page.png")
