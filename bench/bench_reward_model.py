@@ -10,13 +10,14 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_replay import synchronize, time_per_call
 
 from reward_model import RewardModel, reward_model_from_keys
 from utils import choose_device
@@ -50,21 +51,6 @@ def model_with_labels(
     return model
 
 
-def seconds_per_call(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    fn()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - start) / repeats
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -75,7 +61,7 @@ def main() -> None:
     for ensemble_size in (1, 3):
         for data_aug_ratio in (0, 20):
             model = model_with_labels(4 * 128, ensemble_size, data_aug_ratio, device)
-            epoch = seconds_per_call(model.train_reward, 1, device)  # 4 minibatches of 128 pairs
+            epoch = time_per_call(model.train_reward, 1, device, warmup=1)  # 4 minibatches of 128 pairs
             rows.append((f"train steps/s, 128 pairs, E={ensemble_size}, crop x{data_aug_ratio}", f"{4 / epoch:.1f}"))
 
     for ensemble_size in (1, 3):
@@ -99,16 +85,16 @@ def main() -> None:
             for chunk in transitions.split(65536):
                 model.predict_reward(chunk)
 
-        per_row = seconds_per_call(relabel, 2, device) / len(transitions)
+        per_row = time_per_call(relabel, 2, device, warmup=1) / len(transitions)
         rows.append((f"relabel 100k transitions, E={ensemble_size}", f"{per_row * 1e6:.2f} us/transition"))
         one_row = transitions[:1]
-        per_step = seconds_per_call(lambda model=model, row=one_row: model.predict_reward(row), 2000, device)
+        per_step = time_per_call(lambda model=model, row=one_row: model.predict_reward(row), 2000, device, warmup=1)
         rows.append((f"predict_reward, 1 row, E={ensemble_size}", f"{per_step * 1e6:.1f} us"))
 
     model = reward_model_from_keys(DS, DA, device, ensemble_size=3, segment=SEGMENT)
     obs, act = np.zeros(DS, dtype=np.float32), np.zeros(DA, dtype=np.float32)
     steps = iter(range(10**9))
-    per_add = seconds_per_call(lambda: model.add_data(obs, act, 0.0, next(steps) % 1000 == 999), 20000, device)
+    per_add = time_per_call(lambda: model.add_data(obs, act, 0.0, next(steps) % 1000 == 999), 20000, device, warmup=1)
     rows.append(("add_data, 1 step", f"{per_add * 1e6:.1f} us"))
 
     width = max(len(name) for name, _ in rows)
