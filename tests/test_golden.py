@@ -1,6 +1,6 @@
-"""Behaviour pinned by golden files: three fixed-seed tiny runs (QPA on walker_walk, PEBBLE on cheetah_run, SURF
-on Meta-World drawer-open) must write exactly the eval.csv and train.csv recorded in tests/golden/, timing
-columns aside (the environment's returns to 1e-13 relative, see ENV_REWARD_COLUMNS). A refactor that changes
+"""Behaviour pinned by golden files: four fixed-seed tiny runs (QPA on walker_walk, PEBBLE on cheetah_run, SURF
+on Meta-World drawer-open, RUNE on walker_walk) must write exactly the eval.csv and train.csv recorded in
+tests/golden/, timing columns aside (the environment's returns to 1e-13 relative, see ENV_REWARD_COLUMNS). A refactor that changes
 what the code computes, by a single float, fails here.
 
 The runs pin the CPU kernels (AVX2 for PyTorch and oneDNN, no AVX-512 for numpy, MKL's vendor-independent
@@ -8,7 +8,8 @@ branch in strict mode, one thread) so that the files depend neither on the proce
 has AVX-512, nor on how arrays happen to be aligned in memory. Checked on AMD only: the files were recorded on an
 AMD EPYC; an Intel Xeon with torch 2.11 instead of the pinned 2.13 (2026-12-04) wrote the same step-0 evaluation
 and diverged from the first SAC update on, which the torch version alone can explain. Re-record after an
-intended change of behaviour with `python tests/test_golden.py`, and say in the commit why the numbers moved.
+intended change of behaviour with `python tests/test_golden.py [name ...]`, and say in the commit why the numbers
+moved.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ GOLDEN_RUNS = {
     "qpa_walker_walk": ["env=walker_walk", "method=qpa"],
     "pebble_cheetah_run": ["env=cheetah_run", "method=pebble"],
     "surf_metaworld_drawer-open": ["env=metaworld_drawer-open-v3", "method=surf", "eval_frequency=500"],
+    "rune_walker_walk": ["env=walker_walk", "method=rune"],
 }
 LOGS = ("eval.csv", "train.csv")
 # The environment's own returns, summed from Meta-World's numpy reward code, came out one ulp apart between two
@@ -80,7 +82,7 @@ def test_fixed_seed_runs_write_the_golden_logs(name: str, tmp_path: Path) -> Non
 if __name__ == "__main__":
     import tempfile
 
-    for run_name in sorted(GOLDEN_RUNS):
+    for run_name in sys.argv[1:] or sorted(GOLDEN_RUNS):
         with tempfile.TemporaryDirectory() as scratch:
             (GOLDEN_DIR / run_name).mkdir(parents=True, exist_ok=True)
             for log_name, log_frame in run_golden(run_name, Path(scratch) / run_name).items():
