@@ -1,7 +1,7 @@
 """Behaviour pinned by golden files: four fixed-seed tiny runs (QPA on walker_walk, PEBBLE on cheetah_run, SURF
 on Meta-World drawer-open, RUNE on walker_walk) must write exactly the eval.csv and train.csv recorded in
-tests/golden/, timing columns aside (the environment's returns to 1e-13 relative, see ENV_REWARD_COLUMNS). A refactor that changes
-what the code computes, by a single float, fails here.
+tests/golden/, timing columns aside (the environment's returns to 1e-13 relative, see ENV_REWARD_COLUMNS).
+A refactor that changes what the code computes, by a single float, fails here.
 
 The runs pin the CPU kernels (AVX2 for PyTorch and oneDNN, no AVX-512 for numpy, MKL's vendor-independent
 branch in strict mode, one thread) so that the files depend neither on the processor's maker, nor on whether it
