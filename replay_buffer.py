@@ -22,10 +22,9 @@ with a modulo, so it never reaches an unwritten or overwritten slot.
 Relabelling likewise covers every stored slot once the ring has wrapped (the
 original relabelled only the slots before the write position).
 
-RUNE's exploration bonus (Liang et al., ICLR 2022): with `store_reward_std`
-the buffer keeps a second column, the reward ensemble's std of r̂(s, a), and
-every sampled reward is `reward + bonus_weight * reward_std`, computed in the
-same gather; the trainer sets `bonus_weight` (β_t) as training goes.
+For RUNE (Liang et al., ICLR 2022), `store_reward_std` keeps a second column, the
+reward ensemble's std of r̂(s, a), which batches carry as `reward_std`; the bonus
+itself is a transform of the sampled batch (methods/rune.py).
 """
 
 from __future__ import annotations
@@ -48,6 +47,7 @@ class Batch(NamedTuple):
     next_obs: torch.Tensor
     not_done: torch.Tensor
     not_done_no_max: torch.Tensor
+    reward_std: torch.Tensor | None = None  # the reward ensemble's std of r̂, in buffers with `store_reward_std`
 
 
 class RewardPredictor(Protocol):
@@ -69,7 +69,7 @@ class ReplayBuffer:
 
     `max_episode_len` bounds the recent-episode bookkeeping: an episode that
     runs longer without `done` is counted in chunks of that many transitions.
-    `store_reward_std` adds the `reward_std` column of RUNE's bonus (see the module docstring).
+    `store_reward_std` adds the `reward_std` column RUNE's bonus reads (see the module docstring).
     """
 
     def __init__(
@@ -103,8 +103,7 @@ class ReplayBuffer:
         self.not_done = storage(1)
         self.not_done_no_max = storage(1)
         self.reward_std = storage(1) if store_reward_std else None
-        self.bonus_weight = 0.0  # β of the sampled reward + β * reward_std (RUNE); a plain float, set per step
-        self._fields = Batch._fields + (("reward_std",) if store_reward_std else ())
+        self._fields = Batch._fields if store_reward_std else Batch._fields[:-1]
 
         self.rng = np.random.default_rng(seed)
         # Positions are absolute (ever-growing) step counts; slot = position % capacity.
@@ -212,12 +211,7 @@ class ReplayBuffer:
 
     def _gather(self, idx: np.ndarray) -> Batch:
         idx_t = self._staged(idx, np.int64).to(self.device, non_blocking=True)
-        batch = Batch(*(getattr(self, name).index_select(0, idx_t) for name in Batch._fields))
-        if self.reward_std is not None and self.bonus_weight:
-            batch = batch._replace(
-                reward=batch.reward.add(self.reward_std.index_select(0, idx_t), alpha=self.bonus_weight)
-            )
-        return batch
+        return Batch(*(getattr(self, name).index_select(0, idx_t) for name in self._fields))
 
     def sample(self, batch_size: int) -> Batch:
         """Uniform over every stored transition."""

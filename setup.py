@@ -52,7 +52,7 @@ setup(
         "human_teacher",
         "labelling_app",
     ],
-    packages=["agent"],
+    packages=["agent", "methods"],
     install_requires=REQUIRES,
     extras_require={"dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6", "selenium==4.50.0"]},
 )

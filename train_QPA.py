@@ -42,8 +42,9 @@ from config_schema import (
 )  # fmt: skip
 from human_teacher import HumanTeacher, ReplayTeacher, SimStateRecorder
 from logger import Logger
+from methods.rune import RuneBonus
 from queries import QUERY_SCHEMES
-from replay_buffer import ReplayBuffer
+from replay_buffer import Batch, ReplayBuffer
 from reward_model import RewardModel
 from run_dir import CHECKPOINT_NAME, RunRefusedError, prepare_run_dir, write_status
 from teacher import QueryRound, Teacher, TeacherError
@@ -126,6 +127,7 @@ class Workspace:
         self.learns_reward = cfg.reward_source == "learned"
         self.query_scheme = cfg.scheme
         self.reward_model = make_reward_model(cfg, obs_dim, action_dim, self.device, reward_seed)
+        self.batch_transforms = [RuneBonus(cfg.rune_beta_init, cfg.rune_beta_decay)] if cfg.rune_beta_init > 0 else []
         self.teacher = make_teacher(cfg, work_dir, self.env, self.reward_model)
         # The simulator state of every step, to show a person the segments of a query (teacher=human only)
         self.recorder = self.teacher.recorder if isinstance(self.teacher, HumanTeacher) else None
@@ -252,7 +254,8 @@ class Workspace:
         the SAC update of the phase."""
         cfg = self.cfg
         if phase == "true_reward":
-            self.last_update_metrics = self.agent.update(self.replay_buffer, self.step, cfg.gradient_update)
+            uniform = lambda: self.replay_buffer.sample(self.agent.batch_size)  # noqa: E731
+            self.last_update_metrics = self.agent.update(uniform, self.step, cfg.gradient_update)
         elif phase == "unsupervised":
             self.last_update_metrics = self.agent.update_state_ent(self.replay_buffer, self.step, K=cfg.topK)
         elif phase == "first_feedback":
@@ -277,21 +280,23 @@ class Workspace:
             return self.reward_model.predict_reward(obs_action), None
         return self.reward_model.predict_reward_and_std(obs_action)
 
-    def set_exploration_bonus(self) -> None:
-        """RUNE: SAC batches get r̂ + β_t std(r̂) with β_t = β_0 (1 - ρ)^t (a float; the buffer adds it per batch)."""
-        if self.replay_buffer.reward_std is not None:
-            self.replay_buffer.bonus_weight = self.cfg.rune_beta_init * (1.0 - self.cfg.rune_beta_decay) ** self.step
+    def sample(self, hybrid: bool) -> Batch:
+        """A SAC batch on the learned reward: QPA's hybrid replay (`her_ratio` of it from the N newest episodes) or
+        uniform, with the method's batch transforms (RUNE's bonus) applied."""
+        cfg, batch_size = self.cfg, self.agent.batch_size
+        if hybrid:
+            batch = self.replay_buffer.sample_hybrid(batch_size, cfg.max_reward_buffer_size, cfg.her_ratio)
+        else:
+            batch = self.replay_buffer.sample(batch_size)
+        for transform in self.batch_transforms:
+            batch = transform(batch, self.step)
+        return batch
 
     def update_agent(self) -> None:
         """One SAC update after the first feedback: hybrid replay while feedback remains (QPA), else uniform."""
         cfg = self.cfg
-        self.set_exploration_bonus()
-        if cfg.hybrid_replay and self.total_feedback < cfg.max_feedback:
-            self.last_update_metrics = self.agent.update_onpolicy_sample(
-                self.replay_buffer, self.step, cfg.max_reward_buffer_size, cfg.gradient_update, cfg.her_ratio
-            )
-        else:
-            self.last_update_metrics = self.agent.update(self.replay_buffer, self.step, cfg.gradient_update)
+        hybrid = cfg.hybrid_replay and self.total_feedback < cfg.max_feedback
+        self.last_update_metrics = self.agent.update(lambda: self.sample(hybrid), self.step, cfg.gradient_update)
 
     # ------------------------------------------------------------------ preference feedback
     def first_feedback(self) -> None:
@@ -352,10 +357,9 @@ class Workspace:
         self.replay_buffer.relabel_with_predictor(self.reward_model)
         if query_round.first:
             self.agent.reset_critic()
-            self.set_exploration_bonus()
-            self.last_update_metrics = self.agent.update_after_reset(
-                self.replay_buffer, self.step, gradient_update=self.cfg.reset_update, policy_update=True
-            )
+            # The frequencies count these updates, so the actor and target keep pace with the many critic steps.
+            for index in range(self.cfg.reset_update):
+                self.last_update_metrics = self.agent.update(lambda: self.sample(hybrid=False), index)
 
     def log_query_alignment(self) -> None:
         """Query-policy alignment (the QPA paper's Figure 11): the mean per-step log π(a|s) under the current

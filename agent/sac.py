@@ -1,4 +1,5 @@
-"""Soft Actor-Critic with the update variants PEBBLE and QPA need (ALGORITHM.md §2, §6).
+"""Soft Actor-Critic: one update loop on batches the caller draws, and PEBBLE's state-entropy batches
+(ALGORITHM.md §2, §6).
 
 Every update returns its metrics as detached 0-d tensors on the agent's device, so a training step never
 waits for the device; the caller converts them only when it logs.
@@ -125,91 +126,57 @@ class SACAgent:
         """log π(a|s) [N, 1] of state-action rows under the current stochastic policy."""
         return self.actor(obs.to(self.device)).log_prob(action.to(self.device))
 
-    # ------------------------------------------------------------------ learning steps
-    def _update_critic(
-        self,
-        obs: torch.Tensor,
-        action: torch.Tensor,
-        reward: torch.Tensor,
-        next_obs: torch.Tensor,
-        not_done: torch.Tensor,
-    ) -> Metrics:
+    # ------------------------------------------------------------------ learning
+    def critic_loss(self, batch: Batch) -> torch.Tensor:
+        """The clipped double-Q TD loss of a replay batch; `not_done_no_max` lets time-limit cuts bootstrap."""
         # no_grad rather than inference_mode: the target is saved by the loss's autograd graph.
         with torch.no_grad():
-            next_action, next_log_prob = self.actor(next_obs).rsample_with_log_prob()
-            target_q1, target_q2 = self.critic_target(next_obs, next_action)
+            next_action, next_log_prob = self.actor(batch.next_obs).rsample_with_log_prob()
+            target_q1, target_q2 = self.critic_target(batch.next_obs, next_action)
             target_v = torch.min(target_q1, target_q2) - self.alpha * next_log_prob
-            target_q = torch.addcmul(reward, not_done, target_v, value=self.discount)
-        q1, q2 = self.critic(obs, action)
-        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
-        return {"critic_loss": critic_loss.detach(), "batch_reward": reward.mean()}
+            target_q = torch.addcmul(batch.reward, batch.not_done_no_max, target_v, value=self.discount)
+        q1, q2 = self.critic(batch.obs, batch.action)
+        return F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
 
-    def _update_actor_and_alpha(self, obs: torch.Tensor) -> Metrics:
+    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAC's policy loss on a batch of observations, and the log-probabilities [B, 1] of its actions."""
         action, log_prob = self.actor(obs).rsample_with_log_prob()
         q1, q2 = self.critic(obs, action)
-        actor_loss = (self.alpha.detach() * log_prob - torch.min(q1, q2)).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        # Only the actor's gradients: autograd then skips the critic's weight gradients entirely.
-        actor_loss.backward(inputs=self.actor_params)
-        self.actor_optimizer.step()
-        metrics = {"actor_loss": actor_loss.detach(), "actor_entropy": -log_prob.detach().mean()}
-        if self.learnable_temperature:
-            alpha_loss = (self.alpha * (-log_prob.detach() - self.target_entropy)).mean()
-            self.log_alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.log_alpha_optimizer.step()
-            metrics["alpha_loss"] = alpha_loss.detach()
-        metrics["alpha"] = self.alpha.detach()
-        return metrics
+        return (self.alpha.detach() * log_prob - torch.min(q1, q2)).mean(), log_prob
 
-    def _learn(self, batch: Batch, update_actor: bool) -> Metrics:
-        """One critic step on a replay batch, then the actor and temperature when `update_actor`."""
-        # not_done_no_max: episodes cut by the time limit still bootstrap.
-        metrics = self._update_critic(batch.obs, batch.action, batch.reward, batch.next_obs, batch.not_done_no_max)
-        if update_actor:
-            metrics.update(self._update_actor_and_alpha(batch.obs))
-        return metrics
-
-    def _update_steps(
-        self, sample: Callable[[], Batch], step: int, gradient_update: int, policy_update: bool = True
+    def update(
+        self, sample: Callable[[], Batch], step: int, gradient_update: int = 1, policy_update: bool = True
     ) -> Metrics:
-        """The one SAC update loop: `gradient_update` steps on batches from `sample`; the actor and temperature
-        (when `policy_update`) and the target critic follow their frequencies in `step`."""
+        """`gradient_update` SAC steps on batches from `sample`: each a critic step, then (when `policy_update` and
+        `step` is a multiple of the actor's frequency) an actor and a temperature step; the target critic follows
+        its own frequency in `step`. Where the batches come from (uniform, hybrid, state entropy, with a bonus) is
+        the caller's choice, so every variant PEBBLE and QPA need is this one loop."""
         _require(gradient_update >= 1, "gradient_update", gradient_update, "a positive integer")
         update_actor = policy_update and step % self.actor_update_frequency == 0
         for _ in range(gradient_update):
-            metrics = self._learn(sample(), update_actor)
+            batch = sample()
+            critic_loss = self.critic_loss(batch)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            self.critic_optimizer.step()
+            metrics = {"critic_loss": critic_loss.detach(), "batch_reward": batch.reward.mean()}
+            if not update_actor:
+                continue
+            actor_loss, log_prob = self.actor_loss(batch.obs)
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            # Only the actor's gradients: autograd then skips the critic's weight gradients entirely.
+            actor_loss.backward(inputs=self.actor_params)
+            self.actor_optimizer.step()
+            metrics.update(actor_loss=actor_loss.detach(), actor_entropy=-log_prob.detach().mean())
+            if self.learnable_temperature:
+                alpha_loss = (self.alpha * (-log_prob.detach() - self.target_entropy)).mean()
+                self.log_alpha_optimizer.zero_grad(set_to_none=True)
+                alpha_loss.backward()
+                self.log_alpha_optimizer.step()
+                metrics["alpha_loss"] = alpha_loss.detach()
+            metrics["alpha"] = self.alpha.detach()
         if step % self.critic_target_update_frequency == 0:
             utils.soft_update_params(self.critic, self.critic_target, self.critic_tau)
-        return metrics
-
-    # ------------------------------------------------------------------ public update variants
-    def update(self, replay_buffer: ReplayBuffer, step: int, gradient_update: int = 1) -> Metrics:
-        """SAC on uniform replay batches."""
-        return self._update_steps(lambda: replay_buffer.sample(self.batch_size), step, gradient_update)
-
-    def update_onpolicy_sample(
-        self, replay_buffer: ReplayBuffer, step: int, size: int, gradient_update: int = 1, her_ratio: float = 0.5
-    ) -> Metrics:
-        """QPA's hybrid experience replay: `her_ratio` of each batch from the `size` most recent episodes, the
-        rest uniform."""
-        sample = lambda: replay_buffer.sample_hybrid(self.batch_size, size, her_ratio)  # noqa: E731
-        return self._update_steps(sample, step, gradient_update)
-
-    def update_after_reset(
-        self, replay_buffer: ReplayBuffer, step: int, gradient_update: int = 1, policy_update: bool = True
-    ) -> Metrics:
-        """Warm up a freshly reset critic: `gradient_update` steps on uniform batches.
-
-        Here the frequencies count these inner iterations (not `step`), so the actor, the temperature and the
-        target critic keep pace with the many critic steps taken at once.
-        """
-        _require(gradient_update >= 1, "gradient_update", gradient_update, "a positive integer")
-        for index in range(gradient_update):
-            metrics = self._update_steps(lambda: replay_buffer.sample(self.batch_size), index, 1, policy_update)
         return metrics
 
     def update_state_ent(self, replay_buffer: ReplayBuffer, step: int, gradient_update: int = 1, K: int = 5) -> Metrics:
@@ -230,7 +197,7 @@ class SACAgent:
             reward = state_entropy / self.s_ent_stats.std if self.normalize_state_entropy else state_entropy
             return batch._replace(reward=reward)
 
-        metrics = self._update_steps(intrinsic_batch, step, gradient_update)
+        metrics = self.update(intrinsic_batch, step, gradient_update)
         return {**metrics, "state_entropy": entropies[-1]}
 
     # ------------------------------------------------------------------ persistence

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sac import CASES, make_agent, random_buffer, time_ms
+from bench_sac import CASES, make_agent, random_buffer, time_ms, update_on
 
 import utils
 from agent.sac import SACAgent
@@ -43,9 +43,8 @@ def graphed_updates(
     batches = (buffer.sample(batch_size), buffer.sample(batch_size))
 
     def two_updates() -> dict[str, torch.Tensor]:
-        agent._learn(batches[0], update_actor=True)
-        utils.soft_update_params(agent.critic, agent.critic_target, agent.critic_tau)
-        return agent._learn(batches[1], update_actor=True)
+        agent.update(lambda: batches[0], step=0)  # the target critic follows at step 0, as at every even step
+        return agent.update(lambda: batches[1], step=1)
 
     # Warm-up on a side stream, as CUDA graph capture requires (optimiser state and autograd buffers exist).
     side = torch.cuda.Stream()
@@ -84,7 +83,8 @@ def main() -> None:
         buffer = random_buffer(obs_dim, action_dim, BUFFER_FILL, device)
         steps = iter(range(10**9))
         calls = 20 if hidden_dim * batch_size >= 1 << 20 else 100
-        eager, _ = time_ms(lambda a=agent, b=buffer, s=steps: a.update(b, next(s)), device, calls)
+        update = update_on(agent, buffer, method)
+        eager, _ = time_ms(lambda u=update, s=steps: u(next(s)), device, calls)
         replay, metrics = graphed_updates(agent, buffer, batch_size)
         graphed, _ = time_ms(replay, device, calls // 2)
         graphed /= 2  # one replay is two updates

@@ -113,6 +113,13 @@ def matmul_gflops(rows: int, width: int, device: torch.device) -> float:
     return 2 * rows * width * width / best_ms / 1e6
 
 
+def update_on(agent: SACAgent, buffer: ReplayBuffer, method: str) -> Callable[[int], dict[str, torch.Tensor]]:
+    """One SAC update at a step: on uniform batches ("update") or PEBBLE's state-entropy batches."""
+    if method == "update_state_ent":
+        return lambda step: agent.update_state_ent(buffer, step)
+    return lambda step: agent.update(lambda: buffer.sample(agent.batch_size), step)
+
+
 def bench_updates(device: torch.device) -> list[tuple[str, float, float, float, float]]:
     """(label, best ms, median ms, GFLOP of matmuls per update, the time those take at this machine's rate)."""
     rows = []
@@ -120,12 +127,12 @@ def bench_updates(device: torch.device) -> list[tuple[str, float, float, float, 
         utils.set_seed_everywhere(0)
         agent = make_agent(obs_dim, action_dim, hidden_dim, hidden_depth, batch_size, device)
         buffer = random_buffer(obs_dim, action_dim, BUFFER_FILL, device)
-        update = getattr(agent, method)
+        update = update_on(agent, buffer, method)
         step = iter(range(10**9))
         calls = 5 if hidden_dim * batch_size >= 1 << 20 else 50
-        best, median = time_ms(lambda u=update, s=step, b=buffer: u(b, next(s)), device, calls)
+        best, median = time_ms(lambda u=update, s=step: u(next(s)), device, calls)
         with FlopCounterMode(display=False) as counter:
-            update(buffer, next(step))
+            update(next(step))
         gflop = counter.get_total_flops() / 1e9
         rows.append((label, best, median, gflop, 1e3 * gflop / matmul_gflops(batch_size, hidden_dim, device)))
     return rows
@@ -160,7 +167,7 @@ def train_true_reward(
             action = rng.uniform(-1.0, 1.0, action_dim).astype(np.float32)
         else:
             action = agent.act(obs, sample=True)
-            agent.update(buffer, step)
+            agent.update(lambda: buffer.sample(agent.batch_size), step)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         buffer.add(obs, action, reward, next_obs, float(terminated or truncated), float(terminated))
         obs = env.reset()[0] if terminated or truncated else next_obs

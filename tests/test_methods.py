@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 import queries
 import train_QPA
 from config_schema import METHOD_SWITCHES, ConfigError, TrainConfig, method_preset
+from methods.rune import RuneBonus
 from plot import main as plot_main
 from replay_buffer import ReplayBuffer
 from reward_model import RewardModel, crop_windows, pseudo_labels, window_sums
@@ -348,12 +349,20 @@ def test_rune_workspace_stores_the_ensemble_std_and_decays_beta(tmp_path) -> Non
     )
     assert torch.equal(mean, expected_mean) and torch.equal(std, expected_std) and float(std) > 0
     fill(buffer, np.random.default_rng(3))
-    betas = []
+    buffer.reward_std[: len(buffer)] = 2.0
+    (bonus,) = workspace.batch_transforms
+    betas, added = [], []
     for step in (0, 100_000, 300_000):
         workspace.step = step
+        state = buffer.rng.bit_generator.state
+        plain_batch = buffer.sample(workspace.agent.batch_size)
+        buffer.rng.bit_generator.state = state
+        batch = workspace.sample(hybrid=False)  # the same rows, as SAC trains on them at this step
+        added.append(float(((batch.reward - plain_batch.reward) / 2.0).mean()))
+        betas.append(bonus.weight(step))
         workspace.update_agent()
-        betas.append(buffer.bonus_weight)
     assert betas == pytest.approx([0.05 * (1 - 1e-5) ** step for step in (0, 100_000, 300_000)], rel=1e-12)
+    assert added == pytest.approx(betas, rel=1e-5)
     assert betas[1] == pytest.approx(0.05 * math.exp(-1), rel=1e-4) and betas[0] > betas[1] > betas[2]
 
     plain = make_workspace(tmp_path / "qpa")
@@ -473,11 +482,12 @@ def test_rune_bonus_is_beta_times_the_ensemble_std() -> None:
     assert torch.allclose(buffer.reward[:300], mean) and torch.allclose(buffer.reward_std[:300], std)
     assert float(std.min()) > 0
     for beta in (0.05, 0.05 * (1 - 1e-5) ** 200_000, 0.0):
-        buffer.bonus_weight = plain.bonus_weight = beta
+        bonus = RuneBonus(beta, 0.0)
         for batch in (buffer.sample(64), buffer.sample_hybrid(64, 1, 0.5), buffer.sample_onpolicy(64, 1)):
+            batch = bonus(batch, step=123)
             index = row_index(batch.obs, buffer.obs[:300])
             assert torch.allclose(batch.reward, mean[index] + beta * std[index], atol=1e-6)
-        batch = plain.sample(64)  # no std column: the bonus weight has nothing to scale
+        batch = plain.sample(64)  # no std column: plain r̂, as every method without RUNE trains on
         assert torch.allclose(batch.reward, mean[row_index(batch.obs, plain.obs[:300])], atol=1e-6)
 
     step_buffer = ReplayBuffer((24,), (6,), 10, "cpu", store_reward_std=True)

@@ -39,6 +39,11 @@ def small_agent(batch_size: int = 64, **overrides) -> SACAgent:
     return make_agent(OBS_DIM, ACT_DIM, hidden_dim=32, hidden_depth=2, batch_size=batch_size, device="cpu", **overrides)
 
 
+def uniform(buffer: ReplayBuffer, agent: SACAgent):
+    """The sampler of SAC on uniform replay batches."""
+    return lambda: buffer.sample(agent.batch_size)
+
+
 def parameters(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
@@ -176,7 +181,7 @@ def test_reset_critic_and_reset_actor_touch_only_their_part():
     buffer = indexed_buffer(300, 50)
     agent = small_agent()
     for step in range(5):
-        agent.update(buffer, step)
+        agent.update(uniform(buffer, agent), step)
     actor, critic, target = parameters(agent.actor), parameters(agent.critic), parameters(agent.critic_target)
     log_alpha = agent.log_alpha.detach().clone()
     assert not torch.isclose(log_alpha, torch.tensor(np.log(0.1), dtype=torch.float32))  # the temperature moved
@@ -194,7 +199,8 @@ def test_reset_critic_and_reset_actor_touch_only_their_part():
     assert same(parameters(agent.critic), critic)
     assert not agent.actor_optimizer.state
 
-    metrics = agent.update_after_reset(buffer, step=100, gradient_update=4)
+    for index in range(4):  # the updates after a reset, as the first feedback round runs them
+        metrics = agent.update(uniform(buffer, agent), index)
     assert not same(parameters(agent.critic), critic)
     assert set(metrics) == {"critic_loss", "batch_reward", "actor_loss", "actor_entropy", "alpha_loss", "alpha"}
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in metrics.values())
@@ -204,13 +210,13 @@ def test_actor_and_target_follow_their_update_frequencies():
     buffer = indexed_buffer(300, 50)
     agent = small_agent(actor_update_frequency=2, critic_target_update_frequency=3)
     actor, target = parameters(agent.actor), parameters(agent.critic_target)
-    metrics = agent.update(buffer, step=1)
+    metrics = agent.update(uniform(buffer, agent), step=1)
     assert set(metrics) == {"critic_loss", "batch_reward"}
     assert same(parameters(agent.actor), actor) and same(parameters(agent.critic_target), target)
-    metrics = agent.update(buffer, step=2)
+    metrics = agent.update(uniform(buffer, agent), step=2)
     assert {"actor_loss", "alpha_loss", "alpha", "actor_entropy"} <= set(metrics)
     assert not same(parameters(agent.actor), actor) and same(parameters(agent.critic_target), target)
-    agent.update(buffer, step=3)
+    agent.update(uniform(buffer, agent), step=3)
     assert not same(parameters(agent.critic_target), target)
 
 
@@ -221,7 +227,7 @@ def test_state_dict_round_trip_gives_identical_updates(tmp_path):
     agent_a = small_agent()
     for step in range(4):
         agent_a.update_state_ent(buffer_a, step)
-        agent_a.update(buffer_a, step)
+        agent_a.update(uniform(buffer_a, agent_a), step)
 
     torch.manual_seed(123)
     agent_b = small_agent()
@@ -239,8 +245,8 @@ def test_state_dict_round_trip_gives_identical_updates(tmp_path):
             runs.append(
                 {
                     "ent": agent.update_state_ent(buffer, step),
-                    "hybrid": agent.update_onpolicy_sample(buffer, step, size=2),
-                    "uniform": agent.update(buffer, step),
+                    "hybrid": agent.update(lambda b=buffer, a=agent: b.sample_hybrid(a.batch_size, 2, 0.5), step),
+                    "uniform": agent.update(uniform(buffer, agent), step),
                 }
             )
         for kind in runs[0]:
@@ -280,7 +286,8 @@ def test_onpolicy_update_draws_her_ratio_of_each_batch_from_recent_episodes():
     for her_ratio in (0.5, 0.25):
         buffer.batches.clear()
         for step in range(4):
-            metrics = agent.update_onpolicy_sample(buffer, step, size=recent, gradient_update=2, her_ratio=her_ratio)
+            hybrid = lambda r=her_ratio: buffer.sample_hybrid(agent.batch_size, recent, r)  # noqa: E731
+            metrics = agent.update(hybrid, step, gradient_update=2)
         assert buffer.calls[-1] == (256, recent, her_ratio) and len(buffer.batches) == 8
         # The batch the critic saw is the one drawn: its mean reward is the reported batch_reward.
         assert float(metrics["batch_reward"]) == pytest.approx(float(buffer.batches[-1][2].mean()))
@@ -301,7 +308,8 @@ def test_bad_arguments_raise_one_line_value_errors():
     with pytest.raises(ConfigError, match="log_std_bounds"):
         ActorParams(log_std_bounds=(2.0, -5.0))
     with pytest.raises(ValueError, match="gradient_update"):
-        small_agent().update(indexed_buffer(10, 5), 0, gradient_update=0)
+        agent = small_agent()
+        agent.update(uniform(indexed_buffer(10, 5), agent), 0, gradient_update=0)
 
 
 def test_config_files_build_an_agent():
