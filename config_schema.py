@@ -2,8 +2,8 @@
 
 The dataclasses below are registered in Hydra's ConfigStore as `train_schema`, the base of config/train_QPA.yaml,
 so Hydra composes every run onto them and types each key. The key names are the original release's (its
-run_QPA.sh command lines run unchanged); related keys are grouped into sections, and a component takes its section
-(`RewardModel(RewardConfig.of(cfg), ...)`). Validation lives here too: building a section or the whole
+run_QPA.sh command lines run unchanged); related keys are grouped into sections, and a builder reads its section
+(`make_reward_trainer(RewardConfig.of(cfg), ...)`). Validation lives here too: building a section or the whole
 `TrainConfig` checks every field against its rule and then the rules between fields, and a bad value is one
 ConfigError line naming the key, the value and what is allowed, before any environment or network is built.
 
@@ -16,10 +16,12 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import importlib
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -29,10 +31,11 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import II, DictConfig, OmegaConf, ValidationError, open_dict
 
 import utils
+from feedback import FEEDBACK_STEPS
+from preferences import QPA_CROP_SHRINK
 from queries import QUERY_SCHEMES, feed_types, scheme_for_feed_type
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
-QPA_CROP_SHRINK = (5, 15)  # QPA temporal cropping removes 5 to 15 of a segment's steps
 DMC_EPISODE_STEPS = 1000
 METAWORLD_EPISODE_STEPS = 500
 NAME_CHARACTERS = r"[^/\\#?%:\s]+"  # W&B refuses these characters in a project or entity name
@@ -157,8 +160,8 @@ class EnvName:
 
 
 class SchemeName:
-    """A scheme of the query-selection registry: the built-in ones or any registered since (README, "Adding a
-    query scheme"); the README's table lists only the built-in ones, whatever else a process has registered."""
+    """A scheme of the query-selection registry: the built-in ones or any registered since (docs/EXTENDING.md);
+    the config reference lists only the built-in ones, whatever else a process has registered."""
 
     @property
     def text(self) -> str:
@@ -171,7 +174,39 @@ class SchemeName:
 
 def key(default: Any, rule: Callable[[Any], str | None] | None, doc: str, switch: bool = False) -> Any:
     """A config key: its default, its rule, its one-line help; `switch` marks a method switch."""
-    return field(default=default, metadata={"rule": rule, "doc": doc, "switch": switch})
+    metadata = {"rule": rule, "doc": doc, "switch": switch}
+    if isinstance(default, list):  # a mutable default: each config gets its own copy
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def default_of(item: Any) -> Any:
+    """A schema field's default value."""
+    return item.default_factory() if item.default is MISSING else item.default
+
+
+@dataclass(frozen=True)
+class Names:
+    """A list of names, each a registered one (`options`) or, with `module`, a dotted module path."""
+
+    options: Callable[[], tuple[str, ...]] | None = None
+    described: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.described
+
+    def __call__(self, value: Any) -> str | None:
+        names = list(value) if isinstance(value, list | tuple) or OmegaConf.is_list(value) else None
+        if names is None or not all(isinstance(name, str) for name in names):
+            return f"must be a list of names: {self.described}"
+        allowed = self.options() if self.options else None
+        for name in names:
+            if allowed is not None and name not in allowed:
+                return f"{name!r} is not {self.described}"
+            if allowed is None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                return f"{name!r} is not {self.described}"
+        return None
 
 
 Section_ = TypeVar("Section_", bound="Section")
@@ -281,6 +316,11 @@ class RunConfig(Section):
         "appended to the run directory name, for sweeps over keys that are not method switches",
     )
     run_label: str = key(II("method_label:"), None, "the run's name in plots: the method and every switch changed")
+    imports: list[str] = key(
+        [],
+        Names(described="a module to import (a dotted name on the Python path)"),
+        "your modules, imported before the config is checked: query schemes, feedback steps, method presets",
+    )
 
     def check_relations(self) -> None:
         try:
@@ -306,7 +346,7 @@ class ScheduleConfig(Section):
 
 @dataclass
 class QueryConfig(Section):
-    """When queries are asked, how many, and which (ALGORITHM.md §3)."""
+    """When queries are asked, how many, which (ALGORITHM.md §3), and what follows their labels (§2)."""
 
     # Any, not str: a bare `true` on the command line must be refused, not turned into the name 'True'
     reward_source: Any = key(
@@ -348,6 +388,12 @@ class QueryConfig(Section):
         "false, or the share of each batch drawn from all N episodes (the rest from the 10 newest)",
     )
     large_batch: int = key(10, Int(), "candidates per query for disagreement / entropy sampling", switch=True)
+    feedback_steps: list[str] = key(
+        ["train_reward", "relabel", "reset_critic_after_first_round"],
+        Names(lambda: tuple(FEEDBACK_STEPS), "a registered feedback step (feedback.py) or one of your own"),
+        "what follows each round's labels, in order (feedback.py)",
+        switch=True,
+    )
 
     def check_relations(self) -> None:
         if self.reward_source == "learned" and self.reward_batch > self.max_feedback:
@@ -536,9 +582,42 @@ def nested_rule(path: str) -> Callable[[Any], str | None] | None:
 # ---------------------------------------------------------------------- checking a composed config
 
 
+def import_modules(names: Iterable[str]) -> None:
+    """Import the modules of the `imports` key, whose query schemes, feedback steps and method presets register
+    themselves as they load. The current directory is searched too, as `python -m` does."""
+    names = list(names)
+    if names and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        problem = Names(described="a module to import (a dotted name on the Python path)")([name])
+        if problem:
+            fail("imports", names, problem)
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # a missing module, or an error while it runs
+            reason = str(error).splitlines()[0] if str(error) else ""
+            fail("imports", names, f"importing {name} failed ({type(error).__name__}: {reason})")
+
+
+def requested_imports(overrides: list[str]) -> list[str]:
+    """The modules an `imports=...` command-line override names, before any config is composed (a method preset of
+    one of them must exist when Hydra looks it up)."""
+    names: list[str] = []
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name.lstrip("+") == "imports" and value:
+            try:
+                parsed = yaml_value(value)
+            except HydraException:
+                fail("imports", value, "must be a list of module names, e.g. imports=[my_module]")
+            names += [str(module) for module in parsed] if isinstance(parsed, list) else [str(parsed)]
+    return names
+
+
 def check_config(cfg: DictConfig) -> TrainConfig:
     """The typed config of a composed one (Hydra's own node left out); ConfigError (one line) for the first value
-    that cannot work."""
+    that cannot work. The `imports` modules are imported first, so their registered names are valid values."""
+    import_modules(cfg.get("imports") or [])
     plain = copy.copy(cfg)
     with open_dict(plain):
         plain.pop("hydra", None)
@@ -566,6 +645,7 @@ def compose_checked(overrides: list[str], config_name: str = "train_QPA") -> Dic
     """Compose the config from command-line `overrides` as Hydra will and check it: Hydra's multi-line errors (an
     unknown key or group option, a value of the wrong type, a malformed override) become one ConfigError line that
     names the closest valid names. Returns the composed config, Hydra's node included."""
+    import_modules(requested_imports(overrides))
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
             cfg = compose(config_name, overrides, return_hydra_config=True)
@@ -635,11 +715,15 @@ def _flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
 @functools.cache
 def method_preset(name: str) -> dict[str, Any]:
     """The switch values of config/method/<name>.yaml, after its parents (its defaults list) and the schema."""
-    values = {item.name: item.default for item in fields(TrainConfig) if item.metadata.get("switch")}
+    values = {item.name: default_of(item) for item in fields(TrainConfig) if item.metadata.get("switch")}
     path = CONFIG_DIR / "method" / f"{name}.yaml"
-    if not path.exists():
+    stored = ConfigStore.instance().repo.get("method", {}).get(f"{name}.yaml")  # a preset of an `imports` module
+    if path.exists():
+        preset = OmegaConf.to_container(OmegaConf.load(path))
+    elif stored is not None:
+        preset = OmegaConf.to_container(stored.node)
+    else:
         return values
-    preset = OmegaConf.to_container(OmegaConf.load(path))
     for parent in preset.pop("defaults", []):
         if parent != "_self_":
             values.update(method_preset(parent))
@@ -651,11 +735,16 @@ def method_run_dir(*, _root_: DictConfig) -> str:
     """Run-directory component: '' for plain QPA (the original release's layout), else the method and every switch
     changed from the method preset, e.g. 'pebble/' or 'qpa_query_scheme-uniform/'."""
     preset = method_preset(_root_.method)
-    changed = [f"{name}-{_root_[name]}" for name in METHOD_SWITCHES if _root_[name] != preset[name]]
+    changed = [f"{name}-{_value_name(_root_[name])}" for name in METHOD_SWITCHES if _root_[name] != preset[name]]
     if _root_.feed_type is not None:
         changed.append(f"feed_type-{_root_.feed_type}")
     parts = [_root_.method, *changed] + ([str(_root_.run_tag)] if _root_.run_tag else [])
     return "" if parts == ["qpa"] else "_".join(parts) + "/"
+
+
+def _value_name(value: Any) -> str:
+    """A switch value as a directory name: lists (feedback_steps) as their items joined by '+'."""
+    return "+".join(map(str, value)) if OmegaConf.is_list(value) or isinstance(value, list) else str(value)
 
 
 def method_label(*, _root_: DictConfig) -> str:
@@ -670,7 +759,7 @@ OmegaConf.register_new_resolver("method_label", method_label, replace=True)
 
 
 def reference_table() -> str:
-    """The config reference of the README: one Markdown row per key (`python config_schema.py` prints it)."""
+    """docs/CONFIG.md's reference: one Markdown row per key (`python config_schema.py` prints it)."""
     rows = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
     for section in (*SECTIONS, SACParams, ActorParams, CriticParams):
         for item in fields(section):
@@ -678,7 +767,7 @@ def reference_table() -> str:
             allowed = getattr(rule, "text", None) or (rule(object()) or "") if rule else ""
             allowed = allowed.removeprefix("must be ").removeprefix("allowed: ")
             doc = item.metadata["doc"] + (" (method switch)" if item.metadata["switch"] else "")
-            cells = (f"`{section.path}{item.name}`", f"`{item.default}`", allowed, doc)
+            cells = (f"`{section.path}{item.name}`", f"`{default_of(item)}`", allowed, doc)
             rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(rows)
 

@@ -17,7 +17,6 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -29,10 +28,11 @@ from PIL import Image
 
 import utils
 from config_schema import TeacherConfig
+from episodes import EpisodeStore
+from labelling_app import LabellingServer, bind
 from run_dir import LABELS_NAME
-from teacher import Answers, QueryRound, TeacherError
+from teacher import ANSWER_LABELS, Answers, QueryRound, TeacherError
 
-ANSWER_LABELS: dict[str, float | None] = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
 SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # positions, velocities, actuator and mocap state: what is drawn
 # Model fields a reset may move: Meta-World places each episode's objects (body_pos) and goal (site_pos) there.
 LAYOUT_FIELDS = ("body_pos", "body_quat", "site_pos")
@@ -52,14 +52,14 @@ CREATE TABLE IF NOT EXISTS rounds (
 
 
 class SimStateRecorder:
-    """The simulator state before every step of the last `max_episodes` episodes (those the reward model keeps,
-    counted the same way), plus each episode's layout (LAYOUT_FIELDS)."""
+    """The simulator state before every step of the episode being collected, and its layout (LAYOUT_FIELDS). When
+    the episode ends, both go into the episode store beside its (s, a) rows, so a person's segments come from exactly
+    the episodes the queries come from, kept and numbered in one place."""
 
-    def __init__(self, env: Any, max_episodes: int | None) -> None:
+    def __init__(self, env: Any, episodes: EpisodeStore) -> None:
         self.model, self.data = env.sim
+        self.episodes = episodes
         self.state_size = mujoco.mj_stateSize(self.model, SIM_STATE)
-        self.episodes: deque[tuple[int, Layout, np.ndarray]] = deque(maxlen=max_episodes)
-        self.episodes_closed = 0
         self._states: list[np.ndarray] = []
         self._layout = self.layout()
 
@@ -75,31 +75,25 @@ class SimStateRecorder:
         self._states.append(state.astype(np.float32))  # half the memory; float32 is exact enough to draw
 
     def end_episode(self) -> None:
-        self.episodes.append((self.episodes_closed, self._layout, np.stack(self._states)))
-        self.episodes_closed += 1
+        """Attach the states to the episode the store has just closed."""
+        self.episodes.episodes[-1].sim = (self._layout, np.stack(self._states))
         self._states = []
 
     def segment(self, episode: int, start: int, length: int) -> tuple[Layout, np.ndarray]:
-        """(layout, states [length, state size]) of one stored segment."""
-        first = self.episodes[0][0] if self.episodes else self.episodes_closed
-        if not first <= episode < self.episodes_closed:
-            raise KeyError(f"episode {episode} is no longer kept (episodes {first} ... {self.episodes_closed - 1})")
-        _, layout, states = self.episodes[episode - first]
+        """(layout, states [length, state size]) of one stored segment; KeyError once its episode is dropped."""
+        layout, states = self.episodes.episode(episode).sim
         return layout, states[start : start + length]
 
     @property
     def nbytes(self) -> int:
-        stored = sum(states.nbytes + sum(map(np.size, layout.values())) * 8 for _, layout, states in self.episodes)
+        kept = [episode.sim for episode in self.episodes if episode.sim is not None]
+        stored = sum(states.nbytes + sum(map(np.size, layout.values())) * 8 for layout, states in kept)
         return stored + len(self._states) * self.state_size * 4
 
     def state_dict(self) -> dict[str, Any]:
-        return {"episodes": list(self.episodes), "episodes_closed": self.episodes_closed, "open": list(self._states),
-                "layout": self._layout}  # fmt: skip
+        return {"open": list(self._states), "layout": self._layout}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.episodes.clear()
-        self.episodes.extend(state["episodes"])
-        self.episodes_closed = int(state["episodes_closed"])
         self._states = list(state["open"])
         self._layout = state["layout"]
 
@@ -227,8 +221,6 @@ class HumanTeacher:
 
     def __init__(self, cfg: TeacherConfig, work_dir: Path, env_name: str, seed: int, recorder: SimStateRecorder,
                  segment: int) -> None:  # fmt: skip
-        from labelling_app import bind
-
         bind(cfg.human_host, cfg.human_port).close()  # a port in use fails now, not at the first round
         self.cfg = cfg
         self.store = LabelStore(work_dir / LABELS_NAME)
@@ -281,6 +273,18 @@ class HumanTeacher:
     def wait(self, seconds: float) -> None:
         with self._changed:
             self._changed.wait(seconds)
+
+    def metrics(self, query_round: QueryRound, step: int) -> dict[str, float]:
+        """How long the round waited for the person, the simulator states kept, and the round's rendering time."""
+        return {"label_wait_steps": step - query_round.opened_step, "sim_state_mb": self.recorder.nbytes / 2**20,
+                "render_seconds": self.render_seconds}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """A person's answers live in labels.sqlite, the simulator states in the episode store."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: see state_dict."""
 
     def progress(self) -> str:
         with self._changed:
@@ -346,8 +350,6 @@ class HumanTeacher:
     def _start_server(self) -> None:
         if self._server is not None:
             return
-        from labelling_app import LabellingServer
-
         self._fps = self._start_renderer()
         server = LabellingServer(self, self.cfg.human_host, self.cfg.human_port)
         try:
@@ -439,6 +441,16 @@ class ReplayTeacher:
 
     def progress(self) -> str:
         return "replaying recorded answers"
+
+    def metrics(self, query_round: QueryRound, step: int) -> dict[str, float]:
+        return {"label_wait_steps": step - query_round.opened_step}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded answers are all in labels_from."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: see state_dict."""
 
     def close(self) -> None:
         self.store.db.close()

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,14 +22,21 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from human_teacher import ANSWER_LABELS
-from teacher import TeacherError
-
-if TYPE_CHECKING:
-    from human_teacher import HumanTeacher
+from teacher import ANSWER_LABELS, TeacherError
 
 PAGE = Path(__file__).resolve().parent / "labelling_page.html"
 START_TIMEOUT_S = 30.0
+
+
+class LabellingSource(Protocol):
+    """What the page serves: human_teacher.HumanTeacher."""
+
+    step: int
+
+    def claim(self) -> dict[str, Any] | None: ...
+    def progress(self) -> str: ...
+    def video(self, round_index: int, query: int, side: int) -> bytes | None: ...
+    def answer(self, round_index: int, query: int, answer: str, labeller: str) -> bool: ...
 
 
 class TokenRequired(BaseHTTPMiddleware):
@@ -44,7 +51,7 @@ class TokenRequired(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-def make_app(teacher: HumanTeacher, token: str) -> Starlette:
+def make_app(teacher: LabellingSource, token: str) -> Starlette:
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE.read_text())
 
@@ -95,7 +102,7 @@ def bind(host: str, port: int) -> socket.socket:
 class LabellingServer:
     """uvicorn in a daemon thread on a socket bound here, so that a port in use is one clear error."""
 
-    def __init__(self, teacher: HumanTeacher, host: str, port: int) -> None:
+    def __init__(self, teacher: LabellingSource, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.token = secrets.token_urlsafe(16)
         config = uvicorn.Config(make_app(teacher, self.token), log_level="warning", lifespan="off")

@@ -1,36 +1,91 @@
-"""Query selection: which pairs of segments a query round puts to the teacher.
+"""Query selection: which pairs of segments a query round puts to the teacher (ALGORITHM.md §5).
 
 Every scheme is one function registered under its config name (`query_scheme=<name>`); the CLI, the sweeps,
-`feed_type` and validation all read this registry, so a new scheme is one decorated function:
+`feed_type` and validation all read this registry, so a new scheme is one decorated function, in this repository or
+in a module of yours named by the `imports` key:
 
-    @register("my_scheme")
-    def my_scheme(model: RewardModel, num: int) -> SegmentPairs:
-        pairs, rewards = history_candidates(model, num * model.large_batch)
-        chosen = ...  # indices of `num` candidates
-        return pairs[chosen], rewards[chosen]
+    @register("most_likely")
+    def most_likely(ctx: QueryContext) -> SegmentPairs:
+        candidates = ctx.sample_pairs(ctx.num * ctx.large_batch, ctx.history())
+        score = ctx.log_likelihood(candidates).mean((1, 2))  # per-step log π(a|s), averaged per pair
+        return candidates.take(top(score, ctx.num))
 
-A selector returns `num` candidate pairs [num, 2, S, ds + da] with their true rewards [num, 2, S]; the reward
-model then labels them with the teacher and stores them (`RewardModel.query`).
+A selector gets a `QueryContext`, everything a scheme may need and nothing else, and returns `ctx.num` candidate
+pairs with their true rewards and origins; the training loop then asks the teacher and stores the labels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 import utils
+from episodes import Episode, EpisodeStore, SegmentPairs
 
 if TYPE_CHECKING:
     from reward_model import RewardModel
 
-SegmentPairs = tuple[np.ndarray, np.ndarray]  # pairs [num, 2, S, ds + da], true rewards [num, 2, S]
-Selector = Callable[["RewardModel", int], SegmentPairs]
+Selector = Callable[["QueryContext"], SegmentPairs]
 EXPLORE_NEWEST_EPISODES = 10  # with `explore`, the non-exploring share of queries comes from this many episodes
 LABELLED_PER_DISTANCE = 512  # labelled pairs per k-center distance matrix, to bound its memory
+
+
+class Policy(Protocol):
+    def log_likelihood(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    """What a scheme selects from: the round's size, the episode store and the round's random stream, the ensemble's
+    scores, the labelled pairs, and the current policy's log-likelihood."""
+
+    num: int  # queries this round
+    episodes: EpisodeStore
+    segment: int  # steps per segment
+    recent: int  # N: the policy-aligned window (max_reward_buffer_size)
+    large_batch: int  # candidates per query for the ensemble-scored schemes
+    explore: float  # QPA's `explore` share (0: off)
+    rng: np.random.Generator
+    reward_model: RewardModel
+    labelled_pairs: torch.Tensor  # [M, 2, S, ds + da]
+    policy: Policy | None  # None outside a training run (the reward model's own tests)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.episodes.obs_dim
+
+    def history(self) -> list[Episode]:
+        """Every stored episode (the `history_episodes` newest)."""
+        return list(self.episodes)
+
+    def recent_episodes(self, num: int | None = None) -> list[Episode]:
+        """The `num` (default N) most recent episodes."""
+        return self.episodes.recent(num or self.recent)
+
+    def sample_pairs(self, num: int, episodes: list[Episode]) -> SegmentPairs:
+        """`num` uniformly drawn pairs from `episodes`, from this round's random stream."""
+        return self.episodes.sample_segment_pairs(num, episodes, self.segment, self.rng)
+
+    def disagreement(self, candidates: SegmentPairs) -> torch.Tensor:
+        """Std over the ensemble of P[σ1 ≻ σ0], per pair [num]."""
+        return self.reward_model.disagreement(candidates.pairs)
+
+    def entropy(self, candidates: SegmentPairs) -> torch.Tensor:
+        """Bradley-Terry entropy averaged over the ensemble, per pair [num]."""
+        return self.reward_model.entropy(candidates.pairs)
+
+    def log_likelihood(self, candidates: SegmentPairs) -> torch.Tensor:
+        """log π(a|s) of every step of every segment under the current policy: [num, 2, S]."""
+        if self.policy is None:
+            raise ValueError("policy=None: this selection has no policy; allowed: schemes that do not use one")
+        pairs = candidates.pairs
+        rows = torch.as_tensor(pairs.reshape(-1, pairs.shape[-1]), device=self.reward_model.device)
+        log_prob = self.policy.log_likelihood(rows[:, : self.obs_dim], rows[:, self.obs_dim :])
+        return log_prob.view(pairs.shape[:3])
 
 
 @dataclass(frozen=True)
@@ -67,89 +122,81 @@ def feed_types() -> dict[int, str]:
     return {scheme.feed_type: name for name, scheme in QUERY_SCHEMES.items() if scheme.feed_type is not None}
 
 
-def history_candidates(model: RewardModel, num: int) -> SegmentPairs:
-    """`num` uniformly drawn pairs from every stored episode."""
-    return model.sample_segment_pairs(num, list(model.episodes))
-
-
 def top(score: torch.Tensor, num: int) -> np.ndarray:
     return utils.to_np(torch.topk(score, min(num, len(score))).indices)
 
 
 @register("policy_aligned", recent_only=True)
-def policy_aligned(model: RewardModel, num: int) -> SegmentPairs:
-    """QPA's policy-aligned selection: uniform pairs from the recent-episode window, the N = `max_size` most recent
-    episodes. With `explore` = x, a fraction x comes from all N and the rest from the 10 newest."""
-    recent = list(model.episodes)[-model.max_size :]
-    if not model.explore:
-        return model.sample_segment_pairs(num, recent)
-    num_wide = round(model.explore * num)
-    wide = model.sample_segment_pairs(num_wide, recent)
-    newest = model.sample_segment_pairs(num - num_wide, recent[-EXPLORE_NEWEST_EPISODES:])
-    return np.concatenate([wide[0], newest[0]]), np.concatenate([wide[1], newest[1]])
+def policy_aligned(ctx: QueryContext) -> SegmentPairs:
+    """QPA's policy-aligned selection: uniform pairs from the recent-episode window, the N most recent episodes.
+    With `explore` = x, a fraction x comes from all N and the rest from the 10 newest."""
+    recent = ctx.recent_episodes()
+    if not ctx.explore:
+        return ctx.sample_pairs(ctx.num, recent)
+    num_wide = round(ctx.explore * ctx.num)
+    wide = ctx.sample_pairs(num_wide, recent)
+    newest = ctx.sample_pairs(ctx.num - num_wide, recent[-EXPLORE_NEWEST_EPISODES:])
+    return SegmentPairs.concat(wide, newest)
 
 
 @register("uniform", feed_type=0)
-def uniform(model: RewardModel, num: int) -> SegmentPairs:
+def uniform(ctx: QueryContext) -> SegmentPairs:
     """PEBBLE's uniform selection over the whole episode store."""
-    return history_candidates(model, num)
+    return ctx.sample_pairs(ctx.num, ctx.history())
 
 
 @register("disagreement", uses_reward_model=True, feed_type=1)
-def disagreement(model: RewardModel, num: int) -> SegmentPairs:
+def disagreement(ctx: QueryContext) -> SegmentPairs:
     """The `num` of `num × large_batch` history candidates with the largest ensemble disagreement."""
-    pairs, rewards = history_candidates(model, num * model.large_batch)
-    chosen = top(model.disagreement(pairs), num)
-    return pairs[chosen], rewards[chosen]
+    candidates = ctx.sample_pairs(ctx.num * ctx.large_batch, ctx.history())
+    return candidates.take(top(ctx.disagreement(candidates), ctx.num))
 
 
 @register("entropy", uses_reward_model=True, feed_type=2)
-def entropy(model: RewardModel, num: int) -> SegmentPairs:
+def entropy(ctx: QueryContext) -> SegmentPairs:
     """The `num` of `num × large_batch` history candidates with the largest preference entropy."""
-    pairs, rewards = history_candidates(model, num * model.large_batch)
-    chosen = top(model.entropy(pairs), num)
-    return pairs[chosen], rewards[chosen]
+    candidates = ctx.sample_pairs(ctx.num * ctx.large_batch, ctx.history())
+    return candidates.take(top(ctx.entropy(candidates), ctx.num))
 
 
 @register("kcenter", uses_reward_model=True, feed_type=3)
-def kcenter(model: RewardModel, num: int) -> SegmentPairs:
+def kcenter(ctx: QueryContext) -> SegmentPairs:
     """Greedy k-center over state features of history candidates, against the already-labelled pairs."""
-    pairs, rewards = history_candidates(model, num * model.large_batch)
-    chosen = kcenter_indices(model, pairs, num)
-    return pairs[chosen], rewards[chosen]
+    candidates = ctx.sample_pairs(ctx.num * ctx.large_batch, ctx.history())
+    return candidates.take(kcenter_indices(ctx, candidates.pairs, ctx.num))
 
 
-def _kcenter_of_shortlist(model: RewardModel, num: int, score: Callable[[np.ndarray], torch.Tensor]) -> SegmentPairs:
+def _kcenter_of_shortlist(ctx: QueryContext, score: Callable[[SegmentPairs], torch.Tensor]) -> SegmentPairs:
     """k-center among the best-scored half of `num × large_batch` history candidates (B-Pref's hybrids)."""
-    pairs, rewards = history_candidates(model, num * model.large_batch)
-    shortlist = top(score(pairs), len(pairs) // 2)
-    chosen = shortlist[kcenter_indices(model, pairs[shortlist], num)]
-    return pairs[chosen], rewards[chosen]
+    candidates = ctx.sample_pairs(ctx.num * ctx.large_batch, ctx.history())
+    shortlist = top(score(candidates), len(candidates.pairs) // 2)
+    return candidates.take(shortlist[kcenter_indices(ctx, candidates.pairs[shortlist], ctx.num)])
 
 
 @register("kcenter_disagree", uses_reward_model=True, feed_type=4)
-def kcenter_disagree(model: RewardModel, num: int) -> SegmentPairs:
-    return _kcenter_of_shortlist(model, num, model.disagreement)
+def kcenter_disagree(ctx: QueryContext) -> SegmentPairs:
+    return _kcenter_of_shortlist(ctx, ctx.disagreement)
 
 
 @register("kcenter_entropy", uses_reward_model=True, feed_type=5)
-def kcenter_entropy(model: RewardModel, num: int) -> SegmentPairs:
-    return _kcenter_of_shortlist(model, num, model.entropy)
+def kcenter_entropy(ctx: QueryContext) -> SegmentPairs:
+    return _kcenter_of_shortlist(ctx, ctx.entropy)
 
 
 @torch.inference_mode()
-def kcenter_indices(model: RewardModel, pairs: np.ndarray, num: int) -> np.ndarray:
+def kcenter_indices(ctx: QueryContext, pairs: np.ndarray, num: int) -> np.ndarray:
     """Indices of `num` candidates picked greedily to be farthest from the labelled pairs and each other.
 
     Features are the states of both segments, flattened (as in B-Pref); actions are left out.
     """
     num = min(num, len(pairs))
-    features = torch.as_tensor(pairs[..., : model.ds], device=model.device).flatten(1)
-    nearest = torch.full((len(pairs),), torch.inf, device=model.device)
-    labelled_pairs, _ = model.labelled_data()
-    for chunk in labelled_pairs[..., : model.ds].flatten(1).split(LABELLED_PER_DISTANCE) if len(labelled_pairs) else ():
+    device = ctx.labelled_pairs.device
+    features = torch.as_tensor(pairs[..., : ctx.obs_dim], device=device).flatten(1)
+    nearest = torch.full((len(pairs),), torch.inf, device=device)
+    labelled = ctx.labelled_pairs[..., : ctx.obs_dim].flatten(1)
+    for chunk in labelled.split(LABELLED_PER_DISTANCE) if len(labelled) else ():
         nearest = torch.minimum(nearest, torch.cdist(features, chunk).amin(1))
-    chosen = torch.empty(num, dtype=torch.long, device=model.device)
+    chosen = torch.empty(num, dtype=torch.long, device=device)
     for pick in range(num):
         index = torch.argmax(nearest)
         chosen[pick] = index

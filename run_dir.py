@@ -1,7 +1,8 @@
 """A run directory: what it holds, whether a run may start or resume in it, and its status file.
 
 A directory from an earlier run is resumed only when its config matches (except RESUME_MUTABLE_KEYS) and its files
-are whole; otherwise the run stops with one line naming the file and the way out (README, "Checkpoint and resume").
+are whole; otherwise the run stops with one line naming the file and the way out (docs/RUNS.md, "Checkpoint and
+resume").
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import utils
 from config_schema import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# The layout of checkpoint.pt (train_QPA.Workspace.checkpointed_parts); a file of another layout is refused in one
+# line. 2: one entry per part (schedule, episodes, preferences, reward model and trainer, teacher, ...), 2026-12.
+CHECKPOINT_FORMAT = 2
 CONFIG_NAME = "config.yaml"
 LABELS_NAME = "labels.sqlite"  # a person's answers (human_teacher.py)
 # status.json: {"state": running | finished | failed | interrupted, "step": last checkpoint, "error": ...}
@@ -144,15 +148,37 @@ def compare_saved_config(work_dir: Path, current: dict[str, Any]) -> None:
 
 
 def checkpoint_position(path: Path) -> tuple[int, int]:
-    """(step, last evaluation step) of a checkpoint; RunDirDamagedError when it does not load."""
+    """(step, last evaluation step) of a checkpoint; RunDirDamagedError when it does not load or has another
+    layout than this code writes."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return int(state["step"]), int(state["last_eval_step"])
+        counters = state["counters"] if state.get("format") == CHECKPOINT_FORMAT else None
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise RunDirDamagedError(
             f"{path} is damaged ({type(error).__name__}: {reason[:120]}); restore it or start over with overwrite=true"
         ) from None
+    if counters is None:
+        raise RunDirDamagedError(
+            f"{path} has checkpoint format {state.get('format', 1)}, this code reads format {CHECKPOINT_FORMAT}; "
+            "resume it with the commit that wrote it, or start over with overwrite=true"
+        )
+    return int(counters["step"]), int(counters["last_eval_step"])
+
+
+def save_checkpoint(path: Path, counters: dict[str, Any], parts: dict[str, Any]) -> None:
+    """Write the run's counters and the state of each part atomically: the old file or the new, never half."""
+    state = {"format": CHECKPOINT_FORMAT, "counters": counters}
+    state |= {name: part.state_dict() for name, part in parts.items()}
+    utils.atomic_torch_save(state, path)
+
+
+def load_checkpoint(path: Path, device: torch.device, parts: dict[str, Any]) -> dict[str, Any]:
+    """Restore each part from `path` (written by save_checkpoint) and return the counters."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    return state["counters"]
 
 
 def logged_steps(csv_path: Path) -> set[int]:

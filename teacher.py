@@ -13,12 +13,16 @@ mistakes flip the preference; "equal" overrides everything, so an equal label is
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from tqdm import tqdm
 
 Answers = tuple[np.ndarray, np.ndarray]  # the answered queries' indices (int64) and their labels (float32)
+# A person's answers as labels: left 0 (σ0 preferred), right 1, equal 0.5, and skip leaves the query out.
+ANSWER_LABELS: dict[str, float | None] = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
 
 
 @dataclass
@@ -47,7 +51,23 @@ class Teacher(Protocol):
     def answers(self, step: int) -> Answers | None: ...
     def wait(self, seconds: float) -> None: ...
     def progress(self) -> str: ...
+    def metrics(self, query_round: QueryRound, step: int) -> dict[str, float]: ...
     def close(self) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def wait_for_answers(teacher: Teacher, step: int, progress: Any) -> Answers:
+    """Wait until a person has answered the open round (human_mode=sync), showing how far they are on the tqdm bar
+    `progress`."""
+    tqdm.write(f"step {step}: waiting for labels ({teacher.progress()})", file=sys.stderr)
+    answers = teacher.answers(step)
+    while answers is None:
+        progress.set_description(f"waiting for labels: {teacher.progress()}", refresh=True)
+        teacher.wait(1.0)
+        answers = teacher.answers(step)
+    progress.set_description("")
+    return answers
 
 
 class ScriptedTeacher:
@@ -141,6 +161,10 @@ class ScriptedTeacher:
 
     def progress(self) -> str:
         return "scripted"
+
+    def metrics(self, query_round: QueryRound, step: int) -> dict[str, float]:
+        """The script answers at once: nothing to report."""
+        return {}
 
     def close(self) -> None:
         """Nothing to release."""

@@ -4,22 +4,22 @@
     python train_QPA.py env=walker_walk seed=1 max_feedback=100 reward_batch=10 num_interact=20000
     python train_QPA.py +preset=quick env=walker_walk        # a complete scaled-down run on a CPU
 
-Per env step: evaluate/reset at episode ends, act (random during the seed phase), update (PEBBLE
-state-entropy pre-training, then preference feedback every `num_interact` steps and SAC on the learned
-reward with hybrid replay while feedback remains), step the env and store the transition.
+Per env step: evaluate/reset at episode ends, act (random during the seed phase), ask the teacher when a round is
+due and run the method's feedback steps once its labels are in, update SAC (state entropy while PEBBLE pre-trains,
+then r̂ with hybrid replay while feedback remains), step the env and store the transition.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import signal
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import hydra
 import numpy as np
@@ -33,21 +33,29 @@ import utils
 from agent.sac import SACAgent
 from config_schema import (
     ConfigError,
-    QueryConfig,
     RewardConfig,
     TeacherConfig,
     TrainConfig,
     check_config,
     check_overrides,
+    import_modules,
+    requested_imports,
 )  # fmt: skip
+from episodes import EpisodeStore
+from evaluation import evaluate_policy
+from feedback import ask_queries, build_steps
 from human_teacher import HumanTeacher, ReplayTeacher, SimStateRecorder
 from logger import Logger
 from methods.rune import RuneBonus
-from queries import QUERY_SCHEMES
+from methods.surf import PseudoLabelLoss
+from preferences import PreferenceDataset
 from replay_buffer import Batch, ReplayBuffer
 from reward_model import RewardModel
-from run_dir import CHECKPOINT_NAME, RunRefusedError, prepare_run_dir, write_status
-from teacher import QueryRound, Teacher, TeacherError
+from reward_trainer import RewardTrainer
+from run_dir import CHECKPOINT_NAME, RunRefusedError, load_checkpoint, prepare_run_dir, save_checkpoint, write_status
+from schedule import FeedbackSchedule, Phase
+from teacher import ScriptedTeacher, Teacher, TeacherError, wait_for_answers
+from utils import NonFiniteError
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
 # wandb receives the original release's metric names, so existing dashboards keep working.
@@ -58,11 +66,6 @@ REFERENCE_WANDB_NAMES = {
     "train/reward_train_acc": "train_acc",
     "train/reward_loss": "reward_loss",
 }
-METAWORLD_REWARD_ACCURACY = 0.97  # Meta-World reward training stops once the mean accuracy passes this
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or predicted reward became NaN/inf; the run stops and keeps its last good checkpoint."""
 
 
 class RunFailedError(RuntimeError):
@@ -84,25 +87,95 @@ def make_agent(
     )
 
 
-def make_reward_model(
-    cfg: TrainConfig, obs_dim: int, action_dim: int, device: torch.device, seed: np.random.SeedSequence
-) -> RewardModel:
-    """The reward model (with its scripted teacher) from its sections of the config."""
-    sections = RewardConfig.of(cfg), QueryConfig.of(cfg), TeacherConfig.of(cfg)
-    return RewardModel(*sections, obs_dim, action_dim, device, seed=int(seed.generate_state(1)[0]))
+class RewardSeeds(NamedTuple):
+    """The seeds of everything preference learning draws at random, each its own stream."""
+
+    net: int  # the ensemble's initial weights
+    queries: int  # query selection
+    training: int  # minibatch order and crops
+    teacher: int  # the scripted teacher's noise
+    unlabelled: int  # SURF's unlabelled pairs
+
+    @classmethod
+    def of(cls, net: int) -> RewardSeeds:
+        """The streams that follow from the seed of the ensemble's weights."""
+        queries, training, teacher, unlabelled = (int(s) for s in np.random.SeedSequence(net).generate_state(4))
+        return cls(net, queries, training, teacher, unlabelled)
 
 
-def make_teacher(cfg: TrainConfig, work_dir: Path, env: Any, reward_model: RewardModel) -> Teacher:
-    """The reward model's scripted teacher, a person in the browser, or the replay of a person's answers."""
-    if cfg.teacher_type == "scripted":
-        return reward_model.teacher
+def make_reward_model(cfg: RewardConfig, input_dim: int, device: torch.device, seed: int) -> RewardModel:
+    return RewardModel(input_dim, cfg.reward_hidden_dim, cfg.reward_hidden_depth, cfg.ensemble_size, cfg.activation,
+                       device, seed)  # fmt: skip
+
+
+def make_reward_trainer(
+    cfg: RewardConfig, model: RewardModel, preferences: PreferenceDataset, episodes: EpisodeStore, seeds: RewardSeeds
+) -> RewardTrainer:
+    """The trainer of r̂, with SURF's pseudo-label term when `semi_supervised`."""
+    terms = []
+    if cfg.semi_supervised:
+        terms.append(PseudoLabelLoss(
+            episodes, segment=cfg.segment, dataaug_window=cfg.dataaug_window, crop_range=cfg.crop_range,
+            num_pairs=cfg.mu * cfg.reward_train_batch, threshold=cfg.threshold_u, weight=cfg.lambda_u,
+            generator=torch.Generator(device=model.device).manual_seed(seeds.unlabelled),
+        ))  # fmt: skip
+    return RewardTrainer(
+        model, preferences, torch.optim.Adam(model.net.parameters(), lr=cfg.reward_lr),
+        batch_size=cfg.reward_train_batch, data_aug_ratio=cfg.data_aug_ratio, label_margin=cfg.label_margin,
+        generator=torch.Generator(device=model.device).manual_seed(seeds.training), loss_terms=terms,
+    )  # fmt: skip
+
+
+def make_teacher(cfg: TrainConfig, work_dir: Path, recorder: SimStateRecorder | None, seed: int) -> Teacher:
+    """B-Pref's scripted teacher, a person in the browser (shown the segments `recorder` keeps), or the replay of a
+    person's answers."""
+    if cfg.teacher_type == "human":
+        return HumanTeacher(TeacherConfig.of(cfg), work_dir, cfg.env, cfg.seed, recorder, cfg.segment)
     if cfg.teacher_type == "replay":
         return ReplayTeacher(TeacherConfig.of(cfg))
-    recorder = SimStateRecorder(env, cfg.history_size)
-    return HumanTeacher(TeacherConfig.of(cfg), work_dir, cfg.env, cfg.seed, recorder, cfg.segment)
+    return ScriptedTeacher(cfg.teacher_beta, cfg.teacher_gamma, cfg.teacher_eps_mistake, cfg.teacher_eps_skip,
+                           cfg.teacher_eps_equal, seed)  # fmt: skip
+
+
+def make_logger(cfg: TrainConfig, work_dir: Path, resume_step: int | None) -> Logger:
+    """Console and CSV, and TensorBoard and wandb when asked, continuing at `resume_step` after a resume."""
+    wandb_init = dict(
+        project=cfg.wandb_project,
+        entity=cfg.wandb_entity,
+        name=f"{cfg.env}_{cfg.experiment}_{cfg.max_feedback}_{cfg.num_interact}_{cfg.seed}",
+        config=dataclasses.asdict(cfg),
+    )
+    return Logger(work_dir, save_tb=cfg.log_save_tb, use_wandb=cfg.wandb, resume_step=resume_step,
+                  wandb_names=REFERENCE_WANDB_NAMES, wandb_init=wandb_init)  # fmt: skip
+
+
+@dataclass
+class EpisodeStats:
+    """A training episode's figures as it runs: length, true and predicted return, Meta-World's success."""
+
+    return_hat: torch.Tensor  # summed on the device, so a step never waits for it
+    length: int = 0
+    reward: float = 0.0
+    success: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, reward: float, info: dict[str, Any]) -> None:
+        self.reward += reward
+        self.length += 1
+        if "success" in info:  # Meta-World: succeeded at some step
+            self.success = max(self.success, float(info["success"]))
+
+
+def check_finite(metrics: dict[str, Any], step: int) -> None:
+    for name, value in metrics.items():
+        if not math.isfinite(float(value)):
+            raise NonFiniteError(f"{name} became {float(value)} at step {step}")
 
 
 class Workspace:
+    # What a checkpoint holds besides the parts of `checkpointed_parts`, and what resume restores.
+    COUNTERS = ("step", "episode", "last_eval_step", "last_eval_return", "recent_returns")
+
     def __init__(self, cfg: TrainConfig, work_dir: Path) -> None:
         self.cfg = cfg
         self.work_dir = work_dir
@@ -112,6 +185,7 @@ class Workspace:
         utils.set_seed_everywhere(cfg.seed)
         # One independent stream per consumer: the same raw stream in two places would correlate their draws.
         action_seed, replay_seed, reward_seed, diagnostic_seed = np.random.SeedSequence(cfg.seed).spawn(4)
+        seeds = RewardSeeds.of(int(reward_seed.generate_state(1)[0]))
 
         self.env = utils.make_env(cfg.env, cfg.seed)
         self.eval_env = utils.make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET)
@@ -123,44 +197,28 @@ class Workspace:
         self.replay_buffer = ReplayBuffer((obs_dim,), (action_dim,), cfg.replay_buffer_capacity, self.device,
                                           max_episode_len=self.max_episode_steps, seed=replay_seed,
                                           store_reward_std=cfg.rune_beta_init > 0)  # fmt: skip
-
-        self.learns_reward = cfg.reward_source == "learned"
-        self.query_scheme = cfg.scheme
-        self.reward_model = make_reward_model(cfg, obs_dim, action_dim, self.device, reward_seed)
-        self.batch_transforms = [RuneBonus(cfg.rune_beta_init, cfg.rune_beta_decay)] if cfg.rune_beta_init > 0 else []
-        self.teacher = make_teacher(cfg, work_dir, self.env, self.reward_model)
+        self.episodes = EpisodeStore(obs_dim, action_dim, cfg.history_size)
+        self.preferences = PreferenceDataset(cfg.segment, obs_dim + action_dim, cfg.max_feedback, self.device)
+        self.reward_model = make_reward_model(cfg, obs_dim + action_dim, self.device, seeds.net)
+        self.reward_trainer = make_reward_trainer(cfg, self.reward_model, self.preferences, self.episodes, seeds)
         # The simulator state of every step, to show a person the segments of a query (teacher=human only)
-        self.recorder = self.teacher.recorder if isinstance(self.teacher, HumanTeacher) else None
+        self.recorder = SimStateRecorder(self.env, self.episodes) if cfg.teacher_type == "human" else None
+        self.teacher = make_teacher(cfg, work_dir, self.recorder, seeds.teacher)
+        self.schedule = FeedbackSchedule.of(cfg)
+        self.feedback_steps = build_steps(cfg.feedback_steps, cfg)
+        self.update_hooks = [step.after_update for step in self.feedback_steps if hasattr(step, "after_update")]
+        self.batch_transforms = [RuneBonus(cfg.rune_beta_init, cfg.rune_beta_decay)] if cfg.rune_beta_init > 0 else []
+        # seed-phase actions, query selection, and the history windows of log_query_alignment
+        self.rngs = utils.RandomStreams(actions=np.random.default_rng(action_seed),
+                                        queries=np.random.default_rng(seeds.queries),
+                                        diagnostic=np.random.default_rng(diagnostic_seed))  # fmt: skip
 
-        self.rng = np.random.default_rng(action_seed)  # seed-phase actions
-        self.diagnostic_rng = np.random.default_rng(diagnostic_seed)  # history windows of log_query_alignment
-        self.step = 0
-        self.episode = 0
-        self.total_feedback = 0
-        self.labeled_feedback = 0
-        self.feedback_rounds = 0
-        self.open_round: QueryRound | None = None  # asked, not yet answered (a person, human_mode=async)
-        self.interact_count = 0
-        self.last_eval_step = -1
-        self.recent_returns: deque[float] = deque(maxlen=10)  # teacher thresholds (ALGORITHM.md §4)
-        self.last_update_metrics: dict[str, torch.Tensor] = {}
-        self.last_eval_return = float("nan")
-
-        resumed_step = self.restore_checkpoint()
-        self.checkpointed_step = resumed_step  # None until a checkpoint exists
-        self.logger = Logger(
-            work_dir,
-            save_tb=cfg.log_save_tb,
-            use_wandb=cfg.wandb,
-            resume_step=resumed_step,
-            wandb_names=REFERENCE_WANDB_NAMES,
-            wandb_init=dict(
-                project=cfg.wandb_project,
-                entity=cfg.wandb_entity,
-                name=f"{cfg.env}_{cfg.experiment}_{cfg.max_feedback}_{cfg.num_interact}_{cfg.seed}",
-                config=dataclasses.asdict(cfg),
-            ),
-        )
+        self.step = self.episode = 0
+        self.last_eval_step, self.last_eval_return = -1, float("nan")
+        self.recent_returns: deque[float] = deque(maxlen=10)  # the teacher's thresholds (ALGORITHM.md §4)
+        self.update_metrics: dict[str, torch.Tensor] = {}
+        self.checkpointed_step = self.restore_checkpoint()  # None until a checkpoint exists
+        self.logger = make_logger(cfg, work_dir, self.checkpointed_step)
 
     # ------------------------------------------------------------------ the loop of ALGORITHM.md §2
     def run(self) -> None:
@@ -173,14 +231,15 @@ class Workspace:
             self.evaluate()  # the untrained policy: every curve starts from the same point
             self.save_checkpoint()
         while self.step < cfg.num_train_steps:
-            obs = self.reset_episode()
-            episode_start_time = time.perf_counter()
-            episode_step, episode_return, episode_success = 0, 0.0, 0.0
-            episode_return_hat = torch.zeros((), device=self.device)
-            done = False
+            # Seeding every episode makes a resumed run continue exactly like an uninterrupted one.
+            obs, _ = self.env.reset(seed=cfg.seed * 100_003 + self.episode)
+            stats, done = EpisodeStats(return_hat=torch.zeros((), device=self.device)), False
             while not done and self.step < cfg.num_train_steps:
                 action = self.act(obs)
-                self.update(self.phase())
+                phase = self.schedule.phase(self.step)
+                if self.schedule.feedback_due(self.step):
+                    self.feedback()
+                self.update_agent(phase)
                 if self.recorder is not None:
                     self.recorder.record()
 
@@ -188,30 +247,23 @@ class Workspace:
                 done = terminated or truncated
                 # dm_control and Meta-World episodes end only at the time limit: bootstrap through it
                 done_no_max = float(terminated)
-                if self.learns_reward:
-                    stored_reward, reward_std = self.predict_step_reward(obs, action)
-                    episode_return_hat += stored_reward.squeeze()
-                    self.reward_model.add_data(obs, action, reward, done)
+                if self.schedule.learns_reward:
+                    # RUNE's bonus needs the ensemble's std beside r̂
+                    with_std = self.replay_buffer.reward_std is not None
+                    stored_reward, reward_std = self.reward_model.predict_step(obs, action, with_std)
+                    stats.return_hat += stored_reward.squeeze()
+                    self.episodes.add(obs, action, reward, done)
                     if done and self.recorder is not None:
                         self.recorder.end_episode()
                 else:
                     stored_reward, reward_std = reward, None
                 self.replay_buffer.add(obs, action, stored_reward, next_obs, float(done), done_no_max, reward_std)
 
-                episode_return += reward
-                if self.is_metaworld:
-                    episode_success = max(episode_success, float(info["success"]))
+                stats.add(reward, info)
                 obs = next_obs
-                episode_step += 1
                 self.step += 1
-                self.interact_count += 1
-            self.finish_episode(
-                episode_step,
-                episode_return,
-                episode_return_hat,
-                episode_success,
-                time.perf_counter() - episode_start_time,
-            )
+                self.schedule.count_step()
+            self.finish_episode(stats)
         if self.last_eval_step != self.step:
             self.evaluate()
             self.save_checkpoint()
@@ -222,63 +274,31 @@ class Workspace:
         self.teacher.close()
         self.logger.close()
 
-    def phase(self) -> str:
-        """The part of the loop the current step is in (ALGORITHM.md §2); each test stands on its own, so the
-        phases do not depend on the order they are checked in.
-
-        seed: no updates (also at step num_seed_steps itself, as in the original); unsupervised: PEBBLE's
-        state-entropy pre-training; first_feedback: the step of the first queries; feedback: every later step;
-        true_reward: SAC on the environment's reward (method=sac_true), which has no queries."""
-        cfg = self.cfg
-        feedback_start = cfg.num_seed_steps + cfg.num_unsup_steps
-        if not self.learns_reward:
-            return "seed" if self.step < cfg.num_seed_steps else "true_reward"
-        if self.step == feedback_start:
-            return "first_feedback"
-        if self.step <= cfg.num_seed_steps:
-            return "seed"
-        return "unsupervised" if self.step < feedback_start else "feedback"
-
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Uniform random actions for the first num_seed_steps, then a sample from the policy."""
         if self.step < self.cfg.num_seed_steps:
-            return self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+            return self.rngs.actions.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
         with utils.eval_mode(self.agent.actor):
             action = self.agent.act(obs, sample=True)
         if not np.isfinite(action).all():  # a diverged update; caught here before it reaches the physics
             raise NonFiniteError(f"the policy produced a non-finite action at step {self.step}")
         return action
 
-    def update(self, phase: str) -> None:
-        """This step's learning, the one entry point of the feedback schedule: queries when they are due, then
-        the SAC update of the phase."""
-        cfg = self.cfg
-        if phase == "true_reward":
-            uniform = lambda: self.replay_buffer.sample(self.agent.batch_size)  # noqa: E731
-            self.last_update_metrics = self.agent.update(uniform, self.step, cfg.gradient_update)
-        elif phase == "unsupervised":
-            self.last_update_metrics = self.agent.update_state_ent(self.replay_buffer, self.step, K=cfg.topK)
-        elif phase == "first_feedback":
-            self.first_feedback()
-        elif phase == "feedback":
-            if self.open_round is not None:
-                self.receive_labels(block=False)
-            elif self.total_feedback < cfg.max_feedback and self.interact_count >= cfg.num_interact:
-                self.collect_feedback()
-            self.update_agent()
-
-    def reset_episode(self) -> np.ndarray:
-        # Seeding every episode makes a resumed run continue exactly like an uninterrupted one.
-        obs, _ = self.env.reset(seed=self.cfg.seed * 100_003 + self.episode)
-        return obs
-
-    def predict_step_reward(self, obs: np.ndarray, action: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """r̂(s, a) and, for RUNE's bonus, the ensemble's std (else None), as device tensors: they go straight into
-        the replay buffer without a host sync."""
-        obs_action = torch.as_tensor(np.concatenate([obs, action])[None], device=self.device)
-        if self.replay_buffer.reward_std is None:
-            return self.reward_model.predict_reward(obs_action), None
-        return self.reward_model.predict_reward_and_std(obs_action)
+    # ------------------------------------------------------------------ learning
+    def update_agent(self, phase: Phase) -> None:
+        """This step's SAC update: on PEBBLE's state entropy while it pre-trains, on r̂ after the first round (hybrid
+        replay while feedback remains: QPA), on the environment's reward for method=sac_true."""
+        cfg, agent = self.cfg, self.agent
+        if phase is Phase.UNSUPERVISED:
+            self.update_metrics = agent.update_state_ent(self.replay_buffer, self.step, K=cfg.topK)
+        elif phase is Phase.TRUE_REWARD:
+            uniform = lambda: self.replay_buffer.sample(agent.batch_size)  # noqa: E731
+            self.update_metrics = agent.update(uniform, self.step, cfg.gradient_update)
+        elif phase is Phase.FEEDBACK:
+            hybrid = cfg.hybrid_replay and self.schedule.budget_left
+            self.update_metrics = agent.update(lambda: self.sample(hybrid), self.step, cfg.gradient_update)
+            for hook in self.update_hooks:
+                hook(self, self.update_metrics)
 
     def sample(self, hybrid: bool) -> Batch:
         """A SAC batch on the learned reward: QPA's hybrid replay (`her_ratio` of it from the N newest episodes) or
@@ -292,227 +312,96 @@ class Workspace:
             batch = transform(batch, self.step)
         return batch
 
-    def update_agent(self) -> None:
-        """One SAC update after the first feedback: hybrid replay while feedback remains (QPA), else uniform."""
-        cfg = self.cfg
-        hybrid = cfg.hybrid_replay and self.total_feedback < cfg.max_feedback
-        self.last_update_metrics = self.agent.update(lambda: self.sample(hybrid), self.step, cfg.gradient_update)
-
-    # ------------------------------------------------------------------ preference feedback
-    def first_feedback(self) -> None:
-        """First queries; once answered, relabel everything collected so far and restart the critic (ALGORITHM.md
-        §2, `receive_labels`)."""
-        self.collect_feedback(first=True)
-
-    def collect_feedback(self, first: bool = False) -> None:
-        """Open a query round: its size and the scripted teacher's thresholds, the queries, and their labels (at
-        once, unless a person answers with human_mode=async: then at a later step)."""
-        cfg = self.cfg
-        self.reward_model.change_batch(self.batch_fraction())
-        margin = (np.mean(self.recent_returns) if self.recent_returns else 0.0) * cfg.segment / self.max_episode_steps
-        self.teacher.set_thres_skip(margin)
-        self.teacher.set_thres_equal(margin)
-        if self.reward_model.mb_size + self.total_feedback > cfg.max_feedback:
-            self.reward_model.set_batch(cfg.max_feedback - self.total_feedback)
-
-        scheme = self.query_scheme
-        if first and QUERY_SCHEMES[scheme].uses_reward_model:
-            scheme = "uniform"  # ensemble-based scores mean nothing before the first training (B-Pref)
-        pairs, rewards = self.reward_model.select_queries(scheme)
-        self.log_query_alignment()
-        origins = None if cfg.teacher_type == "scripted" else self.reward_model.segment_origins(pairs)
-        self.open_round = QueryRound(self.feedback_rounds, pairs, rewards, origins, self.step, self.total_feedback,
-                                     cfg.max_feedback, first)  # fmt: skip
-        self.feedback_rounds += 1
-        self.total_feedback += self.reward_model.mb_size
-        self.interact_count = 0
-        self.teacher.ask(self.open_round)
-        self.receive_labels(block=cfg.human_mode == "sync")
-        if self.open_round is not None:
-            tqdm.write(f"step {self.step}: waiting for labels ({self.teacher.progress()}); training goes on "
-                       "(human_mode=async)", file=sys.stderr)  # fmt: skip
-
-    def receive_labels(self, block: bool) -> None:
-        """Take the open round's labels when they are all in (with `block`, wait for them), then train r̂ on every
-        label so far and relabel the replay buffer; after the first round, restart the critic."""
-        labels = self.teacher.answers(self.step)
-        if labels is None and block:
-            tqdm.write(f"step {self.step}: waiting for labels ({self.teacher.progress()})", file=sys.stderr)
-            while labels is None:
-                self.progress.set_description(f"waiting for labels: {self.teacher.progress()}", refresh=True)
-                self.teacher.wait(1.0)
-                labels = self.teacher.answers(self.step)
-            self.progress.set_description("")
-        if labels is None:
+    def feedback(self) -> None:
+        """A query round when one is due; once its labels are in, store them and run the method's feedback steps
+        (QPA, PEBBLE: train r̂, relabel the buffer, restart the critic after the first round)."""
+        if self.schedule.open_round is None:
+            ask_queries(self)
+        answers = self.teacher.answers(self.step)
+        if answers is None and self.cfg.human_mode == "sync":
+            answers = wait_for_answers(self.teacher, self.step, self.progress)
+        if answers is None:  # a person is still answering (human_mode=async)
+            if self.schedule.open_round.opened_step == self.step:
+                tqdm.write(f"step {self.step}: waiting for labels ({self.teacher.progress()}); training goes on "
+                           "(human_mode=async)", file=sys.stderr)  # fmt: skip
             return
-        query_round, self.open_round = self.open_round, None
-        self.labeled_feedback += self.reward_model.store_labels(query_round.pairs, *labels)
-        if self.cfg.teacher_type != "scripted":
-            self.logger.log("train/label_wait_steps", self.step - query_round.opened_step, self.step)
-        if self.recorder is not None:
-            self.logger.log("train/sim_state_mb", self.recorder.nbytes / 2**20, self.step)
-            self.logger.log("train/render_seconds", self.teacher.render_seconds, self.step)
-        if self.labeled_feedback > 0:
-            self.train_reward()
-        self.replay_buffer.relabel_with_predictor(self.reward_model)
-        if query_round.first:
-            self.agent.reset_critic()
-            # The frequencies count these updates, so the actor and target keep pace with the many critic steps.
-            for index in range(self.cfg.reset_update):
-                self.last_update_metrics = self.agent.update(lambda: self.sample(hybrid=False), index)
-
-    def log_query_alignment(self) -> None:
-        """Query-policy alignment (the QPA paper's Figure 11): the mean per-step log π(a|s) under the current
-        policy of the (s, a) in the segments just queried, and, for contrast, of as many windows of `segment`
-        transitions drawn uniformly from the whole replay history."""
-        queries = self.reward_model.last_queries
-        if len(queries) == 0:
-            return
-        obs_dim = self.env.observation_space.shape[0]
-        rows = torch.as_tensor(queries.reshape(-1, queries.shape[-1]), device=self.device)
-        query_ll = self.agent.log_likelihood(rows[:, :obs_dim], rows[:, obs_dim:]).mean()
-        self.logger.log("train/query_log_likelihood", float(query_ll), self.step)
-        if len(self.replay_buffer) >= self.cfg.segment:
-            history_obs, history_action = self.replay_buffer.sample_windows(
-                2 * len(queries), self.cfg.segment, self.diagnostic_rng
-            )
-            history_ll = self.agent.log_likelihood(history_obs, history_action).mean()
-            self.logger.log("train/history_log_likelihood", float(history_ll), self.step)
-
-    def batch_fraction(self) -> float:
-        """B-Pref's `reward_schedule`: 0 keeps the query batch, 1 shrinks it, 2 grows it over training.
-
-        As in the original release, schedule 1's fraction becomes 0.01 only when it is exactly 0."""
-        cfg = self.cfg
-        if cfg.reward_schedule == 1:
-            return (cfg.num_train_steps - self.step) / cfg.num_train_steps or 0.01
-        if cfg.reward_schedule == 2:
-            return cfg.num_train_steps / (cfg.num_train_steps - self.step + 1)
-        return 1.0
-
-    def train_reward(self) -> None:
-        cfg = self.cfg
-        if self.is_metaworld:
-            for _ in range(cfg.reward_update):
-                accuracy, loss = self.reward_model.train_reward()
-                if np.mean(accuracy) > METAWORLD_REWARD_ACCURACY:
-                    break
-        else:
-            num_iters = math.ceil(cfg.reward_update * self.labeled_feedback / cfg.reward_train_batch)
-            accuracy, loss = self.reward_model.train_reward_iter(num_iters)
-        if not math.isfinite(loss):
-            raise NonFiniteError(f"reward-model loss became {loss} at step {self.step}")
-        self.logger.log("train/reward_train_acc", float(np.mean(accuracy)), self.step)
-        self.logger.log("train/reward_loss", loss, self.step)
-        if cfg.semi_supervised:
-            self.logger.log("train/pseudo_label_fraction", self.reward_model.pseudo_label_fraction, self.step)
+        keep, labels = answers
+        query_round = self.schedule.close(len(keep))
+        self.preferences.add(query_round.pairs[keep], labels)
+        for name, value in self.teacher.metrics(query_round, self.step).items():
+            self.logger.log(f"train/{name}", value, self.step)
+        for feedback_step in self.feedback_steps:
+            feedback_step(self, query_round)
 
     # ------------------------------------------------------------------ episode ends, evaluation, logging
-    def finish_episode(
-        self, length: int, episode_return: float, episode_return_hat: torch.Tensor, success: float, duration: float
-    ) -> None:
+    def finish_episode(self, stats: EpisodeStats) -> None:
         self.episode += 1
-        self.recent_returns.append(episode_return)
-        log = self.logger.log
+        self.recent_returns.append(stats.reward)
+        log, schedule = self.logger.log, self.schedule
         log("train/episode", self.episode, self.step)
-        log("train/episode_reward", episode_return, self.step)
-        if self.learns_reward:
-            log("train/episode_reward_hat", episode_return_hat, self.step)
-            log("train/total_feedback", self.total_feedback, self.step)
-            log("train/labeled_feedback", self.labeled_feedback, self.step)
+        log("train/episode_reward", stats.reward, self.step)
+        if schedule.learns_reward:
+            log("train/episode_reward_hat", stats.return_hat, self.step)
+            log("train/total_feedback", schedule.total_feedback, self.step)
+            log("train/labeled_feedback", schedule.labeled_feedback, self.step)
         if self.is_metaworld:
-            log("train/success_rate", 100.0 * success, self.step)
-        for name, value in self.last_update_metrics.items():
+            log("train/success_rate", 100.0 * stats.success, self.step)
+        for name, value in self.update_metrics.items():
             log(f"train/{name}", value, self.step)
-        log("train/fps", length / max(duration, 1e-9), self.step)
+        duration = time.perf_counter() - stats.start
+        log("train/fps", stats.length / max(duration, 1e-9), self.step)
         log("train/duration", duration, self.step)
         log("train/total_time", time.perf_counter() - self.start_time, self.step)
-        self.check_finite(self.last_update_metrics)
+        check_finite(self.update_metrics, self.step)
         self.logger.dump(self.step)
-        self.progress.update(length)
+        self.progress.update(stats.length)
         self.progress.set_postfix(
-            feedback=f"{self.total_feedback}/{self.cfg.max_feedback}",
-            **({"labels": self.teacher.progress()} if self.open_round is not None else {}),
+            feedback=f"{schedule.total_feedback}/{self.cfg.max_feedback}",
+            **({"labels": self.teacher.progress()} if schedule.open_round is not None else {}),
             eval_return=f"{self.last_eval_return:.1f}",
             refresh=False,
         )
-
         if self.step - self.last_eval_step >= self.cfg.eval_frequency:
             self.evaluate()
             self.save_checkpoint()
 
-    def check_finite(self, metrics: dict[str, Any]) -> None:
-        for name, value in metrics.items():
-            if not math.isfinite(float(value)):
-                raise NonFiniteError(f"{name} became {float(value)} at step {self.step}")
-
     def evaluate(self) -> None:
-        cfg = self.cfg
-        returns, returns_hat, successes = [], [], []
-        obs_actions = np.empty(
-            (self.max_episode_steps, self.env.observation_space.shape[0] + self.env.action_space.shape[0]),
-            dtype=np.float32,
-        )
-        for index in range(cfg.num_eval_episodes):
-            obs, _ = self.eval_env.reset(seed=cfg.seed * 100_003 + EVAL_SEED_OFFSET + self.step + index)
-            done, length, episode_return, success = False, 0, 0.0, 0.0
-            while not done:
-                with utils.eval_mode(self.agent.actor):
-                    action = self.agent.act(obs, sample=False)
-                obs_actions[length] = np.concatenate([obs, action])
-                obs, reward, terminated, truncated, info = self.eval_env.step(action)
-                done = terminated or truncated
-                episode_return += reward
-                length += 1
-                if self.is_metaworld:
-                    success = max(success, float(info["success"]))
-            returns.append(episode_return)
-            successes.append(success)
-            if self.learns_reward:
-                predicted = self.reward_model.predict_reward(torch.as_tensor(obs_actions[:length], device=self.device))
-                returns_hat.append(float(predicted.sum()))
-
-        log = self.logger.log
+        cfg, log = self.cfg, self.logger.log
+        reward_model = self.reward_model if self.schedule.learns_reward else None
+        first_seed = cfg.seed * 100_003 + EVAL_SEED_OFFSET + self.step
+        result = evaluate_policy(self.agent, self.eval_env, cfg.num_eval_episodes, first_seed, reward_model,
+                                 self.is_metaworld)  # fmt: skip
         log("eval/episode", self.episode, self.step)
-        log("eval/episode_reward", float(np.mean(returns)) if returns else float("nan"), self.step)
-        if self.learns_reward:
-            self.check_finite({"eval/episode_reward_hat": np.mean(returns_hat) if returns_hat else 0.0})
-            log("eval/episode_reward_hat", float(np.mean(returns_hat)) if returns_hat else float("nan"), self.step)
-        if self.is_metaworld:
-            log("eval/success_rate", 100.0 * float(np.mean(successes)) if successes else float("nan"), self.step)
-        log("eval/total_feedback", self.total_feedback, self.step)
-        log("eval/labeled_feedback", self.labeled_feedback, self.step)
+        for name, value in dataclasses.asdict(result).items():
+            if value is not None:
+                check_finite({f"eval/{name}": value}, self.step)
+                log(f"eval/{name}", value, self.step)
+        log("eval/total_feedback", self.schedule.total_feedback, self.step)
+        log("eval/labeled_feedback", self.schedule.labeled_feedback, self.step)
         self.logger.dump(self.step)
-        self.last_eval_return = float(np.mean(returns)) if returns else float("nan")
-        self.last_eval_step = self.step
+        self.last_eval_return, self.last_eval_step = result.episode_reward, self.step
 
     # ------------------------------------------------------------------ checkpoint and resume
+    def checkpointed_parts(self) -> dict[str, Any]:
+        """Every stateful part of the run, by the name its state is saved under (each has state_dict and
+        load_state_dict); with COUNTERS, all a resumed run needs to continue exactly."""
+        parts = {
+            "schedule": self.schedule, "agent": self.agent, "replay_buffer": self.replay_buffer,
+            "episodes": self.episodes, "preferences": self.preferences, "reward_model": self.reward_model,
+            "reward_trainer": self.reward_trainer, "teacher": self.teacher, "rngs": self.rngs,
+        }  # fmt: skip
+        if self.recorder is not None:
+            parts["recorder"] = self.recorder
+        for name, step in zip(self.cfg.feedback_steps, self.feedback_steps):
+            if hasattr(step, "state_dict"):
+                parts[f"feedback_step.{name}"] = step
+        return parts
+
     def save_checkpoint(self) -> None:
         if not self.cfg.save_checkpoint:
             return
-        state = {
-            "step": self.step,
-            "episode": self.episode,
-            "total_feedback": self.total_feedback,
-            "labeled_feedback": self.labeled_feedback,
-            "feedback_rounds": self.feedback_rounds,
-            "open_round": dataclasses.asdict(self.open_round) if self.open_round is not None else None,
-            "sim_states": self.recorder.state_dict() if self.recorder is not None else None,
-            "interact_count": self.interact_count,
-            "last_eval_step": self.last_eval_step,
-            "recent_returns": list(self.recent_returns),
-            "last_eval_return": self.last_eval_return,
-            "rng": self.rng.bit_generator.state,
-            "diagnostic_rng": self.diagnostic_rng.bit_generator.state,
-            "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "agent": self.agent.state_dict(),
-            "replay_buffer": self.replay_buffer.state_dict(),
-            "reward_model": self.reward_model.state_dict(),
-        }
-        utils.atomic_torch_save(state, self.work_dir / CHECKPOINT_NAME)
+        counters = {name: getattr(self, name) for name in self.COUNTERS}
+        save_checkpoint(self.work_dir / CHECKPOINT_NAME, counters, self.checkpointed_parts())
         self.checkpointed_step = self.step
         write_status(self.work_dir, "running", self.step)
 
@@ -521,28 +410,10 @@ class Workspace:
         path = self.work_dir / CHECKPOINT_NAME
         if not path.exists():
             return None
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.step, self.episode = state["step"], state["episode"]
-        self.total_feedback, self.labeled_feedback = state["total_feedback"], state["labeled_feedback"]
-        self.interact_count, self.last_eval_step = state["interact_count"], state["last_eval_step"]
-        self.recent_returns.extend(state["recent_returns"])
-        self.last_eval_return = state["last_eval_return"]
-        self.rng.bit_generator.state = state["rng"]
-        self.diagnostic_rng.bit_generator.state = state["diagnostic_rng"]
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.agent.load_state_dict(state["agent"])
-        self.replay_buffer.load_state_dict(state["replay_buffer"])
-        self.reward_model.load_state_dict(state["reward_model"])
-        self.feedback_rounds = state["feedback_rounds"]
-        if self.recorder is not None:
-            self.recorder.load_state_dict(state["sim_states"])
-        if state["open_round"] is not None:
-            self.open_round = QueryRound(**state["open_round"])
-            self.teacher.ask(self.open_round)
+        for name, value in load_checkpoint(path, self.device, self.checkpointed_parts()).items():
+            setattr(self, name, value)
+        if self.schedule.open_round is not None:  # a person was still answering it (human_mode=async)
+            self.teacher.ask(self.schedule.open_round)
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
         return self.step
 
@@ -617,11 +488,13 @@ def stop(message: str) -> NoReturn:
 
 
 if __name__ == "__main__":
-    # A plain run (no Hydra flags, no sweep) is composed once up front, so that Hydra's own errors (an unknown
-    # key or group option) come out as the same one-line message as every other bad value.
-    if not any(arg.startswith("-") for arg in sys.argv[1:]):
-        try:
+    # The `imports` modules first: their query schemes, feedback steps and method presets must be registered before
+    # Hydra composes the config. A plain run (no Hydra flags, no sweep) is then composed once up front, so that
+    # Hydra's own errors (an unknown key or group option) come out as the same one-line message as every other.
+    try:
+        import_modules(requested_imports(sys.argv[1:]))
+        if not any(arg.startswith("-") for arg in sys.argv[1:]):
             check_overrides(sys.argv[1:])
-        except ConfigError as error:
-            sys.exit(f"error: {error}")
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
     main()

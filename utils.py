@@ -23,6 +23,10 @@ import torch
 from torch import nn
 
 
+class NonFiniteError(RuntimeError):
+    """A loss or predicted reward became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
 def set_seed_everywhere(seed: int) -> None:
     """Seed python, numpy and torch (CPU and every GPU)."""
     random.seed(seed)
@@ -30,6 +34,38 @@ def set_seed_everywhere(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+class RandomStreams:
+    """A run's own numpy generators, by name (`streams.actions`), and the global python, numpy, torch and CUDA
+    states, saved and restored together."""
+
+    def __init__(self, **generators: np.random.Generator) -> None:
+        self.generators = generators
+
+    def __getattr__(self, name: str) -> np.random.Generator:
+        try:
+            return self.__dict__["generators"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **{name: generator.bit_generator.state for name, generator in self.generators.items()},
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, generator in self.generators.items():
+            generator.bit_generator.state = state[name]
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def choose_device(device: str, strict: bool = False) -> torch.device:

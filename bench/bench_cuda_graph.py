@@ -4,7 +4,7 @@ captured once and replayed.
     python bench/bench_cuda_graph.py          # needs a CUDA GPU
 
 On a GPU the eager update is bound by Python and by launching its kernels one at a time, so it costs about the
-same at every network size (README, Performance). A CUDA graph launches the whole update at once. The graph here
+same at every network size (docs/PERFORMANCE.md). A CUDA graph launches the whole update at once. The graph here
 holds two consecutive updates of the training loop (critic, actor and temperature steps; the target critic
 follows on the first, as `critic_target_update_frequency=2` does), with fused Adam made capturable and each
 replay fed two fresh replay batches copied into the graph's fixed input tensors. train_QPA.py does not use
@@ -60,7 +60,8 @@ def graphed_updates(
     def replay() -> None:
         for batch in batches:
             for fixed, fresh in zip(batch, buffer.sample(batch_size), strict=True):
-                fixed.copy_(fresh)
+                if fixed is not None:  # a buffer without RUNE's std column
+                    fixed.copy_(fresh)
         graph.replay()
 
     return replay, metrics

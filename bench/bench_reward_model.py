@@ -19,7 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_replay import synchronize, time_per_call
 
-from reward_model import RewardModel, reward_model_from_keys
+from config_schema import RewardConfig
+from episodes import EpisodeStore
+from preferences import PreferenceDataset
+from reward_model import RewardModel
+from reward_trainer import RewardTrainer
+from teacher import ScriptedTeacher
+from train_QPA import RewardSeeds, make_reward_model, make_reward_trainer
 from utils import choose_device
 
 DS, DA, SEGMENT = 24, 6, 50
@@ -37,18 +43,28 @@ def smooth_episodes(rng: np.random.Generator, num: int, length: int = 500) -> li
     return episodes
 
 
-def model_with_labels(
+def trainer_with_labels(
     num_labels: int, ensemble_size: int, data_aug_ratio: int, device: torch.device, seed: int = 0
-) -> RewardModel:
+) -> RewardTrainer:
+    """A trainer whose store holds `num_labels` oracle-labelled pairs from 10 episodes, as QPA's first rounds."""
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=DS + DA) / math.sqrt(DS + DA)
-    model = reward_model_from_keys(DS, DA, device, seed=seed, ensemble_size=ensemble_size, reward_batch=num_labels,
-                                   segment=SEGMENT, data_aug_ratio=data_aug_ratio, max_feedback=num_labels)  # fmt: skip
+    cfg = RewardConfig(segment=SEGMENT, ensemble_size=ensemble_size, data_aug_ratio=data_aug_ratio)
+    episodes = EpisodeStore(DS, DA, max_episodes=10)
     for sa in smooth_episodes(rng, 10):
         for t, row in enumerate(sa):
-            model.add_data(row[:DS], row[DS:], float(row @ weights), t == len(sa) - 1)
-    model.uniform_sampling()
-    return model
+            episodes.add(row[:DS], row[DS:], float(row @ weights), t == len(sa) - 1)
+    preferences = PreferenceDataset(SEGMENT, DS + DA, num_labels, device)
+    queried = episodes.sample_segment_pairs(num_labels, list(episodes), SEGMENT, rng)
+    keep, labels = ScriptedTeacher(seed=seed).label(queried.rewards[:, 0], queried.rewards[:, 1])
+    preferences.add(queried.pairs[keep], labels)
+    seeds = RewardSeeds.of(seed)
+    return make_reward_trainer(cfg, make_reward_model(cfg, DS + DA, device, seeds.net), preferences, episodes, seeds)
+
+
+def model_of_size(ensemble_size: int, device: torch.device) -> RewardModel:
+    cfg = RewardConfig(segment=SEGMENT, ensemble_size=ensemble_size)
+    return make_reward_model(cfg, DS + DA, device, seed=0)
 
 
 def main() -> None:
@@ -60,15 +76,15 @@ def main() -> None:
 
     for ensemble_size in (1, 3):
         for data_aug_ratio in (0, 20):
-            model = model_with_labels(4 * 128, ensemble_size, data_aug_ratio, device)
-            epoch = time_per_call(model.train_reward, 1, device, warmup=1)  # 4 minibatches of 128 pairs
+            trainer = trainer_with_labels(4 * 128, ensemble_size, data_aug_ratio, device)
+            epoch = time_per_call(trainer.train_reward, 1, device, warmup=1)  # 4 minibatches of 128 pairs
             rows.append((f"train steps/s, 128 pairs, E={ensemble_size}, crop x{data_aug_ratio}", f"{4 / epoch:.1f}"))
 
     for ensemble_size in (1, 3):
-        model = model_with_labels(100, ensemble_size, 20, device)
+        trainer = trainer_with_labels(100, ensemble_size, 20, device)
         synchronize(device)
         start = time.perf_counter()
-        accuracy, _ = model.train_reward_iter(math.ceil(REWARD_UPDATE * model.num_labelled / 128))
+        accuracy, _ = trainer.train_reward_iter(math.ceil(REWARD_UPDATE * len(trainer.preferences) / 128))
         elapsed = time.perf_counter() - start
         rows.append(
             (
@@ -79,7 +95,7 @@ def main() -> None:
 
     transitions = torch.randn(100_000, DS + DA, device=device)
     for ensemble_size in (1, 3):
-        model = reward_model_from_keys(DS, DA, device, ensemble_size=ensemble_size, segment=SEGMENT)
+        model = model_of_size(ensemble_size, device)
 
         def relabel(model: RewardModel = model) -> None:
             for chunk in transitions.split(65536):
@@ -91,11 +107,11 @@ def main() -> None:
         per_step = time_per_call(lambda model=model, row=one_row: model.predict_reward(row), 2000, device, warmup=1)
         rows.append((f"predict_reward, 1 row, E={ensemble_size}", f"{per_step * 1e6:.1f} us"))
 
-    model = reward_model_from_keys(DS, DA, device, ensemble_size=3, segment=SEGMENT)
+    store = EpisodeStore(DS, DA, max_episodes=10)
     obs, act = np.zeros(DS, dtype=np.float32), np.zeros(DA, dtype=np.float32)
     steps = iter(range(10**9))
-    per_add = time_per_call(lambda: model.add_data(obs, act, 0.0, next(steps) % 1000 == 999), 20000, device, warmup=1)
-    rows.append(("add_data, 1 step", f"{per_add * 1e6:.1f} us"))
+    per_add = time_per_call(lambda: store.add(obs, act, 0.0, next(steps) % 1000 == 999), 20000, device, warmup=1)
+    rows.append(("episode store add, 1 step", f"{per_add * 1e6:.1f} us"))
 
     width = max(len(name) for name, _ in rows)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}")

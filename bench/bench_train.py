@@ -29,8 +29,10 @@ sys.path.insert(0, str(REPO))
 from bench_sac import make_agent  # noqa: E402
 
 import utils  # noqa: E402
+from config_schema import RewardConfig  # noqa: E402
+from episodes import EpisodeStore  # noqa: E402
 from replay_buffer import ReplayBuffer  # noqa: E402
-from reward_model import reward_model_from_keys  # noqa: E402
+from train_QPA import make_reward_model  # noqa: E402
 
 # (label, overrides, seed steps, first feedback, steps). The quick preset: random actions for one episode, PEBBLE
 # pre-training for the second, queries every 3000 steps from step 2000. The paper config: PEBBLE pre-training only
@@ -89,7 +91,8 @@ def per_step_overhead(device: torch.device, steps: int = 2000) -> dict[str, floa
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
     agent = make_agent(obs_dim, action_dim, 256, 2, 256, device)
     buffer = ReplayBuffer((obs_dim,), (action_dim,), 100_000, device, max_episode_len=1000)
-    reward_model = reward_model_from_keys(obs_dim, action_dim, device, ensemble_size=1, segment=50)
+    reward_model = make_reward_model(RewardConfig(ensemble_size=1), obs_dim + action_dim, device, seed=0)
+    episodes = EpisodeStore(obs_dim, action_dim, max_episodes=10)
     obs, _ = env.reset(seed=0)
     records = []
     for _ in range(steps):
@@ -109,7 +112,7 @@ def per_step_overhead(device: torch.device, steps: int = 2000) -> dict[str, floa
         after_predict = time.perf_counter()
         buffer.add(obs, action, reward_hat, next_obs, float(done), 0.0)
         after_add = time.perf_counter()
-        reward_model.add_data(obs, action, reward, done)
+        episodes.add(obs, action, reward, done)
         end = time.perf_counter()
         timings["act"] += after_act - start
         timings["predict_reward"] += after_predict - after_act

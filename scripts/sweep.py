@@ -180,7 +180,8 @@ def resolve_runs(runs: list[Run], launcher: str, root: Path | None, with_dirs: b
     sys.path.insert(0, str(REPO))
     from hydra import compose, initialize_config_dir
 
-    from config_schema import check_config  # also registers the ${method_dir:} resolver of the run directories
+    # check_config also registers the ${method_dir:} resolver of the run directories
+    from config_schema import check_config, import_modules, requested_imports
 
     groups: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
@@ -189,6 +190,7 @@ def resolve_runs(runs: list[Run], launcher: str, root: Path | None, with_dirs: b
         for overrides, group in groups.items():
             config_overrides = [item for item in overrides if not override_key(item).startswith(("hydra.", "hydra/"))]
             try:
+                import_modules(requested_imports(config_overrides))  # a method preset of `imports` must exist first
                 cfg = compose(
                     "train_QPA",
                     [*config_overrides, f"seed={group[0].seed}", *location_overrides(launcher, root)],

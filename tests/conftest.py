@@ -23,12 +23,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import queries  # noqa: E402
+import train_QPA  # noqa: E402
 from config_schema import (  # noqa: E402
+    ConfigError,
+    QueryConfig,
+    RewardConfig,
+    TeacherConfig,
     TrainConfig,
     check_config,
     compose_checked,
 )
-from reward_model import RewardModel, reward_model_from_keys  # noqa: E402
+from episodes import EpisodeStore, SegmentPairs  # noqa: E402
+from preferences import PreferenceDataset  # noqa: E402
+from queries import QueryContext  # noqa: E402
+from teacher import ScriptedTeacher  # noqa: E402
 
 # Columns that hold wall-clock figures, so two runs' logs differ in them and nowhere else.
 TIME_COLUMNS = ["fps", "duration", "total_time"]
@@ -61,9 +73,9 @@ def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: trains in subprocesses or for hundreds of steps")
 
 
-# RewardModel takes its config sections; these tests build one from config key names. The defaults are what the
-# tests were written against (B-Pref's constructor defaults): a 3-member ensemble, 128-query batches, every
-# episode kept and drawn from uniformly.
+# The preference-learning parts take their config sections; these tests build them from config key names. The
+# defaults are what the tests were written against (B-Pref's constructor defaults): a 3-member ensemble, 128-query
+# batches, every episode kept and drawn from uniformly.
 REWARD_MODEL_TEST_KEYS = {
     "ensemble_size": 3,
     "reward_batch": 128,
@@ -75,10 +87,67 @@ REWARD_MODEL_TEST_KEYS = {
 }
 
 
-def make_reward_model(obs_dim: int, action_dim: int, **keys: Any) -> RewardModel:
-    """A RewardModel from config keys (`segment=20`, `reward_batch=16`, `seed=3`, ...): REWARD_MODEL_TEST_KEYS, then
-    the schema's defaults, for the rest."""
-    return reward_model_from_keys(obs_dim, action_dim, **{**REWARD_MODEL_TEST_KEYS, **keys})
+class PreferenceLearner:
+    """The preference-learning parts of a run (episode store, labelled pairs, reward ensemble and trainer, query
+    stream, scripted teacher), built by train_QPA's own builders and wired as its loop wires them, for the tests that
+    drive them without an environment: `query` selects with a registered scheme, labels with the teacher and stores."""
+
+    def __init__(self, obs_dim: int, action_dim: int, device: str = "cpu", seed: int = 0, **keys: Any) -> None:
+        sections = [
+            section(**{name: value for name, value in keys.items() if name in section.__dataclass_fields__})
+            for section in (RewardConfig, QueryConfig, TeacherConfig)
+        ]
+        unknown = set(keys).difference(*(section.__dataclass_fields__ for section in sections))
+        if unknown:
+            raise ConfigError(f"{sorted(unknown)[0]} is not a preference-learning config key")
+        self.reward_cfg, self.query_cfg, teacher_cfg = sections
+        seeds = train_QPA.RewardSeeds.of(seed)
+        self.device = torch.device(device)
+        self.episodes = EpisodeStore(obs_dim, action_dim, self.query_cfg.history_size)
+        self.preferences = PreferenceDataset(self.reward_cfg.segment, obs_dim + action_dim,
+                                             self.query_cfg.max_feedback, self.device)  # fmt: skip
+        self.model = train_QPA.make_reward_model(self.reward_cfg, obs_dim + action_dim, self.device, seeds.net)
+        self.trainer = train_QPA.make_reward_trainer(
+            self.reward_cfg, self.model, self.preferences, self.episodes, seeds
+        )
+        self.rng = np.random.default_rng(seeds.queries)
+        self.teacher = ScriptedTeacher(teacher_cfg.teacher_beta, teacher_cfg.teacher_gamma,
+                                       teacher_cfg.teacher_eps_mistake, teacher_cfg.teacher_eps_skip,
+                                       teacher_cfg.teacher_eps_equal, seeds.teacher)  # fmt: skip
+
+    def add_data(self, obs: np.ndarray, action: np.ndarray, reward: float, done: bool) -> None:
+        self.episodes.add(obs, action, reward, done)
+
+    def context(self, num: int | None = None) -> QueryContext:
+        cfg = self.query_cfg
+        return QueryContext(cfg.reward_batch if num is None else num, self.episodes, self.reward_cfg.segment,
+                            cfg.max_reward_buffer_size, cfg.large_batch, float(cfg.explore or 0.0), self.rng,
+                            self.model, self.preferences.data()[0], policy=None)  # fmt: skip
+
+    def select(self, scheme: str, num: int | None = None) -> SegmentPairs:
+        return queries.QUERY_SCHEMES[scheme].select(self.context(num))
+
+    def query(self, scheme: str = "policy_aligned", num: int | None = None) -> int:
+        """One round with the scripted teacher: select, label, store; returns how many were labelled."""
+        queried = self.select(scheme, num)
+        keep, labels = self.teacher.label(queried.rewards[:, 0], queried.rewards[:, 1])
+        self.preferences.add(queried.pairs[keep], labels)
+        return len(keep)
+
+    def state_dict(self) -> dict[str, Any]:
+        parts = ("episodes", "preferences", "model", "trainer", "teacher")
+        return {name: getattr(self, name).state_dict() for name in parts} | {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("episodes", "preferences", "model", "trainer", "teacher"):
+            getattr(self, name).load_state_dict(state[name])
+        self.rng.bit_generator.state = state["rng"]
+
+
+def make_reward_model(obs_dim: int, action_dim: int, **keys: Any) -> PreferenceLearner:
+    """The preference-learning parts from config keys (`segment=20`, `reward_batch=16`, `seed=3`, ...):
+    REWARD_MODEL_TEST_KEYS, then the schema's defaults, for the rest."""
+    return PreferenceLearner(obs_dim, action_dim, **{**REWARD_MODEL_TEST_KEYS, **keys})
 
 
 def load_config(*overrides: str) -> TrainConfig:

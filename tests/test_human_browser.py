@@ -95,7 +95,7 @@ def answers_in(run_dir: Path) -> list[tuple]:
 
 def stored_labels(run_dir: Path) -> list[float]:
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    return state["reward_model"]["labels"].tolist()
+    return state["preferences"]["labels"].tolist()
 
 
 def eval_log(run_dir: Path) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from PIL import Image
 
 import utils
 from config_schema import TeacherConfig
+from episodes import EpisodeStore
 from human_teacher import (
     FRAME_HEIGHT,
     HumanTeacher,
@@ -32,15 +33,20 @@ from teacher import QueryRound, TeacherError
 
 
 def record_episode(env_name: str, steps: int, seed: int = 0) -> tuple[object, SimStateRecorder, list[np.ndarray]]:
-    """Step a real env with random actions, recording its states and rendering each observed state live."""
+    """Step a real env with random actions for one `steps`-step episode, storing it and recording its states as the
+    training loop does, and rendering each observed state live."""
     env = utils.make_env(env_name, seed)
-    env.reset(seed=seed)
-    recorder = SimStateRecorder(env, max_episodes=3)
+    obs, _ = env.reset(seed=seed)
+    episodes = EpisodeStore(env.observation_space.shape[0], env.action_space.shape[0], max_episodes=3)
+    recorder = SimStateRecorder(env, episodes)
     live_frames = []
-    for _ in range(steps):
+    for step in range(steps):
         recorder.record()
         live_frames.append(live_frame(env))
-        env.step(env.action_space.sample())
+        action = env.action_space.sample()
+        next_obs, reward, *_ = env.step(action)
+        episodes.add(obs, action, reward, done=step == steps - 1)
+        obs = next_obs
     recorder.end_episode()
     return env, recorder, live_frames
 
@@ -77,19 +83,25 @@ def changed_pixels(frame: np.ndarray, other: np.ndarray) -> float:
     return float((np.abs(frame - other.astype(np.float64)).max(-1) > 40).mean())
 
 
-def test_the_recorder_keeps_as_many_episodes_as_the_reward_model():
+def test_the_recorder_keeps_the_states_of_exactly_the_episodes_the_queries_come_from():
     env = utils.make_env("walker_walk", 0)
-    recorder = SimStateRecorder(env, max_episodes=2)
+    episodes = EpisodeStore(24, 6, max_episodes=2)
+    recorder = SimStateRecorder(env, episodes)
     for _ in range(3):
-        env.reset()
-        for _ in range(3):
+        obs, _ = env.reset()
+        for step in range(3):
             recorder.record()
-            env.step(env.action_space.sample())
+            action = env.action_space.sample()
+            env.step(action)
+            episodes.add(obs, action, 0.0, done=step == 2)
         recorder.end_episode()
-    assert [episode for episode, _, _ in recorder.episodes] == [1, 2]
+    assert [episode.index for episode in episodes] == [1, 2]
+    assert all(episode.sim is not None for episode in episodes)
     with pytest.raises(KeyError, match="episode 0 is no longer kept"):
         recorder.segment(0, 0, 2)
-    restored = SimStateRecorder(env, max_episodes=2)
+    restored_episodes = EpisodeStore(24, 6, max_episodes=2)
+    restored_episodes.load_state_dict(episodes.state_dict())
+    restored = SimStateRecorder(env, restored_episodes)
     restored.load_state_dict(recorder.state_dict())
     np.testing.assert_array_equal(restored.segment(2, 1, 2)[1], recorder.segment(2, 1, 2)[1])
 
@@ -102,8 +114,7 @@ def test_segment_origins_name_the_episode_and_step_each_segment_came_from():
     for sa in episodes:
         for t, row in enumerate(sa):
             model.add_data(row[:3], row[3:], 0.0, t == len(sa) - 1)
-    pairs, _ = model.select_queries("policy_aligned")
-    origins = model.segment_origins(pairs)
+    pairs, _, origins = model.select("policy_aligned")
     assert set(origins[..., 0].ravel()) <= {1, 2}  # only the 2 recent episodes are kept
     for query, side in np.ndindex(6, 2):
         episode, start = origins[query, side]

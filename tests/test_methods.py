@@ -8,6 +8,7 @@ runs (walker_walk for every preset, Meta-World drawer-open for SURF and RUNE) th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -20,17 +21,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import REPO_ROOT, SMALL_NETWORKS, compose_config, load_config, make_reward_model
+from conftest import REPO_ROOT, SMALL_NETWORKS, PreferenceLearner, compose_config, load_config, make_reward_model
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import queries
 import train_QPA
-from config_schema import METHOD_SWITCHES, ConfigError, TrainConfig, method_preset
+from config_schema import METHOD_SWITCHES, ConfigError, TrainConfig, default_of, method_preset
 from methods.rune import RuneBonus
+from methods.surf import PseudoLabelLoss, pseudo_labels
 from plot import main as plot_main
+from preferences import crop_windows, window_sums
 from replay_buffer import ReplayBuffer
-from reward_model import RewardModel, crop_windows, pseudo_labels, window_sums
+from schedule import Phase
 
 METHODS = ("qpa", "pebble", "surf", "rune", "sac_true")
 # Small networks and budgets: the Workspace tests build every component but train for a handful of steps.
@@ -52,7 +55,8 @@ RUN_100 = "maxFeedback100_numInteract20000_seed1"
 def test_presets_list_only_switches_and_only_what_they_change() -> None:
     qpa = yaml.safe_load((REPO_ROOT / "config" / "method" / "qpa.yaml").read_text())
     assert qpa == {"method": "qpa", "experiment": "QPA"}  # QPA's switch values are the schema's defaults
-    assert {name: getattr(TrainConfig, name) for name in METHOD_SWITCHES} == method_preset("qpa")
+    schema_defaults = {item.name: default_of(item) for item in dataclasses.fields(TrainConfig)}
+    assert {name: schema_defaults[name] for name in METHOD_SWITCHES} == method_preset("qpa")
     for method in METHODS[1:]:
         preset = yaml.safe_load((REPO_ROOT / "config" / "method" / f"{method}.yaml").read_text())
         base = preset.pop("defaults")[0]
@@ -224,8 +228,7 @@ def fill(buffer: ReplayBuffer, rng: np.random.Generator, episodes: int = 3, leng
 def test_phases_of_the_loop(tmp_path, overrides, expected) -> None:
     workspace = make_workspace(tmp_path, *overrides)
     for step, phase in expected.items():
-        workspace.step = step
-        assert workspace.phase() == phase, step
+        assert workspace.schedule.phase(step) == phase, step
 
 
 @pytest.mark.parametrize("hybrid_replay", [True, False])
@@ -235,10 +238,10 @@ def test_hybrid_replay_switch_decides_whether_batches_use_the_recent_window(tmp_
     buffer = RecordingReplayBuffer((24,), (6,), 5000, "cpu", max_episode_len=1000)
     fill(buffer, np.random.default_rng(0))
     workspace.replay_buffer = buffer
-    workspace.step, workspace.total_feedback = 2000, 10  # feedback budget (20) not yet spent
-    workspace.update_agent()
-    workspace.total_feedback = 20  # spent: plain uniform replay for everyone
-    workspace.update_agent()
+    workspace.step, workspace.schedule.total_feedback = 2000, 10  # feedback budget (20) not yet spent
+    workspace.update_agent(Phase.FEEDBACK)
+    workspace.schedule.total_feedback = 20  # spent: plain uniform replay for everyone
+    workspace.update_agent(Phase.FEEDBACK)
     if hybrid_replay:
         assert buffer.calls == [("hybrid", 4, 0.25), ("uniform",)]
     else:
@@ -256,9 +259,10 @@ def test_query_scheme_switch_decides_whether_queries_reach_past_the_last_n_episo
     for episode in range(num_episodes):  # observation[0] tags the episode
         for t in range(40):
             obs = np.concatenate([[episode], rng.normal(size=23)])
-            workspace.reward_model.add_data(obs, rng.uniform(-1, 1, 6), float(rng.normal()), t == 39)
-    workspace.collect_feedback()
-    pairs, _ = workspace.reward_model.labelled_data()
+            workspace.episodes.add(obs, rng.uniform(-1, 1, 6), float(rng.normal()), t == 39)
+    workspace.schedule.rounds = 1  # a later round: no critic restart (the replay buffer is empty here)
+    workspace.feedback()
+    pairs, _ = workspace.preferences.data()
     episodes = pairs[..., 0].unique()  # every step of a segment carries its episode's tag
     assert len(pairs) == 10
     assert bool((episodes < num_episodes - n).any()) == older_queries
@@ -271,25 +275,25 @@ def test_episode_store_keeps_n_episodes_for_qpa_and_history_episodes_for_the_res
     rng = np.random.default_rng(5)
     for episode in range(8):
         for t in range(30):
-            workspace.reward_model.add_data(np.full(24, episode), rng.uniform(-1, 1, 6), 0.0, t == 29)
-    assert [int(sa[0, 0]) for sa, _ in workspace.reward_model.episodes] == list(range(8 - stored, 8))
+            workspace.episodes.add(np.full(24, episode), rng.uniform(-1, 1, 6), 0.0, t == 29)
+    assert [int(episode.sa[0, 0]) for episode in workspace.episodes] == list(range(8 - stored, 8))
     everything = make_workspace(tmp_path / "all", f"query_scheme={scheme}", "history_episodes=null")
-    assert everything.reward_model.episodes.maxlen == (10 if scheme == "policy_aligned" else None)
+    assert everything.episodes.maxlen == (10 if scheme == "policy_aligned" else None)
 
 
 def test_every_consumer_draws_from_its_own_random_stream(tmp_path) -> None:
     workspace = make_workspace(tmp_path)
     generators = {
-        "seed-phase actions": workspace.rng,
+        "seed-phase actions": workspace.rngs.actions,
         "replay indices": workspace.replay_buffer.rng,
-        "query selection": workspace.reward_model.rng,
-        "teacher": workspace.reward_model.teacher.rng,
-        "alignment diagnostic": workspace.diagnostic_rng,
+        "query selection": workspace.rngs.queries,
+        "teacher": workspace.teacher.rng,
+        "alignment diagnostic": workspace.rngs.diagnostic,
     }
     first_draws = {name: tuple(generator.integers(0, 2**32, size=4)) for name, generator in generators.items()}
     assert len(set(first_draws.values())) == len(generators), first_draws
     again = make_workspace(tmp_path / "again")  # and each stream is a function of the seed alone
-    assert tuple(again.rng.integers(0, 2**32, size=4)) == first_draws["seed-phase actions"]
+    assert tuple(again.rngs.actions.integers(0, 2**32, size=4)) == first_draws["seed-phase actions"]
 
 
 def squashed_gaussian_log_prob(workspace: train_QPA.Workspace, rows: torch.Tensor) -> torch.Tensor:
@@ -318,14 +322,15 @@ def test_query_log_likelihood_is_logged_for_every_scheme_and_shows_alignment(tmp
             else:
                 action = workspace.agent.act(obs, sample=True)
             done = t == 59
-            workspace.reward_model.add_data(obs, action, float(rng.normal()), done)
+            workspace.episodes.add(obs, action, float(rng.normal()), done)
             workspace.replay_buffer.add(obs, action, 0.0, obs, float(done), 0.0)
     workspace.step = 1234
-    workspace.collect_feedback()
+    workspace.schedule.rounds = 1  # a later round: every scheme selects as itself (no first-round fallback)
+    workspace.feedback()
     workspace.logger.dump(workspace.step)
     row = pd.read_csv(tmp_path / "train.csv").iloc[-1]
-    queries = torch.as_tensor(workspace.reward_model.last_queries).reshape(-1, 30)
-    assert len(workspace.reward_model.last_queries) == 10
+    queries = workspace.preferences.data()[0].reshape(-1, 30)  # the oracle answers, so every query is stored
+    assert len(workspace.preferences) == 10
     expected = float(squashed_gaussian_log_prob(workspace, queries).mean())
     assert row["step"] == 1234
     assert row["query_log_likelihood"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
@@ -343,7 +348,7 @@ def test_rune_workspace_stores_the_ensemble_std_and_decays_beta(tmp_path) -> Non
     buffer = workspace.replay_buffer
     assert buffer.reward_std is not None and workspace.reward_model.ensemble_size == 3
     obs, action = np.random.default_rng(2).normal(size=24), np.zeros(6)
-    mean, std = workspace.predict_step_reward(obs, action)
+    mean, std = workspace.reward_model.predict_step(obs, action, with_std=True)
     expected_mean, expected_std = workspace.reward_model.predict_reward_and_std(
         torch.as_tensor(np.concatenate([obs, action])[None], dtype=torch.float32)
     )
@@ -360,21 +365,22 @@ def test_rune_workspace_stores_the_ensemble_std_and_decays_beta(tmp_path) -> Non
         batch = workspace.sample(hybrid=False)  # the same rows, as SAC trains on them at this step
         added.append(float(((batch.reward - plain_batch.reward) / 2.0).mean()))
         betas.append(bonus.weight(step))
-        workspace.update_agent()
+        workspace.update_agent(Phase.FEEDBACK)
     assert betas == pytest.approx([0.05 * (1 - 1e-5) ** step for step in (0, 100_000, 300_000)], rel=1e-12)
     assert added == pytest.approx(betas, rel=1e-5)
     assert betas[1] == pytest.approx(0.05 * math.exp(-1), rel=1e-4) and betas[0] > betas[1] > betas[2]
 
     plain = make_workspace(tmp_path / "qpa")
-    assert plain.replay_buffer.reward_std is None and plain.predict_step_reward(obs, action)[1] is None
+    assert plain.replay_buffer.reward_std is None and not plain.batch_transforms
 
 
 def test_surf_and_sac_true_workspaces(tmp_path) -> None:
     surf = make_workspace(tmp_path / "surf", "method=surf", "threshold_u=0.95")
-    model = surf.reward_model
-    assert (model.cfg.semi_supervised, model.cfg.threshold_u, model.cfg.mu, model.cfg.lambda_u) == (True, 0.95, 4, 1.0)
-    assert make_workspace(tmp_path / "qpa").reward_model.cfg.semi_supervised is False
-    assert make_workspace(tmp_path / "sac", "method=sac_true").learns_reward is False
+    (term,) = surf.reward_trainer.loss_terms
+    assert isinstance(term, PseudoLabelLoss)
+    assert (term.threshold, term.num_pairs, term.weight) == (0.95, 4 * surf.cfg.reward_train_batch, 1.0)
+    assert make_workspace(tmp_path / "qpa").reward_trainer.loss_terms == []
+    assert make_workspace(tmp_path / "sac", "method=sac_true").schedule.learns_reward is False
 
 
 def test_num_threads_sets_torch_cpu_threads(tmp_path) -> None:
@@ -400,7 +406,7 @@ def test_pseudo_labels_only_above_the_threshold() -> None:
     assert pseudo_labels(returns, 1.0)[1].sum() == 0
 
 
-def surf_model(**kwargs) -> RewardModel:
+def surf_model(**kwargs) -> PreferenceLearner:
     model = make_reward_model(4, 2, ensemble_size=2, reward_batch=16, segment=20, max_feedback=64, data_aug_ratio=1,
                         reward_hidden_dim=32, reward_train_batch=16, seed=3, **kwargs)  # fmt: skip
     rng = np.random.default_rng(4)
@@ -413,8 +419,8 @@ def surf_model(**kwargs) -> RewardModel:
 
 
 def test_unlabelled_windows_are_contiguous_and_inside_one_episode() -> None:
-    model = surf_model(semi_supervised=True, dataaug_window=5)
-    windows = model.sample_unlabelled(2, 300)
+    (term,) = surf_model(semi_supervised=True, dataaug_window=5).trainer.loss_terms
+    windows = term.sample_unlabelled(2, 300)
     assert windows.shape == (2, 300, 2, 30, 6)
     tags, steps = windows[..., 0], windows[..., 1]
     assert torch.equal(tags, tags[..., :1].expand_as(tags))
@@ -430,37 +436,38 @@ def test_surf_crop_lengths_and_starts() -> None:
 
 
 def test_semi_supervised_term_is_the_cross_entropy_of_confident_pairs_on_the_crop() -> None:
-    model = surf_model(semi_supervised=True, threshold_u=0.6, mu=3, lambda_u=1.0)
+    learner = surf_model(semi_supervised=True, threshold_u=0.6, mu=3, lambda_u=1.0)
+    (term,), net = learner.trainer.loss_terms, learner.model.net
     members, num, centre, segment = 2, 3 * 16, 5, 20
-    state = model.unlabelled_rng.get_state()
+    state = term.generator.get_state()
     with torch.no_grad():
-        pairs = model.sample_unlabelled(members, num)
-        rewards = model.net(pairs.reshape(members, -1, 6)).view(members, num, 2, 30)
+        pairs = term.sample_unlabelled(members, num)
+        rewards = net(pairs.reshape(members, -1, 6)).view(members, num, 2, 30)
         labels, confident = pseudo_labels(rewards[..., centre : centre + segment].sum(-1), 0.6)
-        starts, lengths = crop_windows(
-            (members, num), 30, (segment - 5, segment + 5), 1, model.unlabelled_rng, model.device
-        )
+        starts, lengths = crop_windows((members, num), 30, (segment - 5, segment + 5), 1, term.generator, term.device)
         cropped = window_sums(rewards, starts, lengths).squeeze(-1)
         expected = (F.cross_entropy(cropped.flatten(0, 1), labels.flatten(), reduction="none").view(members, num)
                     * confident).mean(1)  # fmt: skip
-    model.unlabelled_rng.set_state(state)
-    model._pseudo_counts.zero_()
+    term.generator.set_state(state)
+    term.start()
     with torch.no_grad():
-        loss = model._unlabelled_loss(members)
+        loss = term.member_losses(net, members)
     assert torch.allclose(loss, expected, atol=1e-6)
     assert 0 < confident.sum() < confident.numel()  # some pairs below τ are left out
-    assert model._pseudo_counts.tolist() == [float(confident.sum()), float(confident.numel())]
+    assert term.counts.tolist() == [float(confident.sum()), float(confident.numel())]
 
 
 def test_threshold_one_leaves_training_exactly_supervised() -> None:
     supervised, never_confident, always = (surf_model(), surf_model(semi_supervised=True, threshold_u=1.0),
                                           surf_model(semi_supervised=True, threshold_u=0.5))  # fmt: skip
     for model in (supervised, never_confident, always):
-        model.train_reward_iter(5)
-    for a, b in zip(supervised.net.parameters(), never_confident.net.parameters()):
+        model.trainer.train_reward_iter(5)
+    for a, b in zip(supervised.model.net.parameters(), never_confident.model.net.parameters()):
         assert torch.equal(a, b)
-    assert never_confident.pseudo_label_fraction == 0.0 and always.pseudo_label_fraction > 0.99
-    assert any(not torch.equal(a, b) for a, b in zip(supervised.net.parameters(), always.net.parameters()))
+    fraction = {name: model.trainer.metrics().get("pseudo_label_fraction") for name, model in
+                (("never", never_confident), ("always", always))}  # fmt: skip
+    assert fraction["never"] == 0.0 and fraction["always"] > 0.99
+    assert any(not torch.equal(a, b) for a, b in zip(supervised.model.net.parameters(), always.model.net.parameters()))
 
 
 # ---------------------------------------------------------------------------------------------- RUNE
@@ -470,7 +477,7 @@ def row_index(sampled_obs: torch.Tensor, stored_obs: torch.Tensor) -> torch.Tens
 
 
 def test_rune_bonus_is_beta_times_the_ensemble_std() -> None:
-    model = make_reward_model(24, 6, ensemble_size=3, reward_hidden_dim=32, seed=5)
+    model = make_reward_model(24, 6, ensemble_size=3, reward_hidden_dim=32, seed=5).model
     buffer = ReplayBuffer((24,), (6,), 1000, "cpu", store_reward_std=True, seed=6)
     plain = ReplayBuffer((24,), (6,), 1000, "cpu", seed=6)
     for target in (buffer, plain):
@@ -555,7 +562,7 @@ def test_every_preset_runs_end_to_end_on_walker(tiny_runs, method) -> None:
 @pytest.mark.slow
 def test_rune_run_stores_mean_and_std_of_its_final_reward_model(tiny_runs) -> None:
     state = torch.load(run_dir(tiny_runs, "walker_walk", "rune") / "checkpoint.pt", weights_only=False)
-    model = make_reward_model(24, 6, ensemble_size=3, reward_hidden_dim=32, segment=20, data_aug_ratio=0)
+    model = make_reward_model(24, 6, ensemble_size=3, reward_hidden_dim=32, segment=20, data_aug_ratio=0).model
     model.load_state_dict(state["reward_model"])
     stored = state["replay_buffer"]
     # The last queries came at step 1250, so every stored r̂ (relabelled then, or predicted per step after) is

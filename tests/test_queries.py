@@ -1,5 +1,5 @@
 """The query-selection registry: a scheme defined in this file alone (no product file edited) is validated,
-named in the run directory and used by a real training run started from the command line."""
+named in the run directory and used by a real training run started from the command line (`imports` key)."""
 
 from __future__ import annotations
 
@@ -17,28 +17,20 @@ from test_train import TINY
 
 import queries
 from config_schema import ConfigError
-from reward_model import RewardModel
+from episodes import SegmentPairs
+from queries import QueryContext
 
 TOY_SCHEME = "newest_episode"
-# Started as `python -c TOY_CLI overrides...`: registers the toy scheme by importing this file, then runs
-# train_QPA.py exactly as `python train_QPA.py overrides...` would.
-TOY_CLI = """
-import runpy, sys
-sys.path.insert(0, "tests")
-import test_queries
-sys.argv = ["train_QPA.py", *sys.argv[1:]]
-runpy.run_path("train_QPA.py", run_name="__main__")
-"""
 
 
 @queries.register(TOY_SCHEME, recent_only=True)
-def newest_episode(model: RewardModel, num: int) -> queries.SegmentPairs:
+def newest_episode(ctx: QueryContext) -> SegmentPairs:
     """Both segments of every pair from the newest stored episode; each call is noted in $TOY_SCHEME_LOG."""
-    newest = list(model.episodes)[-1:]
+    newest = ctx.recent_episodes(1)
     if "TOY_SCHEME_LOG" in os.environ:
         with open(os.environ["TOY_SCHEME_LOG"], "a") as log:
-            log.write(json.dumps({"num": num, "episode_length": len(newest[0][1])}) + "\n")
-    return model.sample_segment_pairs(num, newest)
+            log.write(json.dumps({"num": ctx.num, "episode_length": len(newest[0].reward)}) + "\n")
+    return ctx.sample_pairs(ctx.num, newest)
 
 
 def test_a_registered_scheme_is_a_valid_config_value_and_the_rest_are_not() -> None:
@@ -50,9 +42,10 @@ def test_a_registered_scheme_is_a_valid_config_value_and_the_rest_are_not() -> N
 
 
 def test_every_builtin_scheme_keeps_its_bpref_feed_type() -> None:
-    assert queries.feed_types() == {0: "uniform", 1: "disagreement", 2: "entropy", 3: "kcenter",
-                                    4: "kcenter_disagree", 5: "kcenter_entropy"}  # fmt: skip
-    builtin = {name: scheme for name, scheme in queries.QUERY_SCHEMES.items() if name != TOY_SCHEME}
+    builtin = {name: scheme for name, scheme in queries.QUERY_SCHEMES.items() if scheme.select.__module__ == "queries"}
+    assert {number: name for number, name in queries.feed_types().items() if name in builtin} == {
+        0: "uniform", 1: "disagreement", 2: "entropy", 3: "kcenter", 4: "kcenter_disagree", 5: "kcenter_entropy"
+    }  # fmt: skip
     assert {name for name, scheme in builtin.items() if scheme.recent_only} == {"policy_aligned"}
     assert {name for name, scheme in builtin.items() if not scheme.uses_reward_model} == {"policy_aligned", "uniform"}
 
@@ -60,10 +53,10 @@ def test_every_builtin_scheme_keeps_its_bpref_feed_type() -> None:
 @pytest.mark.slow
 def test_a_scheme_defined_in_a_test_runs_from_the_command_line(tmp_path: Path) -> None:
     root, log = tmp_path / "exp", tmp_path / "toy_calls.jsonl"
-    command = [sys.executable, "-c", TOY_CLI, "env=walker_walk", *TINY, f"query_scheme={TOY_SCHEME}",
-               "num_threads=1", f"hydra.run.dir={root}/${{method_dir:}}run"]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TOY_SCHEME_LOG": str(log)})  # fmt: skip
+    command = [sys.executable, "train_QPA.py", "imports=[test_queries]", "env=walker_walk", *TINY,
+               f"query_scheme={TOY_SCHEME}", "num_threads=1", f"hydra.run.dir={root}/${{method_dir:}}run"]  # fmt: skip
+    env = {**os.environ, "TOY_SCHEME_LOG": str(log), "PYTHONPATH": str(REPO_ROOT / "tests")}
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = root / f"qpa_query_scheme-{TOY_SCHEME}" / "run"
     evals = pd.read_csv(run_dir / "eval.csv")

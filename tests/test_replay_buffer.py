@@ -57,7 +57,8 @@ def test_shapes_and_len():
     buf = make_buffer()
     fill(buf, 0, 7)
     assert len(buf) == 7
-    obs, action, reward, next_obs, not_done, not_done_no_max = buf.sample(16)
+    obs, action, reward, next_obs, not_done, not_done_no_max, reward_std = buf.sample(16)
+    assert reward_std is None  # a column only RUNE's buffers keep
     assert obs.shape == (16, OBS_DIM) and next_obs.shape == (16, OBS_DIM)
     assert action.shape == (16, ACT_DIM)
     assert reward.shape == not_done.shape == not_done_no_max.shape == (16, 1)
@@ -219,7 +220,7 @@ def test_sample_hybrid_split():
         outside_recent = 0
         for _ in range(5):
             batch = buf.sample_hybrid(batch_size, 1, ratio)
-            assert all(t.shape[0] == batch_size for t in batch)
+            assert all(t.shape[0] == batch_size for t in batch if t is not None)
             ids = step_ids(batch)
             assert set(ids[:num_recent].tolist()) <= recent
             assert set(ids.tolist()) <= set(range(80, 330))

@@ -1,0 +1,155 @@
+"""The episodes a run keeps for its queries: (s, a) rows and true rewards of the most recent episodes, numbered from
+the run's first, with the simulator states a person's videos are drawn from (teacher=human), and the segment pairs
+queries are made of (ALGORITHM.md §3).
+
+The learner only ever sees the (s, a) rows and the teacher's labels; the true rewards kept beside them go to the
+scripted teacher and nowhere else (ALGORITHM.md §4). A segment pair is one array [2, S, ds + da]: index 0 is σ0,
+index 1 is σ1.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+EPISODE_PREALLOC = 1000  # rows preallocated for the episode being collected; doubled when a longer one shows up
+SimStates = tuple[dict[str, np.ndarray], np.ndarray]  # an episode's layout and its per-step simulator states
+
+
+class SegmentPairs(NamedTuple):
+    """Query candidates: `pairs` [num, 2, S, ds + da], their true rewards [num, 2, S] (for a scripted teacher only)
+    and where each segment starts, (episode, step) [num, 2, 2]."""
+
+    pairs: np.ndarray
+    rewards: np.ndarray
+    origins: np.ndarray
+
+    def take(self, index: np.ndarray | slice) -> SegmentPairs:
+        return SegmentPairs(self.pairs[index], self.rewards[index], self.origins[index])
+
+    @staticmethod
+    def concat(*parts: SegmentPairs) -> SegmentPairs:
+        return SegmentPairs(*(np.concatenate(arrays) for arrays in zip(*parts)))
+
+
+@dataclass
+class Episode:
+    index: int  # 0 for the run's first episode
+    sa: np.ndarray  # [length, ds + da]
+    reward: np.ndarray  # true rewards [length]
+    sim: SimStates | None = None  # set by human_teacher.SimStateRecorder when a person labels
+
+
+class EpisodeStore:
+    """The `max_episodes` most recent complete episodes (None: all), oldest first, and the one being collected.
+
+    `closed` counts every episode ever completed, so a cache of the store knows when it is stale and an episode keeps
+    its number when older ones are dropped.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, max_episodes: int | None) -> None:
+        self.obs_dim = obs_dim
+        self.episodes: deque[Episode] = deque(maxlen=max_episodes)
+        self.closed = 0
+        self._sa = np.empty((EPISODE_PREALLOC, obs_dim + action_dim), dtype=np.float32)
+        self._reward = np.empty(EPISODE_PREALLOC, dtype=np.float32)
+        self._length = 0
+
+    @property
+    def maxlen(self) -> int | None:
+        return self.episodes.maxlen
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __iter__(self) -> Iterator[Episode]:
+        return iter(self.episodes)
+
+    def recent(self, num: int) -> list[Episode]:
+        return list(self.episodes)[-num:]
+
+    def episode(self, index: int) -> Episode:
+        """The episode numbered `index`; KeyError once it is no longer kept."""
+        first = self.closed - len(self.episodes)
+        if not first <= index < self.closed:
+            raise KeyError(f"episode {index} is no longer kept (episodes {first} ... {self.closed - 1})")
+        return self.episodes[index - first]
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: float, done: bool | float) -> None:
+        """Append one step (s, a, true r); `done` closes the episode and moves it into the store."""
+        n = self._length
+        if n == len(self._reward):
+            self._sa = np.concatenate([self._sa, np.empty_like(self._sa)])
+            self._reward = np.concatenate([self._reward, np.empty_like(self._reward)])
+        self._sa[n, : self.obs_dim] = obs
+        self._sa[n, self.obs_dim :] = action
+        self._reward[n] = reward
+        self._length = n + 1
+        if done:
+            self.episodes.append(Episode(self.closed, self._sa[: n + 1].copy(), self._reward[: n + 1].copy()))
+            self._length = 0
+            self.closed += 1
+
+    add_data = add  # B-Pref's name
+
+    def sample_segment_pairs(
+        self, num: int, episodes: list[Episode], length: int, rng: np.random.Generator
+    ) -> SegmentPairs:
+        """`num` pairs of `length`-step segments: two of `episodes` drawn uniformly with replacement, a uniform start
+        in each. Starts are drawn from 0 ... len - S - 1, as the original release draws them, so a segment never
+        holds an episode's last step."""
+        eligible = [episode for episode in episodes if len(episode.reward) > length]
+        if not eligible:
+            raise ValueError(
+                f"no complete episode longer than segment={length} steps is stored "
+                f"({len(episodes)} candidates); allowed: query after add_data has closed such an episode"
+            )
+        lengths = np.array([len(episode.reward) for episode in eligible])
+        episode_index = rng.integers(len(eligible), size=(num, 2))
+        starts = rng.integers(0, lengths[episode_index] - length)
+        pairs = np.empty((num, 2, length, self._sa.shape[1]), dtype=np.float32)
+        rewards = np.empty((num, 2, length), dtype=np.float32)
+        origins = np.empty((num, 2, 2), dtype=np.int64)
+        for query, side in np.ndindex(num, 2):
+            episode = eligible[episode_index[query, side]]
+            start = starts[query, side]
+            pairs[query, side] = episode.sa[start : start + length]
+            rewards[query, side] = episode.reward[start : start + length]
+            origins[query, side] = episode.index, start
+        return SegmentPairs(pairs, rewards, origins)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors, so that a store without simulator states loads with torch.load(weights_only=True)."""
+        return {
+            "lengths": torch.tensor([len(episode.reward) for episode in self.episodes], dtype=torch.long),
+            "sa": torch.from_numpy(np.concatenate([episode.sa for episode in self.episodes] or [self._sa[:0]])),
+            "reward": torch.from_numpy(
+                np.concatenate([episode.reward for episode in self.episodes] or [self._reward[:0]])
+            ),
+            "sim": [episode.sim for episode in self.episodes] if any(e.sim for e in self.episodes) else None,
+            "open_sa": torch.from_numpy(self._sa[: self._length].copy()),
+            "open_reward": torch.from_numpy(self._reward[: self._length].copy()),
+            "closed": self.closed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.closed = int(state["closed"])
+        lengths = state["lengths"].tolist()
+        sims = state["sim"] or [None] * len(lengths)
+        sa, reward = state["sa"].numpy(), state["reward"].numpy()
+        first = self.closed - len(lengths)
+        self.episodes.clear()
+        for offset, ((start, end), sim) in enumerate(zip(itertools.pairwise(np.cumsum([0, *lengths])), sims)):
+            self.episodes.append(Episode(first + offset, sa[start:end].copy(), reward[start:end].copy(), sim))
+        self._length = len(state["open_reward"])
+        capacity = max(EPISODE_PREALLOC, self._length)
+        self._sa = np.empty((capacity, self._sa.shape[1]), dtype=np.float32)
+        self._reward = np.empty(capacity, dtype=np.float32)
+        self._sa[: self._length] = state["open_sa"].numpy()
+        self._reward[: self._length] = state["open_reward"].numpy()

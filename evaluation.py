@@ -1,0 +1,52 @@
+"""Evaluation episodes of the deterministic policy (ALGORITHM.md §2): the true return, the return r̂ predicts for
+the same episodes, and Meta-World's success."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import utils
+from agent.sac import SACAgent
+from reward_model import RewardModel
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    episode_reward: float  # mean true return
+    episode_reward_hat: float | None  # mean predicted return (None without a learned reward)
+    success_rate: float | None  # % of episodes that succeeded at some step (Meta-World only)
+
+
+def evaluate_policy(
+    agent: SACAgent, env: Any, num_episodes: int, first_seed: int, reward_model: RewardModel | None, metaworld: bool
+) -> Evaluation:
+    """`num_episodes` episodes of tanh(mu), episode i reset with seed `first_seed` + i."""
+    returns, returns_hat, successes = [], [], []
+    obs_actions = np.empty((env.max_episode_steps, agent.obs_dim + agent.action_dim), dtype=np.float32)
+    for index in range(num_episodes):
+        obs, _ = env.reset(seed=first_seed + index)
+        done, length, episode_return, success = False, 0, 0.0, 0.0
+        while not done:
+            with utils.eval_mode(agent.actor):
+                action = agent.act(obs, sample=False)
+            obs_actions[length] = np.concatenate([obs, action])
+            obs, reward, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+            episode_return += reward
+            length += 1
+            if metaworld:
+                success = max(success, float(info["success"]))
+        returns.append(episode_return)
+        successes.append(success)
+        if reward_model is not None:
+            predicted = reward_model.predict_reward(torch.as_tensor(obs_actions[:length], device=reward_model.device))
+            returns_hat.append(float(predicted.sum()))
+    return Evaluation(
+        episode_reward=float(np.mean(returns)),
+        episode_reward_hat=float(np.mean(returns_hat)) if reward_model is not None else None,
+        success_rate=100.0 * float(np.mean(successes)) if metaworld else None,
+    )

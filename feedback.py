@@ -1,0 +1,158 @@
+"""Preference feedback in the training loop (ALGORITHM.md §2): opening a query round, and what a method does once
+its labels are in, its `feedback_steps`: an ordered list of named steps in the method's config. QPA's and PEBBLE's
+are `[train_reward, relabel, reset_critic_after_first_round]`.
+
+A step is a function of the run and the round, registered under its config name, in this repository or in a module
+of yours named by the `imports` key:
+
+    @register_step("reset_critic_every_round")
+    def reset_critic_every_round(run: Run, query_round: QueryRound) -> None:
+        run.agent.reset_critic()
+
+A step that keeps state or watches training is a class instead, built from the config: its instances are called
+the same way, may have `after_update(run, metrics)` (called after every SAC update of the feedback phase, e.g. for
+a trigger on the critic's Q) and `state_dict` / `load_state_dict` (saved in the run's checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from queries import QUERY_SCHEMES, QueryContext
+from reward_trainer import DMC_STOP_ACCURACY, METAWORLD_STOP_ACCURACY
+from utils import NonFiniteError
+
+if TYPE_CHECKING:
+    from collections import deque
+
+    import torch
+
+    from agent.sac import SACAgent
+    from config_schema import TrainConfig
+    from episodes import EpisodeStore, SegmentPairs
+    from logger import Logger
+    from preferences import PreferenceDataset
+    from replay_buffer import Batch, ReplayBuffer
+    from reward_model import RewardModel
+    from reward_trainer import RewardTrainer
+    from schedule import FeedbackSchedule
+    from teacher import QueryRound, Teacher
+    from utils import RandomStreams
+
+
+class Run(Protocol):
+    """What a feedback step may read and change: the training loop's parts (train_QPA.Workspace is one)."""
+
+    cfg: TrainConfig
+    step: int
+    is_metaworld: bool
+    max_episode_steps: int
+    agent: SACAgent
+    replay_buffer: ReplayBuffer
+    episodes: EpisodeStore
+    preferences: PreferenceDataset
+    reward_model: RewardModel
+    reward_trainer: RewardTrainer
+    schedule: FeedbackSchedule
+    teacher: Teacher
+    rngs: RandomStreams  # `queries`: query selection; `diagnostic`: the history windows of the alignment log
+    recent_returns: deque[float]  # the last training returns, which set the scripted teacher's thresholds
+    logger: Logger
+    update_metrics: dict[str, torch.Tensor]  # the last SAC update's, logged at the end of each episode
+
+    def sample(self, hybrid: bool) -> Batch: ...
+
+
+def ask_queries(run: Run) -> None:
+    """Open a query round: its size, the scripted teacher's thresholds (ALGORITHM.md §4), the scheme's queries."""
+    cfg = run.cfg
+    size = run.schedule.round_size(run.step)
+    margin = (np.mean(run.recent_returns) if run.recent_returns else 0.0) * cfg.segment / run.max_episode_steps
+    run.teacher.set_thres_skip(margin)
+    run.teacher.set_thres_equal(margin)
+    scheme = QUERY_SCHEMES[cfg.scheme]
+    if run.schedule.rounds == 0 and scheme.uses_reward_model:
+        scheme = QUERY_SCHEMES["uniform"]  # ensemble-based scores mean nothing before the first training (B-Pref)
+    context = QueryContext(size, run.episodes, cfg.segment, cfg.max_reward_buffer_size, cfg.large_batch,
+                           float(cfg.explore or 0.0), run.rngs.queries, run.reward_model, run.preferences.data()[0],
+                           run.agent)  # fmt: skip
+    queried = scheme.select(context)
+    log_query_alignment(run, context, queried)
+    run.teacher.ask(run.schedule.open(queried, size, run.step))
+
+
+def log_query_alignment(run: Run, context: QueryContext, queried: SegmentPairs) -> None:
+    """Query-policy alignment (the QPA paper's Figure 11): the mean per-step log π(a|s) under the current policy of
+    the segments just queried, and of as many `segment`-step windows drawn uniformly from the replay history."""
+    if len(queried.pairs) == 0:
+        return
+    run.logger.log("train/query_log_likelihood", float(context.log_likelihood(queried).mean()), run.step)
+    if len(run.replay_buffer) >= run.cfg.segment:
+        windows = run.replay_buffer.sample_windows(2 * len(queried.pairs), run.cfg.segment, run.rngs.diagnostic)
+        run.logger.log("train/history_log_likelihood", float(run.agent.log_likelihood(*windows).mean()), run.step)
+
+
+FeedbackStep = Callable[["Run", "QueryRound"], None]
+FEEDBACK_STEPS: dict[str, Callable[[Any], FeedbackStep]] = {}  # name -> builder taking the training config
+
+
+def register_step(name: str) -> Callable[[Any], Any]:
+    """Add a feedback step (a function, or a class built from the config) to the registry under `name`."""
+
+    def add(step: Any) -> Any:
+        if name in FEEDBACK_STEPS:
+            raise ValueError(f"feedback step {name!r} is already registered")
+        FEEDBACK_STEPS[name] = step if isinstance(step, type) else lambda cfg: step
+        return step
+
+    return add
+
+
+def build_steps(names: list[str], cfg: Any) -> list[FeedbackStep]:
+    return [FEEDBACK_STEPS[name](cfg) for name in names]
+
+
+@register_step("train_reward")
+def train_reward(run: Run, query_round: QueryRound) -> None:
+    """Train r̂ on every label so far: the original release's DMC rule (a running-accuracy stop within
+    ceil(reward_update x labels / reward_train_batch) steps, with cropping), or Meta-World's (whole epochs until
+    one's accuracy passes 0.97, at most reward_update)."""
+    cfg, trainer = run.cfg, run.reward_trainer
+    if run.schedule.labeled_feedback == 0:  # the teacher skipped every query so far
+        return
+    if run.is_metaworld:
+        for _ in range(cfg.reward_update):
+            accuracy, loss = trainer.fit(trainer.epoch(), augment=False)
+            if np.mean(accuracy) > METAWORLD_STOP_ACCURACY:
+                break
+    else:
+        num_steps = math.ceil(cfg.reward_update * run.schedule.labeled_feedback / cfg.reward_train_batch)
+        accuracy, loss = trainer.fit(trainer.minibatches(num_steps), augment=True, stop_accuracy=DMC_STOP_ACCURACY)
+    if not math.isfinite(loss):
+        raise NonFiniteError(f"reward-model loss became {loss} at step {run.step}")
+    run.logger.log("train/reward_train_acc", float(np.mean(accuracy)), run.step)
+    run.logger.log("train/reward_loss", loss, run.step)
+    for name, value in trainer.metrics().items():
+        run.logger.log(f"train/{name}", value, run.step)
+
+
+@register_step("relabel")
+def relabel(run: Run, query_round: QueryRound) -> None:
+    """Every stored transition gets the new r̂ (and, for RUNE, its ensemble std)."""
+    run.replay_buffer.relabel_with_predictor(run.reward_model)
+
+
+@register_step("reset_critic_after_first_round")
+def reset_critic_after_first_round(run: Run, query_round: QueryRound) -> None:
+    """PEBBLE's and QPA's restart after the first round: a fresh critic (the actor and temperature are kept), then
+    `reset_update` SAC updates on uniform batches of the relabelled buffer. Their frequencies count these updates,
+    so the actor and the target critic keep pace with the many critic steps."""
+    if not query_round.first:
+        return
+    run.agent.reset_critic()
+    for index in range(run.cfg.reset_update):
+        run.update_metrics = run.agent.update(lambda: run.sample(hybrid=False), index)
