@@ -18,6 +18,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -29,8 +31,9 @@ from PIL import Image
 
 import utils
 from config_schema import TeacherConfig
-from run_dir import LABELS_NAME
+from run_dir import LABELS_NAME, publish_url, withdraw_url
 from teacher import Answers, QueryRound, TeacherError
+from utils import WriteError
 
 ANSWER_LABELS: dict[str, float | None] = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
 SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # positions, velocities, actuator and mocap state: what is drawn
@@ -39,6 +42,8 @@ LAYOUT_FIELDS = ("body_pos", "body_quat", "site_pos")
 Layout = dict[str, np.ndarray]
 FRAME_HEIGHT, FRAME_WIDTH = 240, 320
 JPEG_QUALITY = 80
+PAGE_SEEN_S = 10.0  # a tab that asked this recently is open: at the end of the run it is told so
+FINISH_WAIT_S = 3.0  # how long the end of a run waits for open tabs to learn that it finished (they ask every 1 s)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -130,18 +135,29 @@ class LabelStore:
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
         uri = f"file:{path}?mode=ro" if read_only else f"file:{path}"
-        self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         self.lock = threading.Lock()  # one connection shared by the training and web threads
-        if not read_only:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
+        with self.writing():
+            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """A failed write (a full disk, a read-only filesystem) is a WriteError naming the file; every answer
+        committed before it stays in the file, and the failed one is rolled back whole."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            name = getattr(error, "sqlite_errorname", None)
+            raise WriteError(self.path, f"{error} ({name})" if name else str(error)) from None
 
     def open_round(self, query_round: QueryRound) -> list[tuple[str | None, float | None]]:
         """Record a round's queries (kept as they are when re-asked) and return the (answer, label) of each.
 
         Raises a one-line RuntimeError naming the first query that differs from what the file holds."""
         origins = query_round.origins.reshape(len(query_round.origins), 4).tolist()
-        with self.lock:
+        with self.lock, self.writing():
             self.db.execute("INSERT OR IGNORE INTO rounds VALUES (?, ?, ?, NULL)",
                             (query_round.index, len(origins), query_round.opened_step))  # fmt: skip
             self.db.executemany(
@@ -162,7 +178,7 @@ class LabelStore:
 
     def answer(self, round_index: int, query: int, answer: str, labeller: str, step: int) -> bool:
         """Record an answer unless the query already has one; True when this one was recorded."""
-        with self.lock:
+        with self.lock, self.writing():
             cursor = self.db.execute(
                 "UPDATE queries SET answer = ?, label = ?, labeller = ?, answered_at = ?, step = ? "
                 "WHERE round = ? AND query = ? AND answer IS NULL",
@@ -170,8 +186,13 @@ class LabelStore:
             )
             return cursor.rowcount == 1
 
-    def complete_round(self, round_index: int, step: int) -> None:
+    def asked(self, round_index: int, query: int) -> bool:
         with self.lock:
+            return self.db.execute("SELECT 1 FROM queries WHERE round = ? AND query = ?",
+                                   (round_index, query)).fetchone() is not None  # fmt: skip
+
+    def complete_round(self, round_index: int, step: int) -> None:
+        with self.lock, self.writing():
             self.db.execute("UPDATE rounds SET completed_step = ? WHERE round = ?", (step, round_index))
 
     def completed_step(self, round_index: int) -> int | None:
@@ -207,6 +228,7 @@ def labels_of(answers: list[tuple[str | None, float | None]]) -> Answers:
 class OpenQuery:
     video: tuple[bytes, bytes] | None = None  # rendered σ0 and σ1
     claimed_at: float = -np.inf
+    claimed_by: str = ""  # the tab that holds it (the page's random id)
     answer: str | None = None
 
 
@@ -222,8 +244,8 @@ class OpenRound:
 
 class HumanTeacher:
     """Puts each round to the people on the labelling page; one query goes to one of them at a time, and goes back
-    to the pool when it is left unanswered for `human_timeout` seconds. Thread-safe: the web app calls `claim`,
-    `video` and `answer` from its own thread."""
+    to the pool when its tab releases it (the tab closes) or leaves it unanswered for `human_timeout` seconds.
+    Thread-safe: the web app calls `claim`, `page_state`, `video`, `answer` and `release` from its own thread."""
 
     def __init__(self, cfg: TeacherConfig, work_dir: Path, env_name: str, seed: int, recorder: SimStateRecorder,
                  segment: int) -> None:  # fmt: skip
@@ -231,11 +253,13 @@ class HumanTeacher:
 
         bind(cfg.human_host, cfg.human_port).close()  # a port in use fails now, not at the first round
         self.cfg = cfg
+        self.work_dir = work_dir
         self.store = LabelStore(work_dir / LABELS_NAME)
         self.recorder = recorder
         self.segment = segment
         self.url: str | None = None
         self.step = 0  # the training step, for the time each answer arrived
+        self.step_source: Callable[[], int] | None = None  # the run's current step, for the page (train_QPA.main)
         self.render_seconds = 0.0  # rendering time of the last round
         self._env_name, self._seed = env_name, seed
         self._round: OpenRound | None = None
@@ -243,7 +267,11 @@ class HumanTeacher:
         self._render_jobs: queue.Queue[tuple[OpenRound, int, tuple, tuple] | None] = queue.Queue()
         self._server: Any = None
         self._fps = 0.0
-        self._render_error: TeacherError | None = None  # raised in the training thread, which would wait forever
+        # Raised in the training thread, which would otherwise wait forever: a render or label-store failure
+        self._failure: Exception | None = None
+        self._tabs: dict[str, float] = {}  # each open tab's last request (time.monotonic)
+        self._finished_step: int | None = None
+        self._closed = False
 
     # ---------------------------------------------------------------- the training loop's side
     def set_thres_skip(self, new_margin: float) -> None:
@@ -268,8 +296,8 @@ class HumanTeacher:
 
     def answers(self, step: int) -> Answers | None:
         """The round's labels once every query is answered, else None."""
-        if self._render_error is not None:
-            raise self._render_error
+        if self._failure is not None:
+            raise self._failure
         with self._changed:
             self.step = step
             if self._round is None or self._round.unanswered:
@@ -289,19 +317,81 @@ class HumanTeacher:
             size = len(self._round.queries)
             return f"round {self._round.query_round.index + 1}, {size - self._round.unanswered} of {size} answered"
 
+    def current_step(self) -> int:
+        return self.step_source() if self.step_source is not None else self.step
+
     # ---------------------------------------------------------------- the web app's side
-    def claim(self) -> dict[str, Any] | None:
-        """The next rendered query nobody holds (a claim expires after human_timeout), as the page shows it."""
+    def claim(self, tab: str = "", take_over: bool = False) -> dict[str, Any] | None:
+        """The next rendered query for this tab: one it already holds, else one nobody holds (a claim expires after
+        human_timeout), else with `take_over` the one another tab has held longest. None when there is none."""
         now = time.monotonic()
         with self._changed:
-            if self._round is None:
+            self._seen(tab, now)
+            if self._round is None or self._finished_step is not None:
                 return None
-            for index, query in enumerate(self._round.queries):
-                expired = now - query.claimed_at > self.cfg.human_timeout
-                if query.answer is None and query.video is not None and expired:
-                    query.claimed_at = now
-                    return self._describe_query(self._round, index)
-        return None
+            waiting = [(index, query) for index, query in enumerate(self._round.queries)
+                       if query.answer is None and query.video is not None]  # fmt: skip
+            held = [(index, query) for index, query in waiting if now - query.claimed_at <= self.cfg.human_timeout]
+            mine = [(index, query) for index, query in held if tab and query.claimed_by == tab]
+            free = [(index, query) for index, query in waiting if now - query.claimed_at > self.cfg.human_timeout]
+            others = sorted((item for item in held if item not in mine), key=lambda item: item[1].claimed_at)
+            chosen = mine or free or (others if take_over else [])
+            if not chosen:
+                return None
+            index, query = chosen[0]
+            query.claimed_at, query.claimed_by = now, tab
+            return self._describe_query(self._round, index)
+
+    def release(self, round_index: int, query: int, tab: str) -> bool:
+        """The tab that holds a query closed: the query goes back to the pool at once. True when it did."""
+        with self._changed:
+            open_round = self._round
+            if open_round is None or open_round.query_round.index != round_index:
+                return False
+            if not 0 <= query < len(open_round.queries) or open_round.queries[query].claimed_by != tab or not tab:
+                return False
+            open_round.queries[query].claimed_at = -np.inf
+            self._tabs.pop(tab, None)
+            return True
+
+    def page_state(self, tab: str = "") -> dict[str, Any]:
+        """What a tab without a query shows: why there is none, whether another tab holds queries it may take over,
+        or that the run finished."""
+        now = time.monotonic()
+        with self._changed:
+            self._seen(tab, now)
+            step = self.current_step()
+            if self._finished_step is not None:
+                message = f"training finished at step {self._finished_step}; you can close this page"
+                return {"state": "finished", "step": self._finished_step, "held": 0, "message": message}
+            if self._round is None:
+                return {"state": "waiting", "step": step, "held": 0,
+                        "message": f"no queries open: the run is training (step {step}); its next queries will "
+                                   "show here"}  # fmt: skip
+            open_round = self._round
+            unanswered = [query for query in open_round.queries if query.answer is None]
+            rendering = sum(query.video is None for query in unanswered)
+            held = [query.claimed_at for query in unanswered
+                    if query.video is not None and now - query.claimed_at <= self.cfg.human_timeout]  # fmt: skip
+        size = len(open_round.queries)
+        parts = []
+        if held:
+            minutes, seconds = divmod(round(self.cfg.human_timeout - (now - min(held))), 60)
+            parts.append(f"{len(held)} open in another tab (or in a closed one: the first goes back to the pool in "
+                         f"{minutes} min {seconds} s), or take one over")  # fmt: skip
+        if rendering:
+            parts.append(f"{rendering} still rendering")
+        if not parts:
+            parts.append("all answered; the run is taking them in")
+        waits = "the run waits for them" if self.cfg.human_mode == "sync" else "the run trains on meanwhile"
+        message = (f"round {open_round.query_round.index + 1}, {size - len(unanswered)} of {size} answered, step "
+                   f"{step}: {'; '.join(parts)}; {waits}")  # fmt: skip
+        return {"state": "waiting", "step": step, "held": len(held), "message": message}
+
+    def _seen(self, tab: str, now: float) -> None:
+        if tab:
+            self._tabs[tab] = now
+            self._changed.notify_all()
 
     def _describe_query(self, open_round: OpenRound, index: int) -> dict[str, Any]:
         query_round = open_round.query_round
@@ -314,7 +404,7 @@ class HumanTeacher:
             "fps": self._fps,
             "width": FRAME_WIDTH,
             "height": FRAME_HEIGHT,
-            "step": self.step,
+            "step": self.current_step(),
             "progress": f"query {index + 1} of {size}, round {query_round.index + 1}, "
             f"{used} of {query_round.feedback_budget} used",
         }
@@ -328,19 +418,28 @@ class HumanTeacher:
             video = self._round.queries[query].video
         return None if video is None else video[side]
 
-    def answer(self, round_index: int, query: int, answer: str, labeller: str) -> bool:
-        """Record an answer of the open round; False when the query is not open (answered, or another round)."""
+    def answer(self, round_index: int, query: int, answer: str, labeller: str) -> str:
+        """Record an answer of the open round: 'recorded'; 'answered' when the query has an answer already or is
+        not open now; 'missing' when no such query was asked. WriteError when labels.sqlite cannot be written (the
+        training thread then stops the run)."""
         with self._changed:
             open_round = self._round
-            if open_round is None or open_round.query_round.index != round_index:
-                return False
-            if not 0 <= query < len(open_round.queries) or open_round.queries[query].answer is not None:
-                return False
-            if not self.store.answer(round_index, query, answer, labeller, self.step):
-                return False
-            open_round.queries[query].answer = answer
-            self._changed.notify_all()
-        return True
+            if open_round is not None and open_round.query_round.index == round_index \
+                    and 0 <= query < len(open_round.queries):  # fmt: skip
+                if open_round.queries[query].answer is not None:
+                    return "answered"
+                try:
+                    recorded = self.store.answer(round_index, query, answer, labeller, self.step)
+                except WriteError as error:
+                    self._failure = error
+                    self._changed.notify_all()
+                    raise
+                if not recorded:
+                    return "answered"
+                open_round.queries[query].answer = answer
+                self._changed.notify_all()
+                return "recorded"
+        return "answered" if self.store.asked(round_index, query) else "missing"
 
     # ---------------------------------------------------------------- rendering and the server
     def _start_server(self) -> None:
@@ -357,6 +456,8 @@ class HumanTeacher:
             raise
         self._server = server
         print(f"labelling at {self.url}", flush=True)
+        url_file = publish_url(self.work_dir, self.url)
+        print(f"(the URL is also in {url_file}, readable by you only)", flush=True)
 
     def _start_renderer(self) -> float:
         """Start the render thread (its own env and OpenGL context) and return the env's frame rate."""
@@ -382,7 +483,7 @@ class HumanTeacher:
             try:
                 video = (render_segment(env, *side_0), render_segment(env, *side_1))
             except Exception as error:
-                self._render_error = TeacherError(f"rendering query {index} failed: {error}")
+                self._failure = TeacherError(f"rendering query {index} failed: {error}")
                 return
             with self._changed:
                 open_round.queries[index].video = video
@@ -391,8 +492,27 @@ class HumanTeacher:
         env.close()  # in this thread, which holds its OpenGL context
 
     def close(self) -> None:
+        """The run finished: the open tabs are told so (waiting up to FINISH_WAIT_S for each to ask once more, so
+        that none is left guessing), then everything stops."""
+        if self._server is not None and not self._closed:
+            with self._changed:
+                self._finished_step = self.current_step()
+                finished_at = time.monotonic()
+                open_tabs = [tab for tab, seen in self._tabs.items() if finished_at - seen < PAGE_SEEN_S]
+                deadline = finished_at + FINISH_WAIT_S
+                while any(self._tabs.get(tab, finished_at) < finished_at for tab in open_tabs):
+                    if not self._changed.wait(deadline - time.monotonic()):
+                        break
+        self.abort()
+
+    def abort(self) -> None:
+        """Stop the page, the render thread and the label store now, however the run ended. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         if self._server is not None:
             self._server.stop()
+            withdraw_url(self.work_dir)
             while not self._render_jobs.empty():  # an async run can end with a round still open
                 self._render_jobs.get_nowait()
             self._render_jobs.put(None)
