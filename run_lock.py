@@ -85,6 +85,16 @@ def holder_alive(holder: Holder) -> bool | None:
     return True
 
 
+def live_holder(work_dir: Path) -> Holder | None:
+    """The holder of `work_dir`'s lock when it looks alive from here, without taking the lock (for reports such as
+    `scripts/sweep.py --summary`): its PID alive on this host, its heartbeat younger than STALE_S elsewhere."""
+    holder = read_holder(work_dir / LOCK_NAME)
+    if holder is None:
+        return None
+    alive = holder_alive(holder)
+    return holder if (time.time() - holder.heartbeat <= STALE_S if alive is None else alive) else None
+
+
 class RunLock:
     """Hold `<work_dir>/run.lock` until `release`; raises RunLockedError (one line naming the holder) when a live
     process holds it. `on_lost` is called (from the heartbeat thread) if another process takes the lock over,

@@ -116,7 +116,7 @@ class WriteError(OSError):
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         super().__init__(f"cannot write {path}: {reason}")
-        self.filename = str(path)
+        self.path = Path(path)
 
     @classmethod
     def of(cls, path: str | os.PathLike, error: OSError) -> WriteError:
