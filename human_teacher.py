@@ -13,6 +13,7 @@ skip leaves the query out, so the reward model and every query scheme handle the
 
 from __future__ import annotations
 
+import math
 import queue
 import sqlite3
 import threading
@@ -376,7 +377,7 @@ class HumanTeacher:
         size = len(open_round.queries)
         parts = []
         if held:
-            minutes, seconds = divmod(round(self.cfg.human_timeout - (now - min(held))), 60)
+            minutes, seconds = divmod(math.ceil(self.cfg.human_timeout - (now - min(held))), 60)
             parts.append(f"{len(held)} open in another tab (or in a closed one: the first goes back to the pool in "
                          f"{minutes} min {seconds} s), or take one over")  # fmt: skip
         if rendering:
