@@ -3,7 +3,8 @@
 Every request must carry the run's random token (`?token=` or an `X-Token` header), else 403: on a shared
 machine, others can reach 127.0.0.1 too. The page (labelling_page.html, plain HTML and JS) asks `/api/next` for a
 query (or, when there is none, for the reason), plays its two segments from `/api/video/...` side by side, posts
-the answer to `/api/answer`, and gives its query back through `/api/release` when its tab closes.
+the answer to `/api/answer`, and gives its query back through `/api/release` when its tab closes; while it shows a
+query it asks `/api/state`, so that it notices the run finishing or going away.
 
 A request the page would never send gets a 4xx with a one-line JSON error and one line on the run's console, never
 a 500 or a traceback: a body over MAX_BODY_BYTES is 413; one that is not UTF-8 JSON, not an object or holds a value
@@ -108,6 +109,9 @@ def make_app(teacher: HumanTeacher, token: str) -> Starlette:
         query = teacher.claim(tab, take_over=request.query_params.get("take_over") == "1")
         return JSONResponse(query or teacher.page_state(tab))
 
+    async def state(request: Request) -> JSONResponse:
+        return JSONResponse(teacher.page_state(request.query_params.get("tab", "")[:MAX_TEXT]))
+
     async def video(request: Request) -> Response:
         params = request.path_params
         jpeg = teacher.video(params["round"], params["query"], params["side"])
@@ -144,6 +148,7 @@ def make_app(teacher: HumanTeacher, token: str) -> Starlette:
     routes = [
         Route("/", page),
         Route("/api/next", next_query),
+        Route("/api/state", state),
         Route("/api/video/{round:int}/{query:int}/{side:int}", video),
         Route("/api/answer", answer, methods=["POST"]),
         Route("/api/release", release, methods=["POST"]),

@@ -372,9 +372,9 @@ def test_the_page_shows_the_current_step_and_learns_that_the_run_finished(open_t
     assert "step 701:" in open_teacher.page_state()["message"]
     seen: list[dict] = []
 
-    def poll() -> None:  # an open tab, asking every 0.2 s as the page does when it has no query
+    def poll() -> None:  # an open tab, asking as the page does while it shows a query
         while not seen or seen[-1].get("state") != "finished":
-            seen.append(json.loads(get(f"{base}/api/next?token={token}&tab=open")[1]))
+            seen.append(json.loads(get(f"{base}/api/state?token={token}&tab=open")[1]))
             time.sleep(0.2)
 
     tab = threading.Thread(target=poll)
