@@ -407,3 +407,19 @@ def test_a_full_disk_while_a_person_labels_stops_the_run_in_one_line_and_keeps_e
                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         pd.testing.assert_frame_equal(eval_log(replay), eval_log(run_dir))
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_human_run_ends_with_its_one_line_and_no_opengl_traceback(tmp_path, signal_number):
+    """The render thread's OpenGL context is freed in that thread before the interpreter exits."""
+    run = HumanRun(tmp_path, *HUMAN)
+    run.next_query()  # the page is up and the render thread has drawn
+    run.process.send_signal(signal_number)
+    assert run.process.wait(120) == 1
+    stderr = "".join(run.stderr)
+    assert "Traceback" not in stderr and "EGLError" not in stderr, stderr[-3000:]
+    name = signal.Signals(signal_number).name
+    assert (
+        stderr.strip().splitlines()[-1] == f"error: stopped by {name}; re-run the same command to resume from step 1000"
+    )
+    assert not (tmp_path / URL_NAME).exists()

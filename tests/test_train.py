@@ -64,6 +64,7 @@ def test_walker_run_logs_everything_and_spends_the_feedback_budget_exactly(walke
     assert expected <= set(trains), expected - set(trains)
     assert trains.step.is_unique and evals.step.is_unique
     assert (walker_run / "status.json").read_text().count('"finished"') == 1
+    assert not (walker_run / "train_QPA.log").exists()  # Hydra's job log would stay empty: the run prints
 
 
 @pytest.mark.slow
