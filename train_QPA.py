@@ -584,9 +584,13 @@ def train(cfg: DictConfig, work_dir: Path, run_lock: RunLock) -> None:
             return
     except RunRefusedError as error:  # another run's directory: its status.json stays as that run left it
         stop(str(error))
-    except (ConfigError, WriteError) as error:
+    except ConfigError as error:
         write_final_status(work_dir, "failed", 0, str(error))
         stop(str(error))
+    except WriteError as error:
+        message = f"{error}; once it can be written, re-run the same command"
+        write_final_status(work_dir, "failed", 0, message)
+        stop(message)
     workspace = None
     previous_handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

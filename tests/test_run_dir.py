@@ -109,6 +109,16 @@ def test_a_refused_resume_leaves_the_status_of_the_run_alone(finished_run, tmp_p
         assert status(run_dir) == {"state": "finished", "step": 2000, "error": None}
 
 
+def test_a_config_that_cannot_be_written_stops_the_run_before_it_starts(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "config.yaml").mkdir(parents=True)  # the atomic rename onto it fails: a real OS error, also for root
+    line = one_line_error(train(run_dir, *RUN, check=False))
+    reason = "[Errno 21] Is a directory"
+    message = f"cannot write {run_dir / 'config.yaml'}: {reason}; once it can be written, re-run the same command"
+    assert line == f"error: {message}"
+    assert status(run_dir) == {"state": "failed", "step": 0, "error": message}
+
+
 def test_stale_temp_files_are_removed_and_a_finished_run_stays_finished(finished_run, tmp_path) -> None:
     run_dir = copy_run(finished_run, tmp_path / "run")
     (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"\0" * 1000)
