@@ -513,7 +513,7 @@ class HumanTeacher:
         self._closed = True
         if self._server is not None:
             self._server.stop()
-            withdraw_url(self.work_dir)
+            withdraw_url(self.work_dir, self.url)
             while not self._render_jobs.empty():  # an async run can end with a round still open
                 self._render_jobs.get_nowait()
             self._render_jobs.put(None)

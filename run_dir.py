@@ -220,8 +220,11 @@ def publish_url(work_dir: Path, url: str) -> Path:
     return path
 
 
-def withdraw_url(work_dir: Path) -> None:
-    """The page is down: its URL file goes (the run's next status write drops its name). Never raises: the run is
-    ending, and on a read-only filesystem the next run removes the file (`prepare_run_dir`)."""
+def withdraw_url(work_dir: Path, url: str) -> None:
+    """The page is down: its URL file goes, unless it names another run's page by now (a run that took the directory
+    over); the run's next status write drops the file's name. Never raises: the run is ending, and on a read-only
+    filesystem the next run removes the file (`prepare_run_dir`)."""
+    path = work_dir / URL_NAME
     with contextlib.suppress(OSError):
-        (work_dir / URL_NAME).unlink(missing_ok=True)
+        if path.read_text() == f"{url}\n":
+            path.unlink()

@@ -602,7 +602,7 @@ def train(cfg: DictConfig, work_dir: Path, run_lock: RunLock) -> None:
     except Interrupted as signal_name:
         if run_lock.lost_to is not None:  # the directory is another process's now: write nothing more there
             stop(f"{run_lock.lost_to.describe()} took over {work_dir} after this run missed its heartbeats for "
-                 f"{run_lock.stale_s:.0f} s (suspended?); this run stopped without writing")  # fmt: skip
+                 f"{run_lock.stale_s:.0f} s (suspended?); this run stopped and left the directory to it")  # fmt: skip
         step = checkpointed_step(workspace)
         write_final_status(work_dir, "interrupted", step, f"stopped by {signal_name}")
         # SystemExit even in a --multirun: a stopped sweep should stop, not go on to its next run.

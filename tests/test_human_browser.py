@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import closing, nullcontext
+from dataclasses import asdict
 from io import BytesIO
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from PIL import Image
 from test_train import TINY
 
 from run_dir import URL_NAME
+from run_lock import HEARTBEAT_S, LOCK_NAME, RECORD_BYTES, Holder, read_holder
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -423,3 +425,23 @@ def test_a_stopped_human_run_ends_with_its_one_line_and_no_opengl_traceback(tmp_
         stderr.strip().splitlines()[-1] == f"error: stopped by {name}; re-run the same command to resume from step 1000"
     )
     assert not (tmp_path / URL_NAME).exists()
+
+
+def test_a_run_whose_directory_was_taken_over_stops_and_leaves_it_alone(tmp_path):
+    """Another node's process took the lock over (this run's heartbeat had stopped for STALE_S, as a suspended job's
+    does): within a heartbeat the run stops in one line, and its status.json stays as the new holder will write it."""
+    run = HumanRun(tmp_path, *HUMAN)
+    run.next_query()  # the run waits for its person
+    status = (tmp_path / "status.json").read_bytes()
+    taker = Holder("node-elsewhere", 4242, time.time(), time.time(), "0123456789abcdef")
+    fd = os.open(tmp_path / LOCK_NAME, os.O_WRONLY)  # written in place, as RunLock writes it
+    os.pwrite(fd, json.dumps(asdict(taker)).encode().ljust(RECORD_BYTES), 0)
+    os.close(fd)
+    assert run.process.wait(HEARTBEAT_S + 120) == 1
+    last_line = "".join(run.stderr).strip().splitlines()[-1]
+    assert last_line.startswith("error: PID 4242 on host node-elsewhere, since ") and last_line.endswith(
+        f"took over {tmp_path} after this run missed its heartbeats for 120 s (suspended?); this run stopped and left "
+        "the directory to it"
+    )
+    assert (tmp_path / "status.json").read_bytes() == status
+    assert read_holder(tmp_path / LOCK_NAME) == taker
