@@ -59,10 +59,13 @@ def is_number(value: Any) -> bool:
 @dataclass(frozen=True)
 class Int:
     minimum: int = 1
+    maximum: int | None = None
 
     def __call__(self, value: Any) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum
-        return None if ok else f"must be an integer >= {self.minimum}"
+        if self.maximum is None:
+            return None if ok else f"must be an integer >= {self.minimum}"
+        return None if ok and value <= self.maximum else f"must be an integer in [{self.minimum}, {self.maximum}]"
 
 
 @dataclass(frozen=True)
@@ -471,7 +474,7 @@ class TeacherConfig(Section):
     labels_from: Any = key(None, optional(Name(r".+", "a path")), "teacher=replay: the labels.sqlite to replay")
     human_mode: str = key("sync", Choice(("sync", "async")), "human: wait for each round, or train on meanwhile")
     human_host: str = key("127.0.0.1", Name(r"[\w.:-]+", "a host name or address"), "human: the page's bind address")
-    human_port: int = key(8765, Int(0), "human: the page's port; 0: any free port")
+    human_port: int = key(8765, Int(0, 65535), "human: the page's port; 0: any free port")
     human_timeout: float = key(300.0, Number(0.0), "human: seconds before an unanswered query goes back to the pool")
 
     def check_relations(self) -> None:
@@ -602,12 +605,14 @@ def import_modules(names: Iterable[str]) -> None:
 def requested_imports(overrides: list[str]) -> list[str]:
     """The modules an `imports=...` command-line override names, before any config is composed (a method preset of
     one of them must exist when Hydra looks it up)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     names: list[str] = []
     for item in overrides:
         name, _, value = item.partition("=")
         if name.lstrip("+") == "imports" and value:
             try:
-                parsed = yaml_value(value)
+                parsed = OverridesParser.create().parse_override(f"imports={value}").value()
             except HydraException:
                 fail("imports", value, "must be a list of module names, e.g. imports=[my_module]")
             names += [str(module) for module in parsed] if isinstance(parsed, list) else [str(parsed)]
@@ -632,11 +637,11 @@ def check_config(cfg: DictConfig) -> TrainConfig:
     return config
 
 
-def _type_error_line(error: ValidationError, value: Any = None) -> str:
+def _type_error_line(error: ValidationError) -> str:
     """A value of the wrong type, in the words of the key's rule."""
     path = str(error.full_key)
     rule = nested_rule(path)
-    shown = value if value is not None else getattr(error, "value", None)
+    shown = getattr(error, "value", None)
     allowed = rule(shown) if rule and shown is not None else None
     return f"{path}={shown!r} is invalid: {allowed or str(error).splitlines()[0]}"
 
@@ -666,12 +671,10 @@ def compose_checked(overrides: list[str], config_name: str = "train_QPA") -> Dic
 
 
 def _composition_error_line(error: HydraException, overrides: list[str], config_name: str) -> str:
-    if isinstance(error.__cause__, ValidationError):  # a value Hydra could not convert to the key's type
-        cause = error.__cause__
-        given = next(
-            (item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0] == str(cause.full_key)), None
-        )
-        return _type_error_line(cause, yaml_value(given) if given is not None else None)
+    if isinstance(error.__cause__, ValidationError):
+        # A value Hydra could not convert to the key's type; the error's own value, since a key given twice is
+        # checked at each of its values.
+        return _type_error_line(error.__cause__)
     unknown = re.match(r"Could not override '([^']+)'", str(error))
     if not unknown:
         return f"the command line could not be read: {str(error).splitlines()[0]}"
@@ -681,13 +684,6 @@ def _composition_error_line(error: HydraException, overrides: list[str], config_
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"{name} is not a config key{hint} (a new key needs +{name}=...)"
-
-
-def yaml_value(text: str) -> Any:
-    """A command-line value as Hydra reads it (64.0, 'abc', [0.9])."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create().parse_override(f"key={text}").value()
 
 
 def check_overrides(overrides: list[str]) -> None:

@@ -13,10 +13,13 @@ skip leaves the query out, so the reward model and every query scheme handle the
 
 from __future__ import annotations
 
+import math
 import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -30,8 +33,9 @@ import utils
 from config_schema import TeacherConfig
 from episodes import EpisodeStore
 from labelling_app import LabellingServer, bind
-from run_dir import LABELS_NAME
+from run_dir import LABELS_NAME, publish_url, withdraw_url
 from teacher import ANSWER_LABELS, Answers, QueryRound, TeacherError
+from utils import WriteError
 
 SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # positions, velocities, actuator and mocap state: what is drawn
 # Model fields a reset may move: Meta-World places each episode's objects (body_pos) and goal (site_pos) there.
@@ -39,6 +43,8 @@ LAYOUT_FIELDS = ("body_pos", "body_quat", "site_pos")
 Layout = dict[str, np.ndarray]
 FRAME_HEIGHT, FRAME_WIDTH = 240, 320
 JPEG_QUALITY = 80
+PAGE_SEEN_S = 10.0  # a tab that asked this recently is open: at the end of the run it is told so
+FINISH_WAIT_S = 3.0  # how long the end of a run waits for open tabs to learn that it finished (they ask every 1 s)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -124,18 +130,29 @@ class LabelStore:
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
         uri = f"file:{path}?mode=ro" if read_only else f"file:{path}"
-        self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         self.lock = threading.Lock()  # one connection shared by the training and web threads
-        if not read_only:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
+        with self.writing():
+            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """A failed write (a full disk, a read-only filesystem) is a WriteError naming the file; every answer
+        committed before it stays in the file, and the failed one is rolled back whole."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            name = getattr(error, "sqlite_errorname", None)
+            raise WriteError(self.path, f"{error} ({name})" if name else str(error)) from None
 
     def open_round(self, query_round: QueryRound) -> list[tuple[str | None, float | None]]:
         """Record a round's queries (kept as they are when re-asked) and return the (answer, label) of each.
 
         Raises a one-line RuntimeError naming the first query that differs from what the file holds."""
         origins = query_round.origins.reshape(len(query_round.origins), 4).tolist()
-        with self.lock:
+        with self.lock, self.writing():
             self.db.execute("INSERT OR IGNORE INTO rounds VALUES (?, ?, ?, NULL)",
                             (query_round.index, len(origins), query_round.opened_step))  # fmt: skip
             self.db.executemany(
@@ -156,7 +173,7 @@ class LabelStore:
 
     def answer(self, round_index: int, query: int, answer: str, labeller: str, step: int) -> bool:
         """Record an answer unless the query already has one; True when this one was recorded."""
-        with self.lock:
+        with self.lock, self.writing():
             cursor = self.db.execute(
                 "UPDATE queries SET answer = ?, label = ?, labeller = ?, answered_at = ?, step = ? "
                 "WHERE round = ? AND query = ? AND answer IS NULL",
@@ -164,8 +181,13 @@ class LabelStore:
             )
             return cursor.rowcount == 1
 
-    def complete_round(self, round_index: int, step: int) -> None:
+    def asked(self, round_index: int, query: int) -> bool:
         with self.lock:
+            return self.db.execute("SELECT 1 FROM queries WHERE round = ? AND query = ?",
+                                   (round_index, query)).fetchone() is not None  # fmt: skip
+
+    def complete_round(self, round_index: int, step: int) -> None:
+        with self.lock, self.writing():
             self.db.execute("UPDATE rounds SET completed_step = ? WHERE round = ?", (step, round_index))
 
     def completed_step(self, round_index: int) -> int | None:
@@ -201,6 +223,7 @@ def labels_of(answers: list[tuple[str | None, float | None]]) -> Answers:
 class OpenQuery:
     video: tuple[bytes, bytes] | None = None  # rendered σ0 and σ1
     claimed_at: float = -np.inf
+    claimed_by: str = ""  # the tab that holds it (the page's random id)
     answer: str | None = None
 
 
@@ -214,28 +237,104 @@ class OpenRound:
         return sum(query.answer is None for query in self.queries)
 
 
+def describe_query(open_round: OpenRound, index: int, frames: int, fps: float, step: int) -> dict[str, Any]:
+    """A query as the page shows it: where to fetch its videos, how to play them, and how far the round is."""
+    query_round = open_round.query_round
+    size = len(open_round.queries)
+    used = query_round.feedback_before + size - open_round.unanswered
+    return {
+        "round": query_round.index,
+        "query": index,
+        "frames": frames,
+        "fps": fps,
+        "width": FRAME_WIDTH,
+        "height": FRAME_HEIGHT,
+        "step": step,
+        "progress": f"query {index + 1} of {size}, round {query_round.index + 1}, "
+        f"{used} of {query_round.feedback_budget} used",
+    }
+
+
+class SegmentRenderer:
+    """Renders the two segments of each query in a thread of its own, with its own copy of the environment and of
+    the OpenGL context (a context belongs to the thread that made it), one query at a time, so the first query is on
+    screen while the rest of the round renders. `done(open_round, index, videos)` receives each query's videos."""
+
+    def __init__(self, env_name: str, seed: int, done: Callable[[OpenRound, int, tuple[bytes, bytes]], None]) -> None:
+        self._env_name, self._seed = env_name, seed
+        self._done = done
+        self._jobs: queue.Queue[tuple[OpenRound, int, tuple, tuple] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.seconds = 0.0  # rendering time since it was last set to 0 (one round's)
+        self.failure: TeacherError | None = None  # raised in the training thread, which would wait forever
+
+    def start(self) -> float:
+        """Start the thread and return the environment's frame rate."""
+        ready: queue.Queue[float | BaseException] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, args=(ready,), daemon=True, name="render")
+        self._thread.start()
+        fps = ready.get()
+        if isinstance(fps, BaseException):
+            raise fps
+        return fps
+
+    def submit(self, open_round: OpenRound, index: int, side_0: tuple, side_1: tuple) -> None:
+        self._jobs.put((open_round, index, side_0, side_1))
+
+    def stop(self) -> None:
+        """Drop what is still queued (an async run can end with a round open) and end the thread."""
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
+        self._jobs.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self, ready: queue.Queue) -> None:
+        try:
+            env = utils.make_env(self._env_name, self._seed)
+            env.reset(seed=self._seed)
+        except BaseException as error:
+            ready.put(error)
+            return
+        ready.put(float(env.metadata["render_fps"]))
+        while (job := self._jobs.get()) is not None:
+            open_round, index, side_0, side_1 = job
+            start = time.perf_counter()
+            try:
+                videos = (render_segment(env, *side_0), render_segment(env, *side_1))
+            except Exception as error:
+                self.failure = TeacherError(f"rendering query {index} failed: {error}")
+                return
+            self._done(open_round, index, videos)
+            self.seconds += time.perf_counter() - start
+        env.close()  # in this thread, which holds its OpenGL context
+
+
 class HumanTeacher:
     """Puts each round to the people on the labelling page; one query goes to one of them at a time, and goes back
-    to the pool when it is left unanswered for `human_timeout` seconds. Thread-safe: the web app calls `claim`,
-    `video` and `answer` from its own thread."""
+    to the pool when its tab releases it (the tab closes) or leaves it unanswered for `human_timeout` seconds.
+    Thread-safe: the web app calls `claim`, `page_state`, `video`, `answer` and `release` from its own thread."""
 
     def __init__(self, cfg: TeacherConfig, work_dir: Path, env_name: str, seed: int, recorder: SimStateRecorder,
                  segment: int) -> None:  # fmt: skip
         bind(cfg.human_host, cfg.human_port).close()  # a port in use fails now, not at the first round
         self.cfg = cfg
+        self.work_dir = work_dir
         self.store = LabelStore(work_dir / LABELS_NAME)
         self.recorder = recorder
         self.segment = segment
         self.url: str | None = None
         self.step = 0  # the training step, for the time each answer arrived
-        self.render_seconds = 0.0  # rendering time of the last round
-        self._env_name, self._seed = env_name, seed
+        self.step_source: Callable[[], int] | None = None  # the run's current step, for the page (train_QPA.main)
         self._round: OpenRound | None = None
         self._changed = threading.Condition()
-        self._render_jobs: queue.Queue[tuple[OpenRound, int, tuple, tuple] | None] = queue.Queue()
+        self._renderer = SegmentRenderer(env_name, seed, self._rendered)
         self._server: Any = None
         self._fps = 0.0
-        self._render_error: TeacherError | None = None  # raised in the training thread, which would wait forever
+        self._failure: Exception | None = None  # a label-store failure, raised in the training thread
+        self._tabs: dict[str, float] = {}  # each open tab's last request (time.monotonic)
+        self._finished_step: int | None = None
+        self._closed = False
 
     # ---------------------------------------------------------------- the training loop's side
     def set_thres_skip(self, new_margin: float) -> None:
@@ -250,18 +349,18 @@ class HumanTeacher:
         with self._changed:
             self._round = open_round
             self.step = query_round.opened_step
-        self.render_seconds = 0.0
+        self._renderer.seconds = 0.0
         for index, query in enumerate(open_round.queries):
             if query.answer is None:
                 sides = [self.recorder.segment(*query_round.origins[index, side], self.segment) for side in (0, 1)]
-                self._render_jobs.put((open_round, index, *sides))
+                self._renderer.submit(open_round, index, *sides)
         if open_round.unanswered:
             self._start_server()
 
     def answers(self, step: int) -> Answers | None:
         """The round's labels once every query is answered, else None."""
-        if self._render_error is not None:
-            raise self._render_error
+        if self._failure is not None or self._renderer.failure is not None:
+            raise self._failure or self._renderer.failure
         with self._changed:
             self.step = step
             if self._round is None or self._round.unanswered:
@@ -277,7 +376,7 @@ class HumanTeacher:
     def metrics(self, query_round: QueryRound, step: int) -> dict[str, float]:
         """How long the round waited for the person, the simulator states kept, and the round's rendering time."""
         return {"label_wait_steps": step - query_round.opened_step, "sim_state_mb": self.recorder.nbytes / 2**20,
-                "render_seconds": self.render_seconds}  # fmt: skip
+                "render_seconds": self._renderer.seconds}  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         """A person's answers live in labels.sqlite, the simulator states in the episode store."""
@@ -293,35 +392,81 @@ class HumanTeacher:
             size = len(self._round.queries)
             return f"round {self._round.query_round.index + 1}, {size - self._round.unanswered} of {size} answered"
 
+    def current_step(self) -> int:
+        return self.step_source() if self.step_source is not None else self.step
+
     # ---------------------------------------------------------------- the web app's side
-    def claim(self) -> dict[str, Any] | None:
-        """The next rendered query nobody holds (a claim expires after human_timeout), as the page shows it."""
+    def claim(self, tab: str = "", take_over: bool = False) -> dict[str, Any] | None:
+        """The next rendered query for this tab: one it already holds, else one nobody holds (a claim expires after
+        human_timeout), else with `take_over` the one another tab has held longest. None when there is none."""
         now = time.monotonic()
         with self._changed:
-            if self._round is None:
+            self._seen(tab, now)
+            if self._round is None or self._finished_step is not None:
                 return None
-            for index, query in enumerate(self._round.queries):
-                expired = now - query.claimed_at > self.cfg.human_timeout
-                if query.answer is None and query.video is not None and expired:
-                    query.claimed_at = now
-                    return self._describe_query(self._round, index)
-        return None
+            waiting = [(index, query) for index, query in enumerate(self._round.queries)
+                       if query.answer is None and query.video is not None]  # fmt: skip
+            held = [(index, query) for index, query in waiting if now - query.claimed_at <= self.cfg.human_timeout]
+            mine = [(index, query) for index, query in held if tab and query.claimed_by == tab]
+            free = [(index, query) for index, query in waiting if now - query.claimed_at > self.cfg.human_timeout]
+            others = sorted((item for item in held if item not in mine), key=lambda item: item[1].claimed_at)
+            chosen = mine or free or (others if take_over else [])
+            if not chosen:
+                return None
+            index, query = chosen[0]
+            query.claimed_at, query.claimed_by = now, tab
+            return describe_query(self._round, index, self.segment, self._fps, self.current_step())
 
-    def _describe_query(self, open_round: OpenRound, index: int) -> dict[str, Any]:
-        query_round = open_round.query_round
+    def release(self, round_index: int, query: int, tab: str) -> bool:
+        """The tab that holds a query closed: the query goes back to the pool at once. True when it did."""
+        with self._changed:
+            open_round = self._round
+            if open_round is None or open_round.query_round.index != round_index:
+                return False
+            if not 0 <= query < len(open_round.queries) or open_round.queries[query].claimed_by != tab or not tab:
+                return False
+            open_round.queries[query].claimed_at = -np.inf
+            self._tabs.pop(tab, None)
+            return True
+
+    def page_state(self, tab: str = "") -> dict[str, Any]:
+        """What a tab without a query shows: why there is none, whether another tab holds queries it may take over,
+        or that the run finished."""
+        now = time.monotonic()
+        with self._changed:
+            self._seen(tab, now)
+            step = self.current_step()
+            if self._finished_step is not None:
+                message = f"training finished at step {self._finished_step}; you can close this page"
+                return {"state": "finished", "step": self._finished_step, "held": 0, "message": message}
+            if self._round is None:
+                return {"state": "waiting", "step": step, "held": 0,
+                        "message": f"no queries open: the run is training (step {step}); its next queries will "
+                                   "show here"}  # fmt: skip
+            open_round = self._round
+            unanswered = [query for query in open_round.queries if query.answer is None]
+            rendering = sum(query.video is None for query in unanswered)
+            held = [query.claimed_at for query in unanswered
+                    if query.video is not None and now - query.claimed_at <= self.cfg.human_timeout]  # fmt: skip
         size = len(open_round.queries)
-        used = query_round.feedback_before + size - open_round.unanswered
-        return {
-            "round": query_round.index,
-            "query": index,
-            "frames": self.segment,
-            "fps": self._fps,
-            "width": FRAME_WIDTH,
-            "height": FRAME_HEIGHT,
-            "step": self.step,
-            "progress": f"query {index + 1} of {size}, round {query_round.index + 1}, "
-            f"{used} of {query_round.feedback_budget} used",
-        }
+        parts = []
+        if held:
+            minutes, seconds = divmod(math.ceil(self.cfg.human_timeout - (now - min(held))), 60)
+            parts.append(f"{len(held)} open in another tab (or in a closed one: the first goes back to the pool in "
+                         f"{minutes} min {seconds} s), or take one over")  # fmt: skip
+        if rendering:
+            parts.append(f"{rendering} still rendering")
+        if not parts:
+            parts.append("all answered; the run is taking them in")
+        waits = "the run waits for them" if self.cfg.human_mode == "sync" else "the run trains on meanwhile"
+        message = (f"round {open_round.query_round.index + 1}, {size - len(unanswered)} of {size} answered, step "
+                   f"{step}: {'; '.join(parts)}; {waits}")  # fmt: skip
+        return {"state": "waiting", "step": step, "held": len(held), "message": message}
+
+    def _seen(self, tab: str, now: float) -> None:
+        if tab:
+            self._tabs[tab] = now
+            self._changed.notify_all()
 
     def video(self, round_index: int, query: int, side: int) -> bytes | None:
         with self._changed:
@@ -332,73 +477,73 @@ class HumanTeacher:
             video = self._round.queries[query].video
         return None if video is None else video[side]
 
-    def answer(self, round_index: int, query: int, answer: str, labeller: str) -> bool:
-        """Record an answer of the open round; False when the query is not open (answered, or another round)."""
+    def answer(self, round_index: int, query: int, answer: str, labeller: str) -> str:
+        """Record an answer of the open round: 'recorded'; 'answered' when the query has an answer already or is
+        not open now; 'missing' when no such query was asked. WriteError when labels.sqlite cannot be written (the
+        training thread then stops the run)."""
         with self._changed:
             open_round = self._round
-            if open_round is None or open_round.query_round.index != round_index:
-                return False
-            if not 0 <= query < len(open_round.queries) or open_round.queries[query].answer is not None:
-                return False
-            if not self.store.answer(round_index, query, answer, labeller, self.step):
-                return False
-            open_round.queries[query].answer = answer
-            self._changed.notify_all()
-        return True
+            if open_round is not None and open_round.query_round.index == round_index \
+                    and 0 <= query < len(open_round.queries):  # fmt: skip
+                if open_round.queries[query].answer is not None:
+                    return "answered"
+                try:
+                    recorded = self.store.answer(round_index, query, answer, labeller, self.step)
+                except WriteError as error:
+                    self._failure = error
+                    self._changed.notify_all()
+                    raise
+                if not recorded:
+                    return "answered"
+                open_round.queries[query].answer = answer
+                self._changed.notify_all()
+                return "recorded"
+        return "answered" if self.store.asked(round_index, query) else "missing"
 
     # ---------------------------------------------------------------- rendering and the server
     def _start_server(self) -> None:
         if self._server is not None:
             return
-        self._fps = self._start_renderer()
+        self._fps = self._renderer.start()
         server = LabellingServer(self, self.cfg.human_host, self.cfg.human_port)
         try:
             self.url = server.start()
         except TeacherError:
-            self._render_jobs.put(None)
+            self._renderer.stop()
             raise
         self._server = server
         print(f"labelling at {self.url}", flush=True)
+        url_file = publish_url(self.work_dir, self.url)
+        print(f"(the URL is also in {url_file}, readable by you only)", flush=True)
 
-    def _start_renderer(self) -> float:
-        """Start the render thread (its own env and OpenGL context) and return the env's frame rate."""
-        ready: queue.Queue[float | BaseException] = queue.Queue()
-        self._render_thread = threading.Thread(target=self._render_loop, args=(ready,), daemon=True, name="render")
-        self._render_thread.start()
-        fps = ready.get()
-        if isinstance(fps, BaseException):
-            raise fps
-        return fps
-
-    def _render_loop(self, ready: queue.Queue) -> None:
-        try:
-            env = utils.make_env(self._env_name, self._seed)
-            env.reset(seed=self._seed)
-        except BaseException as error:
-            ready.put(error)
-            return
-        ready.put(float(env.metadata["render_fps"]))
-        while (job := self._render_jobs.get()) is not None:
-            open_round, index, side_0, side_1 = job
-            start = time.perf_counter()
-            try:
-                video = (render_segment(env, *side_0), render_segment(env, *side_1))
-            except Exception as error:
-                self._render_error = TeacherError(f"rendering query {index} failed: {error}")
-                return
-            with self._changed:
-                open_round.queries[index].video = video
-                self._changed.notify_all()
-            self.render_seconds += time.perf_counter() - start
-        env.close()  # in this thread, which holds its OpenGL context
+    def _rendered(self, open_round: OpenRound, index: int, videos: tuple[bytes, bytes]) -> None:
+        with self._changed:
+            open_round.queries[index].video = videos
+            self._changed.notify_all()
 
     def close(self) -> None:
+        """The run finished: the open tabs are told so (waiting up to FINISH_WAIT_S for each to ask once more, so
+        that none is left guessing), then everything stops."""
+        if self._server is not None and not self._closed:
+            with self._changed:
+                self._finished_step = self.current_step()
+                finished_at = time.monotonic()
+                open_tabs = [tab for tab, seen in self._tabs.items() if finished_at - seen < PAGE_SEEN_S]
+                deadline = finished_at + FINISH_WAIT_S
+                while any(self._tabs.get(tab, finished_at) < finished_at for tab in open_tabs):
+                    if not self._changed.wait(deadline - time.monotonic()):
+                        break
+        self.abort()
+
+    def abort(self) -> None:
+        """Stop the page, the render thread and the label store now, however the run ended. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         if self._server is not None:
             self._server.stop()
-            while not self._render_jobs.empty():  # an async run can end with a round still open
-                self._render_jobs.get_nowait()
-            self._render_jobs.put(None)
-            self._render_thread.join(timeout=30)
+            withdraw_url(self.work_dir, self.url)
+            self._renderer.stop()
         self.store.db.close()
 
 

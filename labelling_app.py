@@ -2,13 +2,21 @@
 
 Every request must carry the run's random token (`?token=` or an `X-Token` header), else 403: on a shared
 machine, others can reach 127.0.0.1 too. The page (labelling_page.html, plain HTML and JS) asks `/api/next` for a
-query, plays its two segments from `/api/video/...` side by side and posts the answer to `/api/answer`.
+query (or, when there is none, for the reason), plays its two segments from `/api/video/...` side by side, posts
+the answer to `/api/answer`, and gives its query back through `/api/release` when its tab closes; while it shows a
+query it asks `/api/state`, so that it notices the run finishing or going away.
+
+A request the page would never send gets a 4xx with a one-line JSON error and one line on the run's console, never
+a 500 or a traceback: a body over MAX_BODY_BYTES is 413; one that is not UTF-8 JSON, not an object or holds a value
+of the wrong type is 400; a query that was never asked is 404, one already answered (or no longer open) 409.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,27 +24,29 @@ from typing import Any, Protocol
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from teacher import ANSWER_LABELS, TeacherError
+from utils import WriteError
 
 PAGE = Path(__file__).resolve().parent / "labelling_page.html"
 START_TIMEOUT_S = 30.0
+MAX_BODY_BYTES = 64 * 1024  # the page's bodies are under 300 bytes
+MAX_TEXT = 100  # characters kept of a labeller's name or a tab id
+LOGGED_STATUSES = {400, 403, 405, 413}  # requests the page never makes; 404 and 409 come from several tabs
 
 
-class LabellingSource(Protocol):
-    """What the page serves: human_teacher.HumanTeacher."""
-
-    step: int
-
-    def claim(self) -> dict[str, Any] | None: ...
-    def progress(self) -> str: ...
-    def video(self, round_index: int, query: int, side: int) -> bytes | None: ...
-    def answer(self, round_index: int, query: int, answer: str, labeller: str) -> bool: ...
+def refused(request: Request, status: int, message: str) -> JSONResponse:
+    """A 4xx with a one-line JSON error, and (for a request the page would never make) one line on the console."""
+    if status in LOGGED_STATUSES:
+        print(f"labelling page: refused {request.method} {request.url.path} ({status}): {message}", file=sys.stderr,
+              flush=True)  # fmt: skip
+    return JSONResponse({"error": message}, status)
 
 
 class TokenRequired(BaseHTTPMiddleware):
@@ -47,8 +57,53 @@ class TokenRequired(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         given = request.query_params.get("token") or request.headers.get("x-token") or ""
         if not secrets.compare_digest(given.encode(), self.token.encode()):
-            return PlainTextResponse("a valid token is required: open the URL the training run printed", 403)
+            return refused(request, 403, "a valid token is required: open the URL the training run printed")
         return await call_next(request)
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object, read no further than MAX_BODY_BYTES; HTTPException otherwise."""
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"the body may hold at most {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():  # a chunked body declares no length
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"the body may hold at most {MAX_BODY_BYTES} bytes")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the body is not UTF-8") from None
+    except ValueError as error:
+        raise HTTPException(400, f"the body is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise HTTPException(400, f"the body is a JSON {type(value).__name__}; allowed: an object")
+    return value
+
+
+def index(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise HTTPException(400, f"{key}={json.dumps(value)[:40]} is invalid: allowed: an integer >= 0")
+    return value
+
+
+def text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str):
+        raise HTTPException(400, f"{key}={json.dumps(value)[:40]} is invalid: allowed: a string")
+    return value[:MAX_TEXT]
+
+
+class LabellingSource(Protocol):
+    """What the page serves and records: human_teacher.HumanTeacher."""
+
+    def claim(self, tab: str = "", take_over: bool = False) -> dict[str, Any] | None: ...
+    def page_state(self, tab: str = "") -> dict[str, Any]: ...
+    def video(self, round_index: int, query: int, side: int) -> bytes | None: ...
+    def answer(self, round_index: int, query: int, answer: str, labeller: str) -> str: ...
+    def release(self, round_index: int, query: int, tab: str) -> bool: ...
 
 
 def make_app(teacher: LabellingSource, token: str) -> Starlette:
@@ -56,36 +111,56 @@ def make_app(teacher: LabellingSource, token: str) -> Starlette:
         return HTMLResponse(PAGE.read_text())
 
     async def next_query(request: Request) -> JSONResponse:
-        query = teacher.claim()
-        return JSONResponse(query or {"waiting": teacher.progress(), "step": teacher.step})
+        tab = request.query_params.get("tab", "")[:MAX_TEXT]
+        query = teacher.claim(tab, take_over=request.query_params.get("take_over") == "1")
+        return JSONResponse(query or teacher.page_state(tab))
+
+    async def state(request: Request) -> JSONResponse:
+        return JSONResponse(teacher.page_state(request.query_params.get("tab", "")[:MAX_TEXT]))
 
     async def video(request: Request) -> Response:
         params = request.path_params
         jpeg = teacher.video(params["round"], params["query"], params["side"])
         if jpeg is None:
-            return PlainTextResponse("no such video in the open round", 404)
+            return refused(request, 404, "no such video in the open round")
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def answer(request: Request) -> JSONResponse:
-        body = await request.json()
+        body = await json_object(request)
         choice = body.get("answer")
-        if choice not in ANSWER_LABELS:
-            return JSONResponse({"error": f"answer={choice!r}; allowed: {', '.join(ANSWER_LABELS)}"}, 400)
+        if not isinstance(choice, str) or choice not in ANSWER_LABELS:
+            allowed = ", ".join(ANSWER_LABELS)
+            raise HTTPException(400, f"answer={json.dumps(choice)[:40]} is invalid: allowed: {allowed}")
+        round_index, query, labeller = index(body, "round"), index(body, "query"), text(body, "labeller")
         try:
-            round_index, query = int(body["round"]), int(body["query"])
-        except (KeyError, TypeError, ValueError):
-            return JSONResponse({"error": "round and query must be integers"}, 400)
-        if not teacher.answer(round_index, query, choice, str(body.get("labeller", ""))[:100]):
-            return JSONResponse({"error": "this query is already answered or no longer open"}, 409)
+            outcome = teacher.answer(round_index, query, choice, labeller)
+        except WriteError as error:  # the training thread stops the run with the same line
+            return JSONResponse({"error": f"not recorded: {error}; the run stops"}, 503)
+        if outcome == "missing":
+            return refused(request, 404, f"round {round_index} has no query {query}")
+        if outcome == "answered":
+            return refused(request, 409, "this query is already answered or no longer open")
         return JSONResponse({"recorded": True})
+
+    async def release(request: Request) -> JSONResponse:
+        body = await json_object(request)
+        released = teacher.release(index(body, "round"), index(body, "query"), text(body, "tab"))
+        return JSONResponse({"released": released})
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        return refused(request, error.status_code, error.detail)
 
     routes = [
         Route("/", page),
         Route("/api/next", next_query),
+        Route("/api/state", state),
         Route("/api/video/{round:int}/{query:int}/{side:int}", video),
         Route("/api/answer", answer, methods=["POST"]),
+        Route("/api/release", release, methods=["POST"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(TokenRequired, token=token)])
+    return Starlette(routes=routes, middleware=[Middleware(TokenRequired, token=token)],
+                     exception_handlers={HTTPException: http_error})  # fmt: skip
 
 
 def bind(host: str, port: int) -> socket.socket:

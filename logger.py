@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import numbers
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from termcolor import colored
 
-from utils import atomic_write_bytes
+from utils import WriteError, atomic_write_bytes
 
 GROUPS = ("train", "eval")
 GROUP_COLORS = {"train": "yellow", "eval": "green"}
@@ -90,12 +91,15 @@ def format_value(value: float | int, kind: str) -> str:
 
 
 class _CsvFile:
-    """One CSV of complete rows: each row is one write + flush, new columns widen the header atomically."""
+    """One CSV of complete rows: each row is one unbuffered append, new columns widen the header atomically.
+
+    Unbuffered, so that a failed write (a full disk) leaves nothing pending that a later flush could half-write;
+    a row cut short by it is a partial last line, which a resumed run ignores. A failure raises WriteError."""
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
         self.columns: list[str] = []
-        self._handle: io.TextIOWrapper | None = None
+        self._fd: int | None = None
         if resume_step is not None and path.exists():
             self._keep_rows_up_to(resume_step)
         elif path.exists():
@@ -125,30 +129,36 @@ class _CsvFile:
         self._rewrite([row for row in rows if float(row[0]) <= resume_step])
 
     def _rewrite(self, rows: list[list[str]]) -> None:
-        if self._handle is not None:
-            self._handle.close()
+        self.close()
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer)
         writer.writerow(self.columns)
         writer.writerows(row + [""] * (len(self.columns) - len(row)) for row in rows)
         atomic_write_bytes(self.path, buffer.getvalue().encode())
-        self._handle = open(self.path, "a", newline="")  # noqa: SIM115 -- kept open for the run, closed in close()
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as error:
+            raise WriteError.of(self.path, error) from None
 
     def write(self, row: Mapping[str, float | int]) -> None:
         new_columns = [key for key in row if key not in self.columns]
-        if new_columns or self._handle is None:
+        if new_columns or self._fd is None:
             old_rows = self._read_rows()[1] if self.path.exists() else []
             self.columns += new_columns
             self._rewrite(old_rows)
         buffer = io.StringIO(newline="")
         csv.writer(buffer).writerow([row.get(column, "") for column in self.columns])
-        self._handle.write(buffer.getvalue())
-        self._handle.flush()
+        data = memoryview(buffer.getvalue().encode())
+        try:
+            while data:  # a write may take only part of the row (a disk filling up); the rest follows or fails
+                data = data[os.write(self._fd, data) :]
+        except OSError as error:
+            raise WriteError.of(self.path, error) from None
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class Logger:

@@ -7,7 +7,9 @@ resume").
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -26,7 +28,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2
 CONFIG_NAME = "config.yaml"
 LABELS_NAME = "labels.sqlite"  # a person's answers (human_teacher.py)
-# status.json: {"state": running | finished | failed | interrupted, "step": last checkpoint, "error": ...}
+URL_NAME = "labelling_url.txt"  # the labelling page's URL with its token, while the page is up (teacher=human)
+# status.json: {"state": running | finished | failed | interrupted, "step": last checkpoint, "error": ...}, and
+# "labelling_url_file" while a labelling page is up
 STATUS_NAME = "status.json"
 RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, STATUS_NAME, "train.csv", "eval.csv")
 # Keys a resumed run may change: the step budget (and the buffer sized from it) and where/how it runs.
@@ -88,6 +92,7 @@ def prepare_run_dir(cfg: DictConfig, work_dir: Path) -> bool:
             print(f"overwrite=true: the earlier answers are kept in {kept}", file=sys.stderr)
     for stale in work_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
+    (work_dir / URL_NAME).unlink(missing_ok=True)  # this run holds the directory: a page named there is gone
     logs = [work_dir / name for name in ("train.csv", "eval.csv") if (work_dir / name).exists()]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if (checkpoint_path.exists() or logs) and not cfg.resume:
@@ -197,6 +202,55 @@ def logged_steps(csv_path: Path) -> set[int]:
     return steps
 
 
+def status_bytes(work_dir: Path, state: str, step: int, error: str | None) -> bytes:
+    status: dict[str, Any] = {"state": state, "step": step, "error": error}
+    if state == "running" and (work_dir / URL_NAME).exists():
+        status["labelling_url_file"] = str(work_dir / URL_NAME)
+    return json.dumps(status).encode()
+
+
 def write_status(work_dir: Path, state: str, step: int, error: str | None = None) -> None:
-    status = {"state": state, "step": step, "error": error}
-    utils.atomic_write_bytes(work_dir / STATUS_NAME, json.dumps(status).encode())
+    """status.json, atomically; WriteError when it cannot be written."""
+    utils.atomic_write_bytes(work_dir / STATUS_NAME, status_bytes(work_dir, state, step, error))
+
+
+def write_final_status(work_dir: Path, state: str, step: int, error: str) -> None:
+    """The status of a run that stops with its own one-line message, as far as it can be written; never raises.
+
+    A full disk has no room for the new file of an atomic write, but the old status.json has room for the new one:
+    it is then overwritten in place. A crash in that instant could leave it torn, which its readers take for an
+    unknown state; a status that says `running` for a run that stopped would mislead them every time."""
+    data = status_bytes(work_dir, state, step, error)
+    try:
+        utils.atomic_write_bytes(work_dir / STATUS_NAME, data)
+    except OSError:
+        try:
+            with open(work_dir / STATUS_NAME, "r+b") as handle:
+                handle.write(data)
+                handle.truncate()
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            pass  # a read-only filesystem: the run's one-line message is all that can be said
+
+
+def publish_url(work_dir: Path, url: str) -> Path:
+    """Write the labelling page's URL to URL_NAME and name that file in status.json, so that the token survives a
+    lost console. mkstemp creates the file readable by its owner only (0600), and the rename keeps that."""
+    path = work_dir / URL_NAME
+    utils.atomic_write_bytes(path, f"{url}\n".encode())
+    status_path = work_dir / STATUS_NAME
+    if status_path.exists():
+        status = json.loads(status_path.read_text())
+        write_status(work_dir, status["state"], status["step"], status["error"])
+    return path
+
+
+def withdraw_url(work_dir: Path, url: str) -> None:
+    """The page is down: its URL file goes, unless it names another run's page by now (a run that took the directory
+    over); the run's next status write drops the file's name. Never raises: the run is ending, and on a read-only
+    filesystem the next run removes the file (`prepare_run_dir`)."""
+    path = work_dir / URL_NAME
+    with contextlib.suppress(OSError):
+        if path.read_text() == f"{url}\n":
+            path.unlink()

@@ -11,6 +11,7 @@ then r̂ with hybrid replay while feedback remains), step the env and store the 
 
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import math
 import signal
@@ -52,10 +53,19 @@ from preferences import PreferenceDataset
 from replay_buffer import Batch, ReplayBuffer
 from reward_model import RewardModel
 from reward_trainer import RewardTrainer
-from run_dir import CHECKPOINT_NAME, RunRefusedError, load_checkpoint, prepare_run_dir, save_checkpoint, write_status
+from run_dir import (
+    CHECKPOINT_NAME,
+    RunRefusedError,
+    load_checkpoint,
+    prepare_run_dir,
+    save_checkpoint,
+    write_final_status,
+    write_status,
+)  # fmt: skip
+from run_lock import RunLock, RunLockedError
 from schedule import FeedbackSchedule, Phase
 from teacher import ScriptedTeacher, Teacher, TeacherError, wait_for_answers
-from utils import NonFiniteError
+from utils import NonFiniteError, WriteError
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
 # wandb receives the original release's metric names, so existing dashboards keep working.
@@ -437,6 +447,18 @@ def interrupt(signum: int, frame: Any) -> NoReturn:
 @hydra.main(version_base="1.3", config_path="config", config_name="train_QPA")
 def main(cfg: DictConfig) -> None:
     work_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:  # before anything else: a second process on this directory must not touch it, status.json included
+        run_lock = RunLock(work_dir, on_lost=lambda holder: _thread.interrupt_main(signal.SIGTERM))
+    except (RunLockedError, WriteError) as error:
+        stop(str(error))
+    try:
+        train(cfg, work_dir, run_lock)
+    finally:
+        run_lock.release()
+
+
+def train(cfg: DictConfig, work_dir: Path, run_lock: RunLock) -> None:
+    """Check the config and the run directory, train, and leave status.json saying how the run ended."""
     try:
         cfg = select_agent_config(cfg)
         config = check_config(cfg)
@@ -445,32 +467,59 @@ def main(cfg: DictConfig) -> None:
     except RunRefusedError as error:  # another run's directory: its status.json stays as that run left it
         stop(str(error))
     except ConfigError as error:
-        write_status(work_dir, "failed", 0, str(error))
+        write_final_status(work_dir, "failed", 0, str(error))
         stop(str(error))
+    except WriteError as error:
+        message = f"{error}; once it can be written, re-run the same command"
+        write_final_status(work_dir, "failed", 0, message)
+        stop(message)
     workspace = None
     previous_handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         workspace = Workspace(config, work_dir)
+        follow_steps(workspace)
         write_status(work_dir, "running", workspace.step)
         workspace.run()
+        write_status(work_dir, "finished", workspace.step)
     except Interrupted as signal_name:
+        if run_lock.lost_to is not None:  # the directory is another process's now: write nothing more there
+            stop(f"{run_lock.lost_to.describe()} took over {work_dir} after this run missed its heartbeats for "
+                 f"{run_lock.stale_s:.0f} s (suspended?); this run stopped and left the directory to it")  # fmt: skip
         step = checkpointed_step(workspace)
-        write_status(work_dir, "interrupted", step, f"stopped by {signal_name}")
+        write_final_status(work_dir, "interrupted", step, f"stopped by {signal_name}")
         # SystemExit even in a --multirun: a stopped sweep should stop, not go on to its next run.
         sys.exit(f"error: stopped by {signal_name}; re-run the same command to resume from step {step}")
+    except WriteError as error:  # no space, quota, a read-only filesystem: earlier files and labels are whole
+        step = checkpointed_step(workspace)
+        message = f"{error}; once it can be written, re-run the same command to resume from step {step}"
+        write_final_status(work_dir, "failed", step, message)
+        stop(message)
     except NonFiniteError as error:
-        write_status(work_dir, "failed", checkpointed_step(workspace), str(error))
+        write_final_status(work_dir, "failed", checkpointed_step(workspace), str(error))
         stop(f"{error}; the last good checkpoint is {work_dir / CHECKPOINT_NAME}")
     except TeacherError as error:
-        write_status(work_dir, "failed", checkpointed_step(workspace), str(error))
+        write_final_status(work_dir, "failed", checkpointed_step(workspace), str(error))
         stop(str(error))
     except BaseException as error:
-        write_status(work_dir, "failed", checkpointed_step(workspace), f"{type(error).__name__}: {error}")
+        write_final_status(work_dir, "failed", checkpointed_step(workspace), f"{type(error).__name__}: {error}")
         raise
     finally:
+        stop_labelling_page(workspace)
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
-    write_status(work_dir, "finished", workspace.step)
+
+
+def follow_steps(workspace: Workspace) -> None:
+    """A person's page shows the run's current step, also between query rounds."""
+    if isinstance(workspace.teacher, HumanTeacher):
+        workspace.teacher.step_source = lambda: workspace.step
+
+
+def stop_labelling_page(workspace: Workspace | None) -> None:
+    """However the run ends, stop a person's page and its render thread now: that thread's OpenGL context must be
+    freed in that thread, before the interpreter exits (dm_control's exit hook fails with an EGLError otherwise)."""
+    if workspace is not None and isinstance(workspace.teacher, HumanTeacher):
+        workspace.teacher.abort()
 
 
 def checkpointed_step(workspace: Workspace | None) -> int:

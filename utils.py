@@ -146,22 +146,40 @@ def to_np(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
+class WriteError(OSError):
+    """A file of the run could not be written (no space, quota, read-only filesystem, permission); str() is one
+    line naming the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, error: OSError) -> WriteError:
+        if isinstance(error, WriteError):
+            return error
+        return cls(path, f"[Errno {error.errno}] {error.strerror}" if error.errno else str(error))
+
+
 @contextmanager
 def _atomic_replace(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary file name beside `path`; once written, it is fsynced and renamed over `path`, so a
-    crash leaves either the old or the new file, never half of one."""
+    crash leaves either the old or the new file, never half of one. An OSError becomes a WriteError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         yield tmp_name
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
+    except BaseException as error:
+        if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        if isinstance(error, OSError):
+            raise WriteError.of(path, error) from None
         raise
 
 
@@ -170,9 +188,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         Path(tmp_name).write_bytes(data)
 
 
+class _WriteRecorder:
+    """A file torch.save writes through, keeping the OSError of a failed write: torch reports that failure as a
+    RuntimeError that names neither the file nor the reason."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    with _atomic_replace(path) as tmp_name:
-        torch.save(obj, tmp_name)
+    with _atomic_replace(path) as tmp_name, open(tmp_name, "wb") as handle:
+        recorder = _WriteRecorder(handle)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is None:
+                raise
+            raise recorder.error from None
 
 
 # ======================================================================================================================

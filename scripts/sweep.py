@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 TABLES_DIR = Path(__file__).resolve().parent / "sweeps"
 TRAIN_SCRIPT = "train_QPA.py"
 LAUNCHERS = ("local", "joblib", "slurm")
+STATES = ("finished", "failed", "running", "incomplete", "not started")  # of a run, in the summary
 CPU_CORES_PER_RUN = 2  # one for the simulator, one for the networks' CPU work
 GPU_GB_PER_RUN = 2.5  # CUDA context + networks + the largest replay buffer (humanoid: 2M transitions on the GPU)
 # Keys the sweep sets itself: giving them after `--` would break its one-run-per-(task, method, seed) bookkeeping.
@@ -333,19 +334,26 @@ def launch_all(launches: list[Launch], concurrently: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------- summary
 def run_state(run: Run) -> tuple[str, int, str | None]:
-    """(finished | failed | incomplete | not started, step, error) from the run's status.json."""
+    """(finished | failed | running | incomplete | not started, step, error or holder) from the run's status.json
+    and, for a run that a live process holds (this sweep's or another one's), its run.lock."""
+    from run_lock import live_holder  # resolve_runs put the repository on sys.path
+
     try:
         status = json.loads((run.run_dir / "status.json").read_text())
     except (OSError, ValueError):
-        if run.exit_code:
-            return "failed", 0, f"exit code {run.exit_code} before the run started"
-        return ("incomplete" if run.run_dir.exists() else "not started"), 0, None
+        status = {}
     step = int(status.get("step") or 0)
     if status.get("state") == "failed":
         return "failed", step, status.get("error")
     if status.get("state") == "finished" and step >= run.target_steps:
         return "finished", step, None
-    return "incomplete", step, None  # still running, killed, or finished with a smaller budget
+    if (holder := live_holder(run.run_dir)) is not None:
+        return "running", step, f"held by {holder.describe()}"
+    if not status and run.exit_code:
+        return "failed", 0, f"exit code {run.exit_code} before the run started"
+    if not status and not run.run_dir.exists():
+        return "not started", 0, None
+    return "incomplete", step, None  # killed, or finished with a smaller budget
 
 
 def display_path(path: Path) -> str:
@@ -357,14 +365,14 @@ def print_summary(sweep: str, runs: list[Run]) -> bool:
     """Print one line per run; True when every run finished."""
     states = [run_state(run) for run in runs]
     counts = Counter(state for state, _, _ in states)
-    totals = ", ".join(f"{counts[name]} {name}" for name in ("finished", "failed", "incomplete", "not started"))
+    totals = ", ".join(f"{counts[name]} {name}" for name in STATES)
     print(f"\n[sweep] {sweep}: {len(runs)} runs: {totals}")
     width = max(len(run.label) for run in runs)
     for run, (state, step, error) in zip(runs, states):
         steps = f"{step}/{run.target_steps} steps"
         print(f"  {state:<11} {run.label:<{width}}  {steps:>19}  {display_path(run.run_dir)}")
         if error:
-            print(f"  {'':<11} error: {error}")
+            print(f"  {'':<11} {'' if state == 'running' else 'error: '}{error}")
         if state in ("failed", "incomplete"):
             print(f"  {'':<11} console log: {display_path(run.console_log)}")
     return counts["finished"] == len(runs)

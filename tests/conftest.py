@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,34 @@ def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.Comp
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+@contextmanager
+def small_filesystem(path: Path, size: str = "16m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` for the duration (needs root, as CI has): a real disk that fills up."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def fill(filesystem: Path, leave: int = 0) -> Path:
+    """Fill `filesystem` until at most `leave` bytes are free (0: until a write fails); returns the filler file
+    (delete it to free them)."""
+    filler = filesystem / "filler"
+    stats = os.statvfs(filesystem)
+    to_write = stats.f_bavail * stats.f_frsize - leave if leave else sys.maxsize
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while to_write > 0:
+            to_write -= os.write(fd, bytes(min(to_write, 1 << 20)))
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
+    return filler
 
 
 def pytest_configure(config) -> None:

@@ -1,6 +1,7 @@
 """`teacher=human` end to end: tiny walker_walk runs whose queries are answered in a real headless Chromium (Debian's
 chromium and chromedriver, driven by Selenium) or over the page's HTTP API; then resuming a run killed in the middle
-of a round, replaying a human run's labels, and human_mode=async.
+of a round, one writer per run directory, what the page says about other tabs, a finished and a stopped run, a full
+disk while a person labels, replaying a human run's labels, and human_mode=async.
 
 `.ci/run` installs the browser; elsewhere these tests are skipped when /usr/bin/chromium is missing. With
 QPA_SAVE_SCREENSHOT=1 the page's screenshot is also written to figure/human_feedback_page.png for the README.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import sqlite3
@@ -18,7 +20,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from contextlib import closing, nullcontext
+from dataclasses import asdict
 from io import BytesIO
 from pathlib import Path
 
@@ -26,9 +31,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, TIME_COLUMNS
+from conftest import REPO_ROOT, TIME_COLUMNS, fill, small_filesystem
 from PIL import Image
 from test_train import TINY
+
+from run_dir import URL_NAME
+from run_lock import HEARTBEAT_S, LOCK_NAME, RECORD_BYTES, Holder, read_holder
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -84,12 +92,16 @@ class HumanRun:
     def answer(self, query: dict, answer: str) -> None:
         assert self.api("/api/answer", {"round": query["round"], "query": query["query"], "answer": answer})
 
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(60)
+
     def finish(self, timeout: float = 600.0) -> None:
         assert self.process.wait(timeout) == 0, "".join(self.stderr)[-3000:]
 
 
 def answers_in(run_dir: Path) -> list[tuple]:
-    with sqlite3.connect(run_dir / "labels.sqlite") as db:
+    with closing(sqlite3.connect(run_dir / "labels.sqlite")) as db:
         return db.execute("SELECT round, query, answer, label FROM queries ORDER BY round, query").fetchall()
 
 
@@ -122,30 +134,50 @@ def browser():
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=900,700"]:  # fmt: skip
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for driver.get_log
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
 
 
+def progress(driver) -> str:
+    return driver.find_element("id", "progress").text
+
+
+def text_once_settled(driver, start: str, timeout: float = 30) -> str:
+    """The progress line once it starts with `start`, or as it is after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (shown := progress(driver)).startswith(start) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return shown
+
+
+def errors_in_console(driver) -> list[str]:
+    """The page's console entries at level SEVERE since the last call: uncaught errors and failed requests."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
 @pytest.fixture(scope="module")
-def human_run(browser, tmp_path_factory) -> tuple[Path, dict[tuple[int, int], str]]:
-    """A tiny walker run labelled in the browser, by keys and by clicks; returns its dir and the answers given."""
+def human_run(browser, tmp_path_factory) -> tuple[Path, dict[tuple[int, int], str], str, list[str]]:
+    """A tiny walker run labelled in the browser, by keys and by clicks; returns its dir, the answers given, what the
+    page says once the run has finished, and the errors in the page's console over the whole session."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     run_dir = tmp_path_factory.mktemp("human") / "run"
     run = HumanRun(run_dir, *HUMAN)
+    errors_in_console(browser)
     browser.get(run.url())
     ways = [("1", "left"), (Keys.ARROW_RIGHT, "right"), ("=", "equal"), ("s", "skip"), (Keys.ARROW_LEFT, "left"),
             ("#answer-right", "right"), ("#answer-left", "left"), ("#answer-equal", "equal"),
             ("#answer-skip", "skip"), ("2", "right")]  # fmt: skip
     given: dict[tuple[int, int], str] = {}
     for number in range(ROUNDS * QUERIES):
-        WebDriverWait(browser, 300).until(lambda driver: driver.find_element("id", "progress").text.startswith("query"))
-        progress = browser.find_element("id", "progress").text
+        WebDriverWait(browser, 300).until(lambda driver: progress(driver).startswith("query"))
+        shown = progress(browser)
         query, _, round_number = map(
-            int, re.match(r"query (\d+) of (\d+), round (\d+), \d+ of 20 used", progress).groups()
+            int, re.match(r"query (\d+) of (\d+), round (\d+), \d+ of 20 used", shown).groups()
         )
         if number == 0:
             # The progress line can show before the first frames are drawn (seen under load with two test workers):
@@ -168,15 +200,13 @@ def human_run(browser, tmp_path_factory) -> tuple[Path, dict[tuple[int, int], st
         else:
             ActionChains(browser).send_keys(way).perform()
         given[(round_number - 1, query - 1)] = answer
-        WebDriverWait(browser, 60).until(
-            lambda driver, shown=progress: driver.find_element("id", "progress").text != shown
-        )
+        WebDriverWait(browser, 60).until(lambda driver, shown=shown: progress(driver) != shown)
     run.finish()
-    return run_dir, given
+    return run_dir, given, text_once_settled(browser, "training finished"), errors_in_console(browser)
 
 
 def test_a_person_labels_a_run_in_the_browser_and_the_run_learns_from_exactly_those_labels(human_run):
-    run_dir, given = human_run
+    run_dir, given, _, _ = human_run
     labels = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
     recorded = answers_in(run_dir)
     assert [(round_index, query, answer) for round_index, query, answer, _ in recorded] == [
@@ -189,8 +219,17 @@ def test_a_person_labels_a_run_in_the_browser_and_the_run_learns_from_exactly_th
     assert (run_dir / "page.png").stat().st_size > 10_000
 
 
+def test_the_page_says_the_run_finished_and_logs_no_error_over_a_whole_session(human_run):
+    run_dir, _, said_at_the_end, console_errors = human_run
+    assert said_at_the_end == "training finished at step 2000; you can close this page"
+    assert console_errors == []  # no uncaught error, no failed request (not even /favicon.ico)
+    assert not (run_dir / URL_NAME).exists() and "labelling_url_file" not in json.loads(
+        (run_dir / "status.json").read_text()
+    )
+
+
 def test_replay_retrains_a_human_run_exactly(human_run, tmp_path):
-    run_dir, _ = human_run
+    run_dir, *_ = human_run
     replay = [*HUMAN, "teacher=replay", f"labels_from={run_dir / 'labels.sqlite'}"]
     result = subprocess.run([sys.executable, "train_QPA.py", *replay, f"hydra.run.dir={tmp_path}"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -200,7 +239,7 @@ def test_replay_retrains_a_human_run_exactly(human_run, tmp_path):
 
 
 def test_replay_of_other_queries_is_refused_naming_the_first_differing_one(human_run, tmp_path):
-    run_dir, _ = human_run
+    run_dir, *_ = human_run
     other_seed = [*HUMAN, "seed=6", "teacher=replay", f"labels_from={run_dir / 'labels.sqlite'}"]
     result = subprocess.run([sys.executable, "train_QPA.py", *other_seed, f"hydra.run.dir={tmp_path}"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -210,6 +249,8 @@ def test_replay_of_other_queries_is_refused_naming_the_first_differing_one(human
 
 
 def test_a_run_killed_in_the_middle_of_a_round_asks_only_the_unanswered_queries(tmp_path):
+    """Also: while the run waits for its person, a second process on its directory is refused and the page stays
+    the first run's; the URL is in a file that status.json names."""
     run = HumanRun(tmp_path, *HUMAN)
     first_answers = {}
     for _ in range(4):
@@ -217,6 +258,16 @@ def test_a_run_killed_in_the_middle_of_a_round_asks_only_the_unanswered_queries(
         run.answer(query, "left")
         first_answers[query["query"]] = query["round"]
     before = answers_in(tmp_path)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["labelling_url_file"] == str(tmp_path / URL_NAME)
+    assert (tmp_path / URL_NAME).read_text() == f"{run.url()}\n"
+    second = subprocess.run([sys.executable, "train_QPA.py", *HUMAN, f"hydra.run.dir={tmp_path}"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert second.returncode == 1 and "labelling at" not in second.stdout
+    assert second.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} is in use by another run: PID "
+                                                              f"{run.process.pid} on host ")  # fmt: skip
+    assert json.loads((tmp_path / "status.json").read_text()) == status
+    assert run.next_query()["round"] == 0  # the first run's page, still serving
     run.process.send_signal(signal.SIGKILL)
     run.process.wait(60)
 
@@ -257,3 +308,140 @@ def test_async_mode_trains_on_while_a_round_is_open(tmp_path):
     assert rounds[0][1] > rounds[0][0]  # the labels arrived steps after the round opened
     waits = pd.read_csv(tmp_path / "train.csv")["label_wait_steps"].dropna()
     assert (waits > 0).all() and len(waits) == sum(completed is not None for _, completed in rounds)
+
+
+def test_the_page_says_when_other_tabs_hold_the_queries_and_when_the_run_stopped(browser, tmp_path):
+    """Another tab holds every other query: the page says so and takes one over; a tab that closes gives its query
+    back at once; the run is killed while a query is on screen, then started again (a new port and token)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run = HumanRun(tmp_path, *HUMAN)
+    errors_in_console(browser)
+    browser.get(run.url())
+    WebDriverWait(browser, 300).until(lambda driver: progress(driver).startswith("query"))
+    others: dict[int, str] = {}  # query -> the tab (an API client with its own id) that holds it
+    deadline = time.monotonic() + 300
+    while len(others) < QUERIES - 1 and time.monotonic() < deadline:
+        tab = f"other{len(others)}"
+        query = run.api(f"/api/next?tab={tab}")
+        if "query" in query:
+            others[query["query"]] = tab
+        else:
+            time.sleep(0.2)
+    ActionChains(browser).send_keys("1").perform()
+    WebDriverWait(browser, 30).until(lambda driver: "9 open in another tab" in progress(driver))
+    assert progress(browser).startswith("round 1, 1 of 10 answered, step 1100: 9 open in another tab (or in a closed")
+    assert progress(browser).endswith("or take one over; the run waits for them")
+    take_over = browser.find_element("id", "take-over")
+    assert take_over.is_displayed()
+    take_over.click()
+    WebDriverWait(browser, 30).until(lambda driver: progress(driver).startswith("query"))
+    taken = int(re.match(r"query (\d+)", progress(browser))[1]) - 1
+    assert taken == next(iter(others))  # the query held longest
+
+    browser.get("about:blank")  # the tab closes: its query goes back to the pool now, not after human_timeout
+    deadline = time.monotonic() + 10
+    while "query" not in (query := run.api("/api/next?tab=new")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert query["query"] == taken
+
+    browser.get(run.url())
+    WebDriverWait(browser, 30).until(lambda driver: "open in another tab" in progress(driver))
+    browser.find_element("id", "take-over").click()
+    WebDriverWait(browser, 30).until(lambda driver: progress(driver).startswith("query"))
+    old_url = run.url()
+    run.kill()  # with a query on screen
+    stopped = "this run stopped; if it was started again, open the URL the new run printed"
+    WebDriverWait(browser, 30).until(lambda driver: progress(driver).startswith(stopped))
+    ActionChains(browser).send_keys("1").perform()  # nothing to answer, and the page still says why
+    restarted = HumanRun(tmp_path, *HUMAN)
+    assert restarted.url() != old_url
+    assert progress(browser).startswith(stopped)
+    browser.get(restarted.url())
+    WebDriverWait(browser, 300).until(lambda driver: progress(driver).startswith("query"))
+    restarted.kill()
+    # Only the requests to the killed run failed; no script error
+    errors = errors_in_console(browser)
+    assert all("net::ERR_CONNECTION_REFUSED" in error for error in errors), errors
+
+
+def test_a_full_disk_while_a_person_labels_stops_the_run_in_one_line_and_keeps_every_answer(tmp_path):
+    """A tmpfs filled up in the middle of a round (root, as CI); otherwise the kernel's file size limit refuses the
+    write-ahead log's next page. The answers given stay, the re-run asks only the others, and replaying its labels
+    gives the same evaluations, so the interruption changed nothing."""
+    root = os.geteuid() == 0
+    with small_filesystem(tmp_path / "fs") if root else nullcontext(tmp_path) as filesystem:
+        run_dir = filesystem / "run"
+        run = HumanRun(run_dir, *HUMAN)
+        for _ in range(4):
+            run.answer(run.next_query(), "left")
+        query = run.next_query()
+        if root:
+            filler = fill(filesystem)
+        else:
+            size = (run_dir / "labels.sqlite-wal").stat().st_size
+            resource.prlimit(run.process.pid, resource.RLIMIT_FSIZE, (size, size))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            run.answer(query, "right")
+        assert refused.value.code == 503
+        reply = json.loads(refused.value.read())["error"]
+        assert (
+            reply.startswith(f"not recorded: cannot write {run_dir / 'labels.sqlite'}: ") and "the run stops" in reply
+        )
+        assert run.process.wait(120) == 1
+        last_line = "".join(run.stderr).strip().splitlines()[-1]
+        reason = "database or disk is full (SQLITE_FULL)" if root else "disk I/O error (SQLITE_IOERR_WRITE)"
+        assert last_line == f"error: cannot write {run_dir / 'labels.sqlite'}: {reason}; once it can be written, " \
+                            "re-run the same command to resume from step 1000"  # fmt: skip
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status == {"state": "failed", "step": 1000, "error": last_line.removeprefix("error: ")}
+        if root:
+            filler.unlink()
+        assert [answer for *_, answer, _ in answers_in(run_dir) if answer] == ["left"] * 4
+        resumed = HumanRun(run_dir, *HUMAN)
+        for _ in range(ROUNDS * QUERIES - 4):
+            resumed.answer(resumed.next_query(), "right")
+        resumed.finish()
+        replay = tmp_path / "replay"
+        result = subprocess.run([sys.executable, "train_QPA.py", *HUMAN, "teacher=replay",
+                                 f"labels_from={run_dir / 'labels.sqlite'}", f"hydra.run.dir={replay}"],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        pd.testing.assert_frame_equal(eval_log(replay), eval_log(run_dir))
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_human_run_ends_with_its_one_line_and_no_opengl_traceback(tmp_path, signal_number):
+    """The render thread's OpenGL context is freed in that thread before the interpreter exits."""
+    run = HumanRun(tmp_path, *HUMAN)
+    run.next_query()  # the page is up and the render thread has drawn
+    run.process.send_signal(signal_number)
+    assert run.process.wait(120) == 1
+    stderr = "".join(run.stderr)
+    assert "Traceback" not in stderr and "EGLError" not in stderr, stderr[-3000:]
+    name = signal.Signals(signal_number).name
+    assert (
+        stderr.strip().splitlines()[-1] == f"error: stopped by {name}; re-run the same command to resume from step 1000"
+    )
+    assert not (tmp_path / URL_NAME).exists()
+
+
+def test_a_run_whose_directory_was_taken_over_stops_and_leaves_it_alone(tmp_path):
+    """Another node's process took the lock over (this run's heartbeat had stopped for STALE_S, as a suspended job's
+    does): within a heartbeat the run stops in one line, and its status.json stays as the new holder will write it."""
+    run = HumanRun(tmp_path, *HUMAN)
+    run.next_query()  # the run waits for its person
+    status = (tmp_path / "status.json").read_bytes()
+    taker = Holder("node-elsewhere", 4242, time.time(), time.time(), "0123456789abcdef")
+    fd = os.open(tmp_path / LOCK_NAME, os.O_WRONLY)  # written in place, as RunLock writes it
+    os.pwrite(fd, json.dumps(asdict(taker)).encode().ljust(RECORD_BYTES), 0)
+    os.close(fd)
+    assert run.process.wait(HEARTBEAT_S + 120) == 1
+    last_line = "".join(run.stderr).strip().splitlines()[-1]
+    assert last_line.startswith("error: PID 4242 on host node-elsewhere, since ") and last_line.endswith(
+        f"took over {tmp_path} after this run missed its heartbeats for 120 s (suspended?); this run stopped and left "
+        "the directory to it"
+    )
+    assert (tmp_path / "status.json").read_bytes() == status
+    assert read_holder(tmp_path / LOCK_NAME) == taker

@@ -1,11 +1,16 @@
 """The pieces of `teacher=human` with real environments and the real server: simulator states and rendering after
-the fact (DMC and Meta-World), the segment origins a person's answers are filed under, labels.sqlite, the claim
-pool with two labellers, and the token. tests/test_human_browser.py drives whole runs in a real browser."""
+the fact (DMC and Meta-World), the segment origins a person's answers are filed under, labels.sqlite (also on a
+full disk), the claim pool with two labellers, tabs that close or take over, what the page is told, the token, and
+every malformed request. tests/test_human_browser.py drives whole runs in a real browser."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import re
 import socket
+import stat
 import threading
 import time
 import urllib.error
@@ -14,7 +19,7 @@ from io import BytesIO
 
 import numpy as np
 import pytest
-from conftest import make_reward_model
+from conftest import fill, make_reward_model, small_filesystem
 from PIL import Image
 
 import utils
@@ -29,7 +34,10 @@ from human_teacher import (
     labels_of,
     render_segment,
 )
+from labelling_app import MAX_BODY_BYTES
+from run_dir import URL_NAME
 from teacher import QueryRound, TeacherError
+from utils import WriteError
 
 
 def record_episode(env_name: str, steps: int, seed: int = 0) -> tuple[object, SimStateRecorder, list[np.ndarray]]:
@@ -208,7 +216,7 @@ def test_two_labellers_never_get_or_record_the_same_query(open_teacher):
             _, body = get(f"{base}/api/next?token={token}")
             query = json.loads(body)
             if "query" not in query:
-                if "6 of 6" in query["waiting"]:
+                if "6 of 6" in query["message"]:
                     return
                 time.sleep(0.05)
                 continue
@@ -254,3 +262,168 @@ def test_a_port_in_use_is_refused_with_one_line(tmp_path):
         with pytest.raises(TeacherError, match=refused):  # when the run starts, not at its first round
             HumanTeacher(TeacherConfig(teacher_type="human", human_port=port), tmp_path, "walker_walk", 0, recorder,
                          segment=5)  # fmt: skip
+
+
+def base_and_token(teacher: HumanTeacher) -> tuple[str, str]:
+    base, token = teacher.url.split("/?token=")
+    return base, token
+
+
+def post(base: str, token: str, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    """POST raw bytes (urllib sends a Content-Length); the status and the JSON body of the answer."""
+    request = urllib.request.Request(f"{base}{path}?token={token}", method="POST", data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def post_chunked(base: str, token: str, path: str, chunks: list[bytes]) -> int:
+    """POST a body in chunks, without a Content-Length: the server cannot know its size in advance."""
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("POST", f"{path}?token={token}", body=iter(chunks), encode_chunked=True)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+ANSWER = {"round": 0, "query": 0, "answer": "left"}
+# Bodies the page never sends: each gets a 4xx and a one-line JSON error.
+BAD_BODIES = [
+    (b"{not json", 400, "not JSON"),
+    (b"", 400, "not JSON"),
+    (b"[1, 2]", 400, "a JSON list"),
+    (b'"left"', 400, "a JSON str"),
+    (b"null", 400, "a JSON NoneType"),
+    (json.dumps({**ANSWER, "answer": ["left"]}).encode(), 400, 'answer=["left"] is invalid: allowed: left, right'),
+    (json.dumps({**ANSWER, "answer": "maybe"}).encode(), 400, 'answer="maybe" is invalid'),
+    (b'{"round": 1e400, "query": 0, "answer": "left"}', 400, "round=Infinity is invalid: allowed: an integer >= 0"),
+    (json.dumps({**ANSWER, "round": "0"}).encode(), 400, 'round="0" is invalid'),
+    (json.dumps({**ANSWER, "query": True}).encode(), 400, "query=true is invalid"),
+    (json.dumps({**ANSWER, "query": -1}).encode(), 400, "query=-1 is invalid"),
+    (json.dumps({"answer": "left"}).encode(), 400, "round=null is invalid"),
+    (json.dumps({**ANSWER, "labeller": 5}).encode(), 400, "labeller=5 is invalid: allowed: a string"),
+    ('{"round": 0, "query": 0, "answer": "left", "labeller": "é"}'.encode("latin-1"), 400, "not UTF-8"),
+    (b"{" + b" " * MAX_BODY_BYTES + b"}", 413, f"at most {MAX_BODY_BYTES} bytes"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "error"), BAD_BODIES, ids=[error for _, _, error in BAD_BODIES])
+def test_a_malformed_answer_gets_a_4xx_with_one_json_line_and_no_traceback(open_teacher, capfd, body, status, error):
+    base, token = base_and_token(open_teacher)
+    capfd.readouterr()
+    code, reply = post(base, token, "/api/answer", body, {"Content-Type": "application/json"})
+    assert (code, list(reply)) == (status, ["error"]) and error in reply["error"], reply
+    assert "\n" not in reply["error"]
+    console = capfd.readouterr().err
+    assert "Traceback" not in console
+    assert console.splitlines() == [f"labelling page: refused POST /api/answer ({status}): {reply['error']}"]
+    assert open_teacher.store.round_rows(0)[0][4] is None  # nothing recorded
+
+
+def test_oversized_chunked_bodies_unknown_queries_and_second_answers_are_refused(open_teacher, capfd):
+    base, token = base_and_token(open_teacher)
+    assert post_chunked(base, token, "/api/answer", [b"{" + b" " * 40_000] * 2) == 413
+    assert post_chunked(base, token, "/api/release", [b"[]"]) == 400
+    while open_teacher.claim() is None:  # the first query once it is rendered
+        open_teacher.wait(0.1)
+    assert post_answer(base, token, 0, 99, "left") == 404  # never asked
+    assert post_answer(base, token, 3, 0, "left") == 404
+    assert post_answer(base, token, 0, 0, "left") == 200
+    assert post_answer(base, token, 0, 0, "right") == 409
+    assert get(f"{base}/api/answer?token={token}")[0] == 405
+    assert get(f"{base}/api/video/0/99/0?token={token}")[0] == 404
+    console = capfd.readouterr().err
+    assert "Traceback" not in console and len(console.splitlines()) <= 4  # 413, 400, 405 only
+    assert '<link rel="icon" href="data:,">' in get(open_teacher.url)[1].decode()  # no request for /favicon.ico
+
+
+def all_rendered(teacher: HumanTeacher) -> None:
+    deadline = time.monotonic() + 120
+    while "still rendering" in teacher.page_state()["message"] or teacher.claim("probe") is None:
+        assert time.monotonic() < deadline
+        teacher.wait(0.1)
+    teacher.release(0, teacher.claim("probe")["query"], "probe")
+
+
+def test_a_closed_tab_gives_its_query_back_and_another_tab_can_take_one_over(open_teacher):
+    base, token = base_and_token(open_teacher)
+    all_rendered(open_teacher)
+    held = [open_teacher.claim(f"tab{index}")["query"] for index in range(6)]
+    assert sorted(held) == list(range(6))
+    assert open_teacher.claim("tab0")["query"] == held[0]  # a tab that asks again gets its own query again
+    assert open_teacher.claim("late") is None
+    state = open_teacher.page_state("late")
+    back = re.search(r"6 open in another tab \(or in a closed one: the first goes back to the pool in (\d+) min "
+                     r"(\d+) s\), or take one over; the run waits for them$", state["message"])  # fmt: skip
+    assert state["held"] == 6 and back and 50 <= 60 * int(back[1]) + int(back[2]) <= 60, state["message"]
+    assert open_teacher.claim("late", take_over=True)["query"] == held[1]  # the longest held (tab0 asked again)
+
+    def release(query: int, tab: str) -> bool:
+        code, reply = post(base, token, "/api/release", json.dumps({"round": 0, "query": query, "tab": tab}).encode())
+        assert code == 200
+        return reply["released"]
+
+    assert not release(held[2], "tab3")  # only the tab that holds a query gives it back
+    assert release(held[2], "tab2")  # the page's sendBeacon as its tab closes
+    assert open_teacher.claim("another")["query"] == held[2]  # at once, not after human_timeout
+    assert open_teacher.answer(0, held[1], "left", "") == "recorded"  # taken over and answered here
+    assert open_teacher.answer(0, held[1], "right", "") == "answered"  # the first tab's answer comes too late
+    assert open_teacher.answer(0, 6, "right", "") == "missing"
+
+
+def test_the_page_shows_the_current_step_and_learns_that_the_run_finished(open_teacher):
+    base, token = base_and_token(open_teacher)
+    steps = iter(range(700, 10_000))
+    open_teacher.step_source = lambda: next(steps)
+    assert "step 700:" in open_teacher.page_state()["message"]
+    assert "step 701:" in open_teacher.page_state()["message"]
+    seen: list[dict] = []
+
+    def poll() -> None:  # an open tab, asking as the page does while it shows a query
+        while not seen or seen[-1].get("state") != "finished":
+            seen.append(json.loads(get(f"{base}/api/state?token={token}&tab=open")[1]))
+            time.sleep(0.2)
+
+    tab = threading.Thread(target=poll)
+    tab.start()
+    while not seen:
+        time.sleep(0.05)
+    open_teacher.close()  # the run's end: the tab is told before the page goes
+    tab.join(timeout=30)
+    finished = seen[-1]
+    assert finished["state"] == "finished" and re.fullmatch(
+        r"training finished at step \d+; you can close this page", finished["message"]
+    )
+    with pytest.raises(urllib.error.URLError):
+        get(f"{base}/api/next?token={token}")
+
+
+def test_the_url_is_in_a_file_only_its_owner_can_read_while_the_page_is_up(open_teacher, tmp_path):
+    url_file = tmp_path / URL_NAME
+    assert url_file.read_text() == f"{open_teacher.url}\n"
+    assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+    open_teacher.close()
+    assert not url_file.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root (CI runs as root)")
+def test_a_full_disk_keeps_every_answer_given_before_it(tmp_path):
+    with small_filesystem(tmp_path / "fs", size="2m") as filesystem:
+        store = LabelStore(filesystem / "labels.sqlite")
+        store.open_round(query_round(size=4))
+        assert store.answer(0, 0, "left", "ann", step=100)
+        filler = fill(filesystem)
+        with pytest.raises(WriteError) as error:
+            for query in (1, 2, 3):  # the write-ahead log grows by a page per answer, and there is none left
+                store.answer(0, query, "right", "ann", step=101)
+        assert str(error.value).startswith(f"cannot write {filesystem / 'labels.sqlite'}: database or disk is full")
+        store.db.close()
+        filler.unlink()
+        reopened = LabelStore(filesystem / "labels.sqlite")
+        answers = reopened.open_round(query_round(size=4))
+        reopened.db.close()
+        assert answers[0] == ("left", 0.0) and answers.count(("right", 1.0)) < 3

@@ -1,21 +1,25 @@
 """Run-directory integrity and resume exactness: damaged files, stale temp files, kills at seeded moments, SIGTERM,
-and status.json after every outcome. Every case is a real tiny walker_walk run driven through the CLI."""
+one writer per directory, writes that fail (a full disk, a file size limit, permissions), and status.json after
+every outcome. Every case is a real tiny walker_walk run driven through the CLI."""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, TIME_COLUMNS, train
+from conftest import REPO_ROOT, TIME_COLUMNS, fill, small_filesystem, train
 from test_train import TINY
 
 pytestmark = pytest.mark.slow  # every test here trains in subprocesses
@@ -105,6 +109,16 @@ def test_a_refused_resume_leaves_the_status_of_the_run_alone(finished_run, tmp_p
         assert status(run_dir) == {"state": "finished", "step": 2000, "error": None}
 
 
+def test_a_config_that_cannot_be_written_stops_the_run_before_it_starts(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "config.yaml").mkdir(parents=True)  # the atomic rename onto it fails: a real OS error, also for root
+    line = one_line_error(train(run_dir, *RUN, check=False))
+    reason = "[Errno 21] Is a directory"
+    message = f"cannot write {run_dir / 'config.yaml'}: {reason}; once it can be written, re-run the same command"
+    assert line == f"error: {message}"
+    assert status(run_dir) == {"state": "failed", "step": 0, "error": message}
+
+
 def test_stale_temp_files_are_removed_and_a_finished_run_stays_finished(finished_run, tmp_path) -> None:
     run_dir = copy_run(finished_run, tmp_path / "run")
     (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"\0" * 1000)
@@ -149,7 +163,8 @@ def test_sigkill_at_seeded_moments_then_rerun_gives_the_uninterrupted_logs(finis
     time.sleep(delay)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    train(run_dir, *RUN)
+    rerun = train(run_dir, *RUN)
+    assert f"PID {process.pid} on host {socket.gethostname()}" in rerun.stderr  # its lock, taken over
     assert_same_logs(run_dir, finished_run)
     assert status(run_dir) == {"state": "finished", "step": 2000, "error": None}
     assert not list(run_dir.glob(".*.tmp"))
@@ -179,3 +194,73 @@ def test_status_follows_the_last_checkpoint_while_running(tmp_path) -> None:
     os.kill(process.pid, signal.SIGKILL)  # no handler runs: the status still names the step to resume from
     process.wait()
     assert status(run_dir) == {"state": "running", "step": 1000, "error": None}
+
+
+def test_a_second_process_on_a_run_directory_is_refused_naming_the_first(finished_run, tmp_path) -> None:
+    """The first run is suspended (as a scheduler may do) while the second starts: it holds the directory still."""
+    run_dir = tmp_path / "run"
+    first = start(run_dir)
+    wait_for(lambda: status_step(run_dir) == 1000, first)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        before = (run_dir / "status.json").read_bytes()
+        second = train(run_dir, *RUN, check=False)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    line = one_line_error(second)
+    assert line.startswith(f"error: {run_dir} is in use by another run: PID {first.pid} on host {socket.gethostname()}"
+                           ", since "), line  # fmt: skip
+    assert "resumed" not in second.stderr
+    assert (run_dir / "status.json").read_bytes() == before
+    assert first.wait(300) == 0, first.stderr.read()[-3000:]
+    assert_same_logs(run_dir, finished_run)
+
+
+# fault, the file whose write fails, the OS error, who can cause it
+FAULTS = [
+    ("no space left", "train.csv", "[Errno 28] No space left on device", "root"),  # its header widens at 2000
+    ("no room for a checkpoint", "checkpoint.pt", "[Errno 28] No space left on device", "root"),
+    ("file size limit", "checkpoint.pt", "[Errno 27] File too large", "anyone"),
+    ("permission denied", "train.csv", "[Errno 13] Permission denied", "not root"),  # root may write anyway
+]
+
+
+@pytest.mark.parametrize(("fault", "name", "reason", "who"), FAULTS)
+def test_a_write_that_fails_stops_the_run_in_one_line_and_a_rerun_resumes_exactly(
+    finished_run, tmp_path, fault, name, reason, who
+) -> None:
+    """A small filesystem (a tmpfs: needs root, as CI has) filled up, or a fault the kernel raises at the write
+    call for anyone; status.json says failed even on the full disk."""
+    root = os.geteuid() == 0
+    if (who == "root" and not root) or (who == "not root" and root):
+        pytest.skip(f"{fault}: needs {'root (to mount a small filesystem)' if who == 'root' else 'a user but root'}")
+    with small_filesystem(tmp_path / "fs") if who == "root" else nullcontext(tmp_path) as filesystem:
+        run_dir = filesystem / "run"
+        process = start(run_dir)
+        wait_for(lambda: status_step(run_dir) == 1000, process)
+        process.send_signal(signal.SIGSTOP)  # the fault arrives between two writes, not during one
+        filler = None
+        if fault == "no space left":
+            filler = fill(filesystem)
+        elif fault == "no room for a checkpoint":  # the logs still fit
+            filler = fill(filesystem, leave=300_000)
+        elif fault == "file size limit":  # no file of the process may grow past 300 kB: the logs may, a checkpoint not
+            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (300_000, 300_000))
+        else:  # the logs are appended to, but every atomic write needs a new file
+            run_dir.chmod(0o555)
+        process.send_signal(signal.SIGCONT)
+        _, stderr = process.communicate(timeout=300)
+        message = f"cannot write {run_dir / name}: {reason}; once it can be written, re-run the same command to " \
+                  "resume from step 1000"  # fmt: skip
+        assert process.returncode == 1
+        assert "Traceback" not in stderr, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1] == f"error: {message}"
+        assert status(run_dir) == {"state": "failed", "step": 1000, "error": message}
+        assert not list(run_dir.glob(".*.tmp"))
+        if filler is not None:
+            filler.unlink()
+        run_dir.chmod(0o755)
+        train(run_dir, *RUN)  # the file size limit was the stopped process's own
+        assert_same_logs(run_dir, finished_run)
+        assert status(run_dir) == {"state": "finished", "step": 2000, "error": None}

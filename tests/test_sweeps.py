@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SMALL_NETWORKS, compose_config
 from omegaconf import OmegaConf
+
+from run_lock import RunLock
 
 pytestmark = pytest.mark.slow  # every test here trains in subprocesses
 
@@ -50,7 +53,9 @@ TINY = [
     "replay_buffer_capacity=2000", *SMALL_NETWORKS,
 ]  # fmt: skip
 RUN_NAME = "maxFeedback20_numInteract500_seed{}"
-SUMMARY_LINE = re.compile(r"^\s+(finished|failed|incomplete|not started)\s+walker_walk seed (\d+)\s+(\d+)/(\d+) steps")
+SUMMARY_LINE = re.compile(
+    r"^\s+(finished|failed|running|incomplete|not started)\s+walker_walk seed (\d+)\s+(\d+)/(\d+) steps"
+)
 
 
 def paper_overrides(task: str) -> dict[str, float | str]:
@@ -234,3 +239,18 @@ def test_rerun_resumes_interrupted_and_skips_finished_runs(joblib_sweep, tmp_pat
                  "--job-name=train_QPA_walker_walk"):  # fmt: skip
         assert f"#SBATCH {flag}\n" in script
     assert "--partition" not in script
+
+
+def test_the_summary_names_the_process_that_holds_a_run(joblib_sweep) -> None:
+    """A run another process holds (a sweep started twice, a requeued job whose old copy lives) shows as running,
+    with its holder; a second launch of it would be refused by train_QPA.py itself (tests/test_run_dir.py)."""
+    root, _ = joblib_sweep
+    lock = RunLock(root / "walker_walk" / RUN_NAME.format(1))
+    try:
+        result = sweep("walker_walk", "--seeds", "1 2", "--root", str(root), "--summary", "--",
+                       "num_train_steps=9000", *TINY)  # fmt: skip
+    finally:
+        lock.release()
+    assert summary(result.stdout)[1][0] == "running" and summary(result.stdout)[2][0] == "incomplete"
+    assert f"held by PID {os.getpid()} on host {socket.gethostname()}, since" in result.stdout
+    assert result.returncode == 1

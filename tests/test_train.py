@@ -64,6 +64,7 @@ def test_walker_run_logs_everything_and_spends_the_feedback_budget_exactly(walke
     assert expected <= set(trains), expected - set(trains)
     assert trains.step.is_unique and evals.step.is_unique
     assert (walker_run / "status.json").read_text().count('"finished"') == 1
+    assert not (walker_run / "train_QPA.log").exists()  # Hydra's job log would stay empty: the run prints
 
 
 @pytest.mark.slow
@@ -163,6 +164,9 @@ BAD_VALUES = [
     ("teacher_type=person", "teacher_type='person'"),
     ("teacher=human human_mode=later", "human_mode='later'"),
     ("teacher=human human_port=-1", "human_port=-1"),
+    ("teacher=human human_port=70000", "human_port=70000 is invalid: must be an integer in [0, 65535]"),
+    # a key given twice (a sweep's `-- key=value` after the table's own) is reported with the value that counts
+    ("num_unsup_steps=700 num_unsup_steps=1e3", "num_unsup_steps=1000.0 is invalid: must be an integer >= 0"),
     ("teacher=human human_timeout=0", "human_timeout=0"),
     ("teacher=human human_host=a/b", "human_host='a/b'"),
     ("method=sac_true teacher=human", "teacher_type='human' is invalid: allowed with reward_source=true: scripted"),
