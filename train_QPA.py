@@ -48,6 +48,7 @@ from replay_buffer import Batch, ReplayBuffer
 from reward_model import RewardModel
 from run_dir import CHECKPOINT_NAME, RunRefusedError, prepare_run_dir, write_status
 from teacher import QueryRound, Teacher, TeacherError
+from video import VideoRecorder
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
 # wandb receives the original release's metric names, so existing dashboards keep working.
@@ -161,6 +162,7 @@ class Workspace:
                 config=dataclasses.asdict(cfg),
             ),
         )
+        self.video_recorder = VideoRecorder.from_config(cfg, work_dir, self.logger)
 
     # ------------------------------------------------------------------ the loop of ALGORITHM.md §2
     def run(self) -> None:
@@ -453,19 +455,23 @@ class Workspace:
             (self.max_episode_steps, self.env.observation_space.shape[0] + self.env.action_space.shape[0]),
             dtype=np.float32,
         )
+        film = self.video_recorder.wants(self.step, self.last_eval_step, final=self.step >= cfg.num_train_steps)
         for index in range(cfg.num_eval_episodes):
             obs, _ = self.eval_env.reset(seed=cfg.seed * 100_003 + EVAL_SEED_OFFSET + self.step + index)
+            self.video_recorder.init(self.eval_env, enabled=film and index == 0)
             done, length, episode_return, success = False, 0, 0.0, 0.0
             while not done:
                 with utils.eval_mode(self.agent.actor):
                     action = self.agent.act(obs, sample=False)
                 obs_actions[length] = np.concatenate([obs, action])
                 obs, reward, terminated, truncated, info = self.eval_env.step(action)
+                self.video_recorder.record(self.eval_env)
                 done = terminated or truncated
                 episode_return += reward
                 length += 1
                 if self.is_metaworld:
                     success = max(success, float(info["success"]))
+            self.video_recorder.save(f"eval_{self.step}.mp4", self.step)
             returns.append(episode_return)
             successes.append(success)
             if self.learns_reward:
