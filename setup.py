@@ -54,6 +54,7 @@ setup(
         "human_teacher",
         "labelling_app",
         "video",
+        "run_summary",
     ],
     packages=["agent", "methods"],
     install_requires=REQUIRES,

@@ -47,6 +47,7 @@ from queries import QUERY_SCHEMES
 from replay_buffer import Batch, ReplayBuffer
 from reward_model import RewardModel
 from run_dir import CHECKPOINT_NAME, RunRefusedError, prepare_run_dir, write_status
+from run_summary import summarise_run
 from teacher import QueryRound, Teacher, TeacherError
 from video import VideoRecorder
 
@@ -584,8 +585,10 @@ def main(cfg: DictConfig) -> None:
         stop(str(error))
     workspace = None
     previous_handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = time.perf_counter()
     try:
         workspace = Workspace(config, work_dir)
+        first_step = workspace.step
         write_status(work_dir, "running", workspace.step)
         workspace.run()
     except Interrupted as signal_name:
@@ -606,6 +609,7 @@ def main(cfg: DictConfig) -> None:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
     write_status(work_dir, "finished", workspace.step)
+    print(summarise_run(work_dir, time.perf_counter() - started, first_step), flush=True)
 
 
 def checkpointed_step(workspace: Workspace | None) -> int:
