@@ -285,8 +285,8 @@ def _axes_list(x: str) -> list[str]:
 
 def run_phases(run: Run) -> tuple[tuple[str, float], ...]:
     """The run's schedule from its config (ALGORITHM.md §2) as (name, first step) per phase, the last lasting to
-    the end of the run; empty for a reference curve, which has no config."""
-    if not run.config:
+    the end of the run; empty for a reference curve, or a config without the schedule's keys."""
+    if "num_seed_steps" not in run.config or "num_unsup_steps" not in run.config:
         return ()
     seed_end = float(run.config["num_seed_steps"])
     if run.config.get("reward_source") != "learned":
@@ -440,28 +440,33 @@ def _draw_schedule(ax: plt.Axes, task: str, runs: Sequence[Run]) -> None:
     schedules = {run_phases(run) for run in learning}
     if len(schedules) > 1:
         print(f"plot: the runs on {task} have different schedules; phases not shaded", file=sys.stderr)
-    else:
-        (schedule,) = schedules
-        x_end = max(float(run.evals["step"].iloc[-1]) for run in runs)
-        ends = [start for _, start in schedule[1:]] + [x_end]
-        low, high = ax.get_xlim()  # before the spans, which would widen it
-        for (name, start), end in zip(schedule, ends, strict=True):
-            end = min(end, x_end)
-            if end <= start:
-                continue
-            ax.axvspan(start, end, color=PHASE_COLORS[name], alpha=0.1, linewidth=0, zorder=0)
-            # A name across its phase when the phase is wide enough to hold it, else upright inside it.
-            wide = (end - start) / (high - low) >= 0.3
-            ax.text((start + end) / 2, 0.98, name, transform=ax.get_xaxis_transform(), rotation=0 if wide else 90,
-                    ha="center", va="top", fontsize="x-small", color="0.25")  # fmt: skip
+    elif schedule := schedules.pop():
+        _shade_phases(ax, schedule, max(float(run.evals["step"].iloc[-1]) for run in runs))
     asking = [run for run in runs if query_rounds(run)]
-    if not asking:
-        return
-    rounds = query_rounds(asking[0])
-    whose = "" if all(query_rounds(run) == rounds for run in asking) else f" ({asking[0].method} seed {asking[0].seed})"
+    if asking:
+        rounds = query_rounds(asking[0])
+        same = all(query_rounds(run) == rounds for run in asking)
+        _tick_query_rounds(ax, rounds, "" if same else f" ({asking[0].method} seed {asking[0].seed})")
+
+
+def _shade_phases(ax: plt.Axes, schedule: tuple[tuple[str, float], ...], x_end: float) -> None:
+    low, high = ax.get_xlim()  # before the spans, which would widen it
+    ends = [start for _, start in schedule[1:]] + [x_end]
+    for (name, start), end in zip(schedule, ends, strict=True):
+        end = min(end, x_end)
+        if end <= start:
+            continue
+        ax.axvspan(start, end, color=PHASE_COLORS[name], alpha=0.1, linewidth=0, zorder=0)
+        # A name across its phase when the phase is wide enough to hold it, else upright inside it.
+        wide = (end - start) / (high - low) >= 0.3
+        ax.text((start + end) / 2, 0.98, name, transform=ax.get_xaxis_transform(), rotation=0 if wide else 90,
+                ha="center", va="top", fontsize="x-small", color="0.25")  # fmt: skip
+
+
+def _tick_query_rounds(ax: plt.Axes, rounds: list[tuple[float, int]], whose: str) -> None:
     top = ax.secondary_xaxis("top")
     steps, labels = zip(*rounds, strict=True)
-    # A label on every k-th tick at most 12 times, so that long schedules stay legible; every round keeps its tick.
+    # Every round keeps its tick; at most 12 carry their label, so that long schedules stay legible.
     every = math.ceil(len(rounds) / 12)
     top.set_xticks(steps, [str(used) if index % every == 0 else "" for index, used in enumerate(labels)])
     top.tick_params(labelsize="x-small")
