@@ -366,7 +366,7 @@ def draw_curves(
     for col, task in enumerate(tasks):
         task_runs = [r for r in runs if r.task == task]
         task_metric = resolve_metric(task_runs, metric)
-        random_score = _random_score(task, task_metric, random_baseline) if random_baseline else None
+        random_score = None if random_baseline is None else _random_score(task, task_metric, random_baseline)
         for row, x_axis in enumerate(x_axes):
             ax = axes[row][col]
             for (group_task, method), members in sorted(groups.items()):
