@@ -123,10 +123,14 @@ def test_a_resumed_run_neither_films_again_nor_loses_a_video_and_logs_them_to_te
 
 
 @pytest.mark.slow
-def test_overwrite_removes_the_earlier_runs_videos(tmp_path):
+def test_a_rerun_removes_stale_video_temp_files_and_overwrite_removes_the_videos(tmp_path):
     run_dir = tmp_path / "run"
-    short = [o for o in TINY if not o.startswith(("num_train_steps", "eval_frequency"))]
-    train(run_dir, "env=walker_walk", *short, *VIDEO, "num_train_steps=1000", "eval_frequency=500", "video_evals=all")
+    short = [o for o in TINY if not o.startswith("num_train_steps")] + ["num_train_steps=1000"]
+    train(run_dir, "env=walker_walk", *short, *VIDEO, "video_evals=all")
     assert sorted(path.name for path in (run_dir / "video").iterdir()) == ["eval_0.mp4", "eval_1000.mp4"]
-    train(run_dir, "env=walker_walk", *short, "num_train_steps=1000", "eval_frequency=500", "overwrite=true")
+    stale = run_dir / "video" / ".eval_2000.mp4.x1y2.tmp"  # what a kill during a video write leaves
+    stale.write_bytes(b"partial")
+    assert "already finished" in train(run_dir, "env=walker_walk", *short, *VIDEO, "video_evals=all").stderr
+    assert not stale.exists()
+    train(run_dir, "env=walker_walk", *short, "overwrite=true")
     assert not (run_dir / "video").exists()
