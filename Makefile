@@ -35,6 +35,7 @@ lint: install
 bench: install
 	$(PY) bench/bench_components.py
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_video.py
 
 clean:
 	rm -rf $(VENV) exp outputs multirun

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_golden import assert_golden_logs, run_golden
 from test_train import TINY
 
+import utils
 from video import VIDEO_KEY, decode, films_evaluation
 
 # Small frames at 10 frames per second keep the rendering of these runs to seconds.
@@ -43,6 +44,16 @@ def test_which_evaluations_are_filmed() -> None:
     # A run resumed after its step-4000 checkpoint films what the uninterrupted run films after step 4000.
     assert filmed("every_3", steps[5:], start=4000) == [6000, 9000, 10_000]
     assert filmed("first_last", steps[5:], start=4000) == [10_000]
+
+
+def test_meta_world_renders_at_the_size_of_its_first_frame() -> None:
+    env = utils.make_env("metaworld_drawer-open-v3", 0)
+    env.reset(seed=0)
+    assert env.render(height=64, width=96).shape == (64, 96, 3)  # not a squeezed 480 x 480 frame
+    assert env.render().shape == (64, 96, 3)
+    with pytest.raises(ValueError, match=r"render size \(128, 128\) is not valid; allowed: \(64, 96\)"):
+        env.render(height=128, width=128)
+    env.close()
 
 
 @pytest.mark.slow
