@@ -29,7 +29,7 @@ Runs are grouped by what their config says (task = `env`, method = `run_label` o
   new seed is to be compared with.
 - `--phases` shades the schedule's phases (from each run's config) on the step axis and marks every query round
   on a top axis with the labels used so far. train.csv has one row per episode, so a round is placed at the start
-  of the episode it was asked in (exact when rounds fall on episode starts, as in every preset).
+  of the episode it was asked in (exact when rounds fall on episode starts, as in the quick preset).
 - `--random-baseline` runs a uniformly random policy for a few seeded episodes of each task (the same policy as
   the seed steps) and draws its mean return (success rate on Meta-World) as a horizontal line.
 """
@@ -640,8 +640,10 @@ def still_frame(path: str | Path, out: str | Path, frames: int = 1) -> Path:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"path {str(path)!r} does not exist; allowed: a run directory or an mp4")
+    if frames < 1:
+        raise ValueError(f"--frames {frames} is not valid; allowed: an integer >= 1")
     video = decode(last_video(path) if path.is_dir() else path)
-    if not 1 <= frames <= len(video):
+    if frames > len(video):
         raise ValueError(f"--frames {frames} is not valid; allowed: 1 to {len(video)} (the video's frames)")
     chosen = np.linspace(len(video) - 1, 0, frames).round().astype(int)[::-1]
     buffer = BytesIO()
