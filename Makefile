@@ -12,9 +12,18 @@ $(STAMP): setup.py pyproject.toml scripts/install.sh custom_dmc2gym/setup.py cus
 	bash scripts/install.sh $(VENV)
 	touch $@
 
+# The demo's run, figure and still frame; tests/test_demo.py runs this target at a tiny budget (DEMO_OVERRIDES).
+DEMO_RUN ?= exp/demo/walker_walk_quick_seed1
+DEMO_FIGURE ?= figure/demo_walker_walk.png
+DEMO_STILL ?= figure/demo_walker_walk_last_frame.png
+DEMO_OVERRIDES ?=
+
 demo: install
-	$(PY) train_QPA.py +preset=quick env=walker_walk hydra.run.dir=exp/demo/walker_walk_quick_seed1
-	$(PY) -m plot curves exp/demo --x both --out figure/demo_walker_walk.png
+	$(PY) train_QPA.py +preset=quick env=walker_walk save_video=true hydra.run.dir=$(DEMO_RUN) $(DEMO_OVERRIDES)
+	$(PY) -m plot curves $(DEMO_RUN) --phases --random-baseline --band range --out $(DEMO_FIGURE) \
+		--reference figure/reference/compare_quick.csv --reference-methods pebble sac_true
+	$(PY) -m plot still $(DEMO_RUN) --out $(DEMO_STILL)
+	$(PY) -m plot summary $(DEMO_RUN) --figure $(DEMO_FIGURE) --still $(DEMO_STILL)
 
 test: install
 	$(PY) -m pytest tests -q -n auto
@@ -26,6 +35,7 @@ lint: install
 bench: install
 	$(PY) bench/bench_components.py
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_video.py
 
 clean:
 	rm -rf $(VENV) exp outputs multirun

@@ -135,6 +135,18 @@ class Pair:
         return None
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """An image side in pixels: a multiple of 16 (H.264's macroblock, so no encoder rescales) in [low, high]."""
+
+    low: int
+    high: int
+
+    def __call__(self, value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+        return None if ok and value % 16 == 0 else f"must be a multiple of 16 from {self.low} to {self.high}"
+
+
 def boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
@@ -510,6 +522,19 @@ class LogConfig(Section):
     resume: bool = key(True, boolean, "continue from the run directory's checkpoint when one exists")
     overwrite: bool = key(False, boolean, "delete the run directory's earlier logs and checkpoint and start over")
     save_model: bool = key(False, boolean, "also write agent and reward-model weights at the end")
+    save_video: bool = key(False, boolean, "film the first episode of evaluations to video/eval_<step>.mp4")
+    video_evals: str = key(
+        "first_last",
+        Name(r"all|first_last|last|every_[1-9]\d*", "allowed: all, first_last, last, every_<k> (k >= 1)"),
+        "evaluations filmed: all; the first and the last; the last; every_<k>: the first, one per k * eval_frequency"
+        " steps, and the last",
+    )
+    # MuJoCo's default offscreen buffer, which DMC and Meta-World models keep, is 640 x 480.
+    video_height: int = key(192, Pixels(64, 480), "video frame height in pixels")
+    video_width: int = key(256, Pixels(64, 640), "video frame width in pixels")
+    video_fps: int = key(
+        20, Int(), "video frame rate; a frame every round(control rate / video_fps) steps, so videos play in real time"
+    )
 
 
 SECTIONS = (RunConfig, ScheduleConfig, QueryConfig, RewardConfig, TeacherConfig, ReplayConfig, LogConfig)

@@ -12,6 +12,7 @@ import torch
 import utils
 from agent.sac import SACAgent
 from reward_model import RewardModel
+from video import VideoRecorder
 
 
 @dataclass(frozen=True)
@@ -22,24 +23,39 @@ class Evaluation:
 
 
 def evaluate_policy(
-    agent: SACAgent, env: Any, num_episodes: int, first_seed: int, reward_model: RewardModel | None, metaworld: bool
+    agent: SACAgent,
+    env: Any,
+    num_episodes: int,
+    first_seed: int,
+    reward_model: RewardModel | None,
+    metaworld: bool,
+    recorder: VideoRecorder | None = None,
+    step: int = 0,
 ) -> Evaluation:
-    """`num_episodes` episodes of tanh(mu), episode i reset with seed `first_seed` + i."""
+    """`num_episodes` episodes of tanh(mu), episode i reset with seed `first_seed` + i; with a `recorder`, the first
+    episode is filmed to video/eval_<step>.mp4."""
     returns, returns_hat, successes = [], [], []
     obs_actions = np.empty((env.max_episode_steps, agent.obs_dim + agent.action_dim), dtype=np.float32)
     for index in range(num_episodes):
         obs, _ = env.reset(seed=first_seed + index)
+        filming = recorder is not None and index == 0
+        if filming:
+            recorder.init(env)
         done, length, episode_return, success = False, 0, 0.0, 0.0
         while not done:
             with utils.eval_mode(agent.actor):
                 action = agent.act(obs, sample=False)
             obs_actions[length] = np.concatenate([obs, action])
             obs, reward, terminated, truncated, info = env.step(action)
+            if filming:
+                recorder.record(env)
             done = terminated or truncated
             episode_return += reward
             length += 1
             if metaworld:
                 success = max(success, float(info["success"]))
+        if filming:
+            recorder.save(f"eval_{step}.mp4", step)
         returns.append(episode_return)
         successes.append(success)
         if reward_model is not None:

@@ -1,4 +1,4 @@
-"""Scalar logging to the console, CSV files, and optionally TensorBoard and wandb.
+"""Scalar logging to the console, CSV files, and optionally TensorBoard and wandb (which also take videos).
 
 Knows nothing of RL: it averages whatever scalars it is given under `train/<name>` or `eval/<name>` between two
 dumps and writes one row per group and dump. Console and CSV always work; TensorBoard and wandb are optional and
@@ -48,6 +48,13 @@ DEFAULT_CONSOLE_FORMATS: dict[str, tuple[str, str]] = {
 }
 
 
+def _split_key(key: str) -> tuple[str, str]:
+    group, _, name = key.partition("/")
+    if group not in GROUPS or not name or "/" in name or name == "step":
+        raise ValueError(f"log key {key!r} is not valid; allowed: 'train/<name>' or 'eval/<name>', name not 'step'")
+    return group, name
+
+
 def _check_scalar(key: str, value: Any) -> None:
     """Reject non-scalars at log time without reading a tensor's value (that would force a device sync)."""
     if isinstance(value, bool | str | bytes) or not (
@@ -88,6 +95,20 @@ def format_value(value: float | int, kind: str) -> str:
     if kind == "time":
         return f"{value:.1f}s"
     return _format_float(value)
+
+
+def _gif_summary(tag: str, frames: np.ndarray, fps: float) -> Any:
+    """A TensorBoard image summary holding `frames` as an animated GIF (what SummaryWriter.add_video writes, without
+    its moviepy dependency)."""
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    images = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    _, height, width, channels = frames.shape
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
 class _CsvFile:
@@ -217,9 +238,7 @@ class Logger:
 
     def log(self, key: str, value: Any, step: int) -> None:
         """Record `value` under `key` (`train/<name>` or `eval/<name>`); converted to a float only at dump."""
-        group, _, name = key.partition("/")
-        if group not in GROUPS or not name or "/" in name or name == "step":
-            raise ValueError(f"log key {key!r} is not valid; allowed: 'train/<name>' or 'eval/<name>', name not 'step'")
+        group, name = _split_key(key)
         _check_scalar(key, value)
         self._meters[group].setdefault(name, []).append(value)
         self._last_step[group] = step
@@ -236,6 +255,18 @@ class Logger:
             values = {metric: _average(logged) for metric, logged in meters.items()}
             meters.clear()
             self._write(name, row_step, values)
+
+    def log_video(self, key: str, path: Path, frames: np.ndarray, fps: float, step: int) -> None:
+        """Send a video already saved at `path` (mp4, its `frames` [T, H, W, 3] uint8) to TensorBoard and wandb when
+        they are on. TensorBoard shows moving images only as animated GIFs, so it gets one made from `frames`."""
+        group, _ = _split_key(key)
+        if self._tb_writer is not None:
+            self._tb_writer.file_writer.add_summary(_gif_summary(key, frames, fps), step)
+            self._tb_writer.flush()
+        if self._wandb_run is not None:
+            import wandb
+
+            self._wandb_run.log({f"{group}/step": step, key: wandb.Video(str(path), format="mp4")})
 
     def _write(self, group: str, step: int, values: dict[str, float | int]) -> None:
         self._csv[group].write({"step": step, **values})

@@ -5,6 +5,10 @@
     python -m plot compare exp/qpa exp/pebble --out-dir figure/compare --last 3
     python -m plot sweep exp/feedback_sweep --out-dir figure
     python -m plot export-reference exp/qpa --name qpa_dmc --out figure/reference
+    python -m plot curves RUN --x step --phases --random-baseline --reference figure/reference/compare_quick.csv \
+        --reference-methods pebble sac_true --band range --out figure/run.png   # a figure that explains itself
+    python -m plot still RUN --out figure/run_last_frame.png                  # a frame of the run's last video
+    python -m plot summary RUN --figure figure/run.png                        # the run's end-of-run summary
 
 A run directory holds `config.yaml` (the resolved Hydra config) and `eval.csv` (written by `logger.Logger`).
 Runs are grouped by what their config says (task = `env`, method = `run_label` or else `experiment`, `seed`,
@@ -21,18 +25,28 @@ Runs are grouped by what their config says (task = `env`, method = `run_label` o
   global RNG, so it is seeded (and restored afterwards) for reproducible intervals. Scores are put on one scale
   per task first: `success_rate` (Meta-World, in %) is divided by 100, any other metric by the largest
   |final score| of that task over all methods and seeds (`--normalise none` keeps raw scores).
+- `--band range` draws the seeds' spread (min to max) instead of the interval of the mean: the band a single
+  new seed is to be compared with.
+- `--phases` shades the schedule's phases (from each run's config) on the step axis and marks every query round
+  on a top axis with the labels used so far. train.csv has one row per episode, so a round is placed at the start
+  of the episode it was asked in (exact when rounds fall on episode starts, as in the quick preset).
+- `--random-baseline` runs a uniformly random policy for a few seeded episodes of each task (the same policy as
+  the seed steps) and draws its mean return (success rate on Meta-World) as a horizontal line.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -42,14 +56,32 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
+from PIL import Image
 from rliable import library as rly
 from rliable.metrics import aggregate_iqm
 
 DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parent / "figure" / "reference"
 REFERENCE_COLUMNS = ("task", "method", "seed", "step", "total_feedback", "episode_reward")
 X_AXES = {"step": "environment steps", "feedback": "feedback (queries)"}
+METRIC_LABELS = {
+    "episode_reward": "evaluation return (true reward)",
+    "episode_reward_hat": "evaluation return under the learned reward",
+    "success_rate": "evaluation success rate (%)",
+    "query_log_likelihood": "mean log-likelihood of queried actions",
+    "history_log_likelihood": "mean log-likelihood of replayed actions",
+}
+METHOD_NAMES = {"qpa": "QPA", "pebble": "PEBBLE", "surf": "SURF", "rune": "RUNE", "sac_true": "SAC on the true reward"}
+BANDS = {"ci": "95% CI of the mean", "range": "min to max over seeds"}
+# Hues that method curves (C0 to C3 for up to four methods) do not use.
+PHASE_COLORS = {
+    "random seed steps": "tab:gray",
+    "PEBBLE state-entropy pre-training": "tab:olive",
+    "preference feedback": "tab:purple",
+    "SAC on the true reward": "tab:cyan",
+}
+RANDOM_BASELINE_SEED = 0
 BOOTSTRAP_SEED = 0
-SUBCOMMANDS = ("curves", "compare", "sweep", "export-reference")
+SUBCOMMANDS = ("curves", "compare", "sweep", "export-reference", "still", "summary")
 
 
 @dataclass(frozen=True)
@@ -64,6 +96,7 @@ class Run:
     source: str
     reference: bool = False
     train: pd.DataFrame = field(default_factory=pd.DataFrame)  # train.csv: metrics logged per episode or query round
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved config.yaml (none for reference curves)
 
 
 def find_run_dirs(path: str | Path) -> list[Path]:
@@ -116,6 +149,7 @@ def load_run(run_dir: str | Path) -> Run | None:
         evals=evals,
         source=str(run_dir),
         train=train,
+        config=OmegaConf.to_container(config),
     )
 
 
@@ -136,12 +170,16 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> list[Run]:
     return runs
 
 
-def load_reference(reference_dir: str | Path = DEFAULT_REFERENCE_DIR) -> list[Run]:
-    """Reference curves from every `<name>.csv` in `reference_dir` (columns `REFERENCE_COLUMNS`)."""
-    reference_dir = Path(reference_dir)
-    csv_files = sorted(reference_dir.glob("*.csv")) if reference_dir.is_dir() else []
+def load_reference(path: str | Path = DEFAULT_REFERENCE_DIR, methods: Sequence[str] | None = None) -> list[Run]:
+    """Reference curves from one reference CSV or every `<name>.csv` in a folder (columns `REFERENCE_COLUMNS`),
+    only those of `methods` when given."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".csv":
+        csv_files = [path]
+    else:
+        csv_files = sorted(path.glob("*.csv")) if path.is_dir() else []
     if not csv_files:
-        raise ValueError(f"no reference CSVs in {str(reference_dir)!r}; allowed: a folder of export-reference CSVs")
+        raise ValueError(f"no reference CSVs in {str(path)!r}; allowed: a folder of export-reference CSVs or one CSV")
     runs = []
     for csv_file in csv_files:
         table = pd.read_csv(csv_file)
@@ -151,6 +189,12 @@ def load_reference(reference_dir: str | Path = DEFAULT_REFERENCE_DIR) -> list[Ru
         for (task, method, seed), rows in table.groupby(["task", "method", "seed"], sort=True):
             evals = rows.drop(columns=["task", "method", "seed"]).sort_values("step").reset_index(drop=True)
             runs.append(Run(str(task), str(method), int(seed), None, evals, str(csv_file), reference=True))
+    if methods:
+        known = sorted({run.method for run in runs})
+        unknown = [method for method in methods if method not in known]
+        if unknown:
+            raise ValueError(f"reference method {unknown[0]!r} is not in {str(path)!r}; allowed: {', '.join(known)}")
+        runs = [run for run in runs if run.method in methods]
     return runs
 
 
@@ -210,10 +254,13 @@ def bootstrap_ci(
     return low, high
 
 
-def aggregate_curve(runs: Sequence[Run], metric: str, x: str, reps: int = 2000) -> pd.DataFrame:
-    """Mean and 95% bootstrap CI over the seeds in `runs`: columns x, mean, low, high, seeds."""
+def aggregate_curve(runs: Sequence[Run], metric: str, x: str, reps: int = 2000, band: str = "ci") -> pd.DataFrame:
+    """Mean over the seeds in `runs` and a band (`BANDS`: 95% bootstrap CI, or min to max): columns x, mean, low,
+    high, seeds."""
+    if band not in BANDS:
+        raise ValueError(f"band {band!r} is not valid; allowed: {', '.join(BANDS)}")
     grid, values = align_seeds([run_curve(run, metric, x) for run in runs])
-    low, high = bootstrap_ci(values, reps)
+    low, high = bootstrap_ci(values, reps) if band == "ci" else (values.min(0), values.max(0))
     return pd.DataFrame({"x": grid, "mean": values.mean(0), "low": low, "high": high, "seeds": len(runs)})
 
 
@@ -236,6 +283,123 @@ def _axes_list(x: str) -> list[str]:
     return [x]
 
 
+def run_phases(run: Run) -> tuple[tuple[str, float], ...]:
+    """The run's schedule from its config (ALGORITHM.md §2) as (name, first step) per phase, the last lasting to
+    the end of the run; empty for a reference curve, or a config without the schedule's keys."""
+    if "num_seed_steps" not in run.config or "num_unsup_steps" not in run.config:
+        return ()
+    seed_end = float(run.config["num_seed_steps"])
+    if run.config.get("reward_source") != "learned":
+        return ("random seed steps", 0.0), ("SAC on the true reward", seed_end)
+    feedback_start = seed_end + float(run.config["num_unsup_steps"])
+    return (
+        ("random seed steps", 0.0),
+        ("PEBBLE state-entropy pre-training", seed_end),
+        ("preference feedback", feedback_start),
+    )
+
+
+def query_rounds(run: Run) -> list[tuple[float, int]]:
+    """(step, labels used so far) at each query round of a run, from train.csv: a round raised `total_feedback`
+    during an episode, and is placed at that episode's start (the previous row's step)."""
+    if "total_feedback" not in run.train.columns:
+        return []
+    rows = run.train.dropna(subset=["total_feedback"]).sort_values("step")
+    labels = rows["labeled_feedback"] if "labeled_feedback" in rows.columns else rows["total_feedback"]
+    rounds, asked, episode_start = [], 0.0, 0.0
+    for step, total, used in zip(rows["step"], rows["total_feedback"], labels, strict=True):
+        if total > asked:
+            rounds.append((float(episode_start), int(used)))
+            asked = total
+        episode_start = step
+    return rounds
+
+
+def random_policy_scores(task: str, episodes: int, seed: int = RANDOM_BASELINE_SEED) -> dict[str, float]:
+    """Mean return (`episode_reward`) and, on Meta-World, success rate in % (`success_rate`) of uniformly random
+    actions in [-1, 1] over `episodes` seeded episodes: the policy of the seed steps."""
+    if episodes < 1:
+        raise ValueError(f"--random-baseline {episodes} is not valid; allowed: an integer >= 1 (episodes)")
+    import utils  # torch and the simulators: loaded only when a baseline is asked for
+
+    env = utils.make_env(task, seed)
+    rng = np.random.default_rng(seed)
+    returns, successes = [], []
+    for episode in range(episodes):
+        env.reset(seed=seed * 100_003 + episode)
+        done, episode_return, success = False, 0.0, 0.0
+        while not done:
+            _, reward, terminated, truncated, info = env.step(rng.uniform(-1.0, 1.0, env.action_space.shape))
+            done = terminated or truncated
+            episode_return += reward
+            success = max(success, float(info.get("success", 0.0)))
+        returns.append(episode_return)
+        successes.append(success)
+    env.close()
+    scores = {"episode_reward": float(np.mean(returns))}
+    if utils.is_metaworld(task):
+        scores["success_rate"] = 100.0 * float(np.mean(successes))
+    return scores
+
+
+def draw_curves(
+    runs: Sequence[Run],
+    x: str = "step",
+    metric: str = "auto",
+    reference: Sequence[Run] = (),
+    reps: int = 2000,
+    band: str = "ci",
+    phases: bool = False,
+    random_baseline: int | None = None,
+) -> plt.Figure:
+    """One subplot per task (one row per x axis) with each method's mean and band (`BANDS`); references dashed.
+    `phases`: shade and name the schedule's phases and mark the query rounds (step axes only); `random_baseline`:
+    a line at a uniformly random policy's score over that many episodes."""
+    x_axes = _axes_list(x)
+    groups = _group(runs)
+    tasks = sorted({task for task, _ in groups})
+    reference_groups = {key: members for key, members in _group(reference).items() if key[0] in tasks}
+    methods = sorted({method for _, method in groups} | {method for _, method in reference_groups})
+    colors = {method: f"C{i % 10}" for i, method in enumerate(methods)}
+    size = (5.2 * len(tasks) + 3.4, 4.2 * len(x_axes))  # + the legend beside the subplots
+    fig, axes = plt.subplots(len(x_axes), len(tasks), figsize=size, squeeze=False, layout="constrained")
+    for col, task in enumerate(tasks):
+        task_runs = [r for r in runs if r.task == task]
+        task_metric = resolve_metric(task_runs, metric)
+        random_score = None if random_baseline is None else _random_score(task, task_metric, random_baseline)
+        for row, x_axis in enumerate(x_axes):
+            ax = axes[row][col]
+            for (group_task, method), members in sorted(groups.items()):
+                if group_task == task:
+                    curve = aggregate_curve(members, task_metric, x_axis, reps, band)
+                    _draw(ax, curve, _method_name(method), colors[method], "-", 0.2)
+            for (group_task, method), members in sorted(reference_groups.items()):
+                if group_task != task:
+                    continue
+                if not all(has_metric(r, task_metric) for r in members):
+                    print(f"plot: reference {method} on {task} has no {task_metric}; not drawn", file=sys.stderr)
+                    continue
+                curve = aggregate_curve(members, task_metric, x_axis, reps, band)
+                _draw(ax, curve, f"{_method_name(method)}, reference", colors[method], "--", 0.12)
+            if random_score is not None:
+                label = f"uniformly random policy: {random_score:.1f} ({random_baseline} episodes)"
+                ax.axhline(random_score, color="0.3", linestyle=":", linewidth=1.2, label=label)
+            if phases and x_axis == "step":
+                _draw_schedule(ax, task, task_runs)
+            ax.set_title(task)
+            ax.set_xlabel(X_AXES[x_axis])
+            ax.set_ylabel(METRIC_LABELS.get(task_metric, task_metric))
+            ax.grid(alpha=0.3)
+    # One legend beside the subplots: methods keep their colour across tasks, and no curve or phase hides under it.
+    entries = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    fig.legend(entries.values(), entries.keys(), loc="outside right upper", fontsize="small",
+               title=f"mean over seeds; band: {BANDS[band]}", title_fontsize="small")  # fmt: skip
+    return fig
+
+
 def plot_curves(
     runs: Sequence[Run],
     out: str | Path,
@@ -243,37 +407,12 @@ def plot_curves(
     metric: str = "auto",
     reference: Sequence[Run] = (),
     reps: int = 2000,
+    band: str = "ci",
+    phases: bool = False,
+    random_baseline: int | None = None,
 ) -> Path:
-    """One subplot per task (one row per x axis) with each method's mean and 95% CI; references dashed."""
-    x_axes = _axes_list(x)
-    groups = _group(runs)
-    tasks = sorted({task for task, _ in groups})
-    reference_groups = {key: members for key, members in _group(reference).items() if key[0] in tasks}
-    methods = sorted({method for _, method in groups} | {method for _, method in reference_groups})
-    colors = {method: f"C{i % 10}" for i, method in enumerate(methods)}
-    fig, axes = plt.subplots(
-        len(x_axes), len(tasks), figsize=(4.8 * len(tasks), 3.6 * len(x_axes)), squeeze=False, layout="constrained"
-    )
-    for col, task in enumerate(tasks):
-        task_metric = resolve_metric([r for r in runs if r.task == task], metric)
-        for row, x_axis in enumerate(x_axes):
-            ax = axes[row][col]
-            for (group_task, method), members in sorted(groups.items()):
-                if group_task == task:
-                    _draw(ax, aggregate_curve(members, task_metric, x_axis, reps), method, colors[method], "-", 0.2)
-            for (group_task, method), members in sorted(reference_groups.items()):
-                if group_task != task:
-                    continue
-                if not all(has_metric(r, task_metric) for r in members):
-                    print(f"plot: reference {method} on {task} has no {task_metric}; not drawn", file=sys.stderr)
-                    continue
-                curve = aggregate_curve(members, task_metric, x_axis, reps)
-                _draw(ax, curve, f"{method} (reference)", colors[method], "--", 0.08)
-            ax.set_title(task)
-            ax.set_xlabel(X_AXES[x_axis])
-            ax.set_ylabel(task_metric)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small")
+    """`draw_curves` saved to `out` (PNG)."""
+    fig = draw_curves(runs, x, metric, reference, reps, band, phases, random_baseline)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -281,9 +420,62 @@ def plot_curves(
     return out
 
 
+def _method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def _random_score(task: str, metric: str, episodes: int) -> float | None:
+    scores = random_policy_scores(task, episodes)
+    if metric not in scores:
+        print(f"plot: a random policy has no {metric}; no random-policy line on {task}", file=sys.stderr)
+        return None
+    return scores[metric]
+
+
+def _draw_schedule(ax: plt.Axes, task: str, runs: Sequence[Run]) -> None:
+    """Shade and name the phases of the runs' schedule (that of the runs learning a reward when some do, as SAC
+    on the true reward has no phases of its own), and tick every query round on a top axis with the labels used
+    so far (those of the first run that asks queries, named when the runs' rounds differ)."""
+    learning = [run for run in runs if run.config.get("reward_source") == "learned"] or list(runs)
+    schedules = {run_phases(run) for run in learning}
+    if len(schedules) > 1:
+        print(f"plot: the runs on {task} have different schedules; phases not shaded", file=sys.stderr)
+    elif schedule := schedules.pop():
+        _shade_phases(ax, schedule, max(float(run.evals["step"].iloc[-1]) for run in runs))
+    asking = [run for run in runs if query_rounds(run)]
+    if asking:
+        rounds = query_rounds(asking[0])
+        same = all(query_rounds(run) == rounds for run in asking)
+        _tick_query_rounds(ax, rounds, "" if same else f" ({asking[0].method} seed {asking[0].seed})")
+
+
+def _shade_phases(ax: plt.Axes, schedule: tuple[tuple[str, float], ...], x_end: float) -> None:
+    low, high = ax.get_xlim()  # before the spans, which would widen it
+    ends = [start for _, start in schedule[1:]] + [x_end]
+    for (name, start), end in zip(schedule, ends, strict=True):
+        end = min(end, x_end)
+        if end <= start:
+            continue
+        ax.axvspan(start, end, color=PHASE_COLORS[name], alpha=0.1, linewidth=0, zorder=0)
+        # A name across its phase when the phase is wide enough to hold it, else upright inside it.
+        wide = (end - start) / (high - low) >= 0.3
+        ax.text((start + end) / 2, 0.98, name, transform=ax.get_xaxis_transform(), rotation=0 if wide else 90,
+                ha="center", va="top", fontsize="x-small", color="0.25")  # fmt: skip
+
+
+def _tick_query_rounds(ax: plt.Axes, rounds: list[tuple[float, int]], whose: str) -> None:
+    top = ax.secondary_xaxis("top")
+    steps, labels = zip(*rounds, strict=True)
+    # Every round keeps its tick; at most 12 carry their label, so that long schedules stay legible.
+    every = math.ceil(len(rounds) / 12)
+    top.set_xticks(steps, [str(used) if index % every == 0 else "" for index, used in enumerate(labels)])
+    top.tick_params(labelsize="x-small")
+    top.set_xlabel(f"labels used so far, at each query round{whose}", fontsize="small")
+
+
 def _draw(ax: plt.Axes, curve: pd.DataFrame, label: str, color: str, style: str, band_alpha: float) -> None:
     seeds = int(curve["seeds"].iloc[0])
-    ax.plot(curve["x"], curve["mean"], style, color=color, label=f"{label} (n={seeds})")
+    ax.plot(curve["x"], curve["mean"], style, color=color, label=f"{label} ({seeds} seed{'s' * (seeds > 1)})")
     ax.fill_between(curve["x"], curve["low"], curve["high"], color=color, alpha=band_alpha, linewidth=0)
 
 
@@ -429,6 +621,37 @@ def write_report(
     return paths
 
 
+def last_video(run_dir: Path) -> Path:
+    """The run's video of its latest filmed evaluation."""
+    from run_summary import run_videos
+
+    videos = run_videos(run_dir)
+    if not videos:
+        raise ValueError(f"{run_dir} has no video/eval_<step>.mp4; allowed: a run trained with save_video=true")
+    return videos[-1]
+
+
+def still_frame(path: str | Path, out: str | Path, frames: int = 1) -> Path:
+    """Write `frames` evenly spaced frames of a video side by side as one PNG, ending with its last frame; `path`
+    is an mp4 or a run directory (its last video)."""
+    import utils  # torch: loaded only here
+    from video import decode
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"path {str(path)!r} does not exist; allowed: a run directory or an mp4")
+    if frames < 1:
+        raise ValueError(f"--frames {frames} is not valid; allowed: an integer >= 1")
+    video = decode(last_video(path) if path.is_dir() else path)
+    if frames > len(video):
+        raise ValueError(f"--frames {frames} is not valid; allowed: 1 to {len(video)} (the video's frames)")
+    chosen = np.linspace(len(video) - 1, 0, frames).round().astype(int)[::-1]
+    buffer = BytesIO()
+    Image.fromarray(np.concatenate(list(video[chosen]), axis=1)).save(buffer, format="PNG")
+    utils.atomic_write_bytes(out, buffer.getvalue())
+    return Path(out)
+
+
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
@@ -443,6 +666,7 @@ def compare(
     reference: Sequence[Run] = (),
     reps: int = 2000,
     by_feedback: bool = False,
+    band: str = "ci",
 ) -> dict[str, Path]:
     """One PNG per task with every method's curve, plus final-performance and IQM tables in `out_dir`.
 
@@ -465,7 +689,7 @@ def compare(
     outputs = write_report(final_scores(runs, metric, last), out_dir, keys, last, normalise, reps)
     for task, task_runs in _group_by_task(runs).items():
         outputs[f"curves/{task}"] = plot_curves(
-            task_runs, out_dir / f"{_safe_name(task)}.png", x, metric, reference, reps
+            task_runs, out_dir / f"{_safe_name(task)}.png", x, metric, reference, reps, band
         )
     return outputs
 
@@ -479,9 +703,10 @@ def sweep(
     normalise: str = "max",
     reference: Sequence[Run] = (),
     reps: int = 2000,
+    band: str = "ci",
 ) -> dict[str, Path]:
     """`compare` for every run under `path`, grouped by (task, method, max_feedback) from the configs."""
-    return compare([path], out_dir, metric, x, last, normalise, reference, reps, by_feedback=True)
+    return compare([path], out_dir, metric, x, last, normalise, reference, reps, by_feedback=True, band=band)
 
 
 def export_reference(
@@ -555,13 +780,27 @@ def _parser() -> argparse.ArgumentParser:
             nargs="?",
             const=str(DEFAULT_REFERENCE_DIR),
             default=None,
-            metavar="DIR",
-            help=f"overlay reference CSVs (default folder {DEFAULT_REFERENCE_DIR})",
+            metavar="PATH",
+            help=f"overlay reference curves: a folder of reference CSVs or one CSV (default {DEFAULT_REFERENCE_DIR})",
         )
+        sub.add_argument("--reference-methods", nargs="+", metavar="METHOD", help="only these reference methods")
+        sub.add_argument("--band", default="ci", choices=list(BANDS), help="ci: 95%% CI of the mean; range: min-max")
 
     curves = commands.add_parser("curves", help="mean ± 95%% CI learning curves, one subplot per task")
     curves.add_argument("paths", nargs="+", help="run directories or folders holding them")
     curves.add_argument("--out", default="figure/curves.png")
+    curves.add_argument(
+        "--phases", action="store_true", help="shade and name the schedule's phases, tick each query round on top"
+    )
+    curves.add_argument(
+        "--random-baseline",
+        nargs="?",
+        type=int,
+        const=10,
+        default=None,
+        metavar="EPISODES",
+        help="a line at a uniformly random policy's score over EPISODES seeded episodes (default 10)",
+    )
     add_common(curves)
 
     for name, help_text, default_out in (
@@ -581,6 +820,16 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default=str(DEFAULT_REFERENCE_DIR))
     export.add_argument("--machine", default="not recorded", help="the machine that trained the runs")
     export.add_argument("--train-command", default="not recorded", help="the command line that trained the runs")
+
+    still = commands.add_parser("still", help="a PNG of frames of a run's last video (or of one mp4)")
+    still.add_argument("path", help="a run directory (its video/eval_<step>.mp4 with the largest step) or an mp4")
+    still.add_argument("--out", required=True)
+    still.add_argument("--frames", type=int, default=1, help="evenly spaced frames side by side, the last one last")
+
+    summary = commands.add_parser("summary", help="a run's end-of-run summary, with the figures drawn from it")
+    summary.add_argument("path", help="a run directory")
+    summary.add_argument("--figure", help="a figure drawn from the run")
+    summary.add_argument("--still", help="a still frame of its video")
     return parser
 
 
@@ -594,9 +843,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.subcommand == "export-reference":
             print(export_reference(args.paths, args.name, args.out, args.machine, args.train_command))
             return 0
-        reference = load_reference(args.reference) if args.reference else []
+        if args.subcommand == "still":
+            print(still_frame(args.path, args.out, args.frames))
+            return 0
+        if args.subcommand == "summary":
+            from run_summary import summarise_run
+
+            print(summarise_run(args.path, figure=args.figure, still=args.still))
+            return 0
+        if args.reference_methods and not args.reference:
+            raise ValueError(f"--reference-methods {' '.join(args.reference_methods)} needs --reference PATH")
+        reference = load_reference(args.reference, args.reference_methods) if args.reference else []
         if args.subcommand == "curves":
-            print(plot_curves(load_runs(args.paths), args.out, args.x, args.metric, reference, args.reps))
+            runs = load_runs(args.paths)
+            print(plot_curves(runs, args.out, args.x, args.metric, reference, args.reps, args.band, args.phases,
+                              args.random_baseline))  # fmt: skip
             return 0
         outputs = compare(
             args.paths,
@@ -608,6 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reference,
             args.reps,
             by_feedback=args.subcommand == "sweep",
+            band=args.band,
         )
     except ValueError as error:
         print(f"plot: error: {error}", file=sys.stderr)

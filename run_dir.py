@@ -47,6 +47,11 @@ RESUME_MUTABLE_KEYS = (
     "wandb_entity",
     "log_save_tb",
     "save_model",
+    "save_video",
+    "video_evals",
+    "video_height",
+    "video_width",
+    "video_fps",
     "human_host",
     "human_port",
     "human_timeout",
@@ -85,12 +90,13 @@ def prepare_run_dir(cfg: DictConfig, work_dir: Path) -> bool:
         for name in RUN_FILES:
             (work_dir / name).unlink(missing_ok=True)
         shutil.rmtree(work_dir / "tb", ignore_errors=True)
+        shutil.rmtree(work_dir / "video", ignore_errors=True)
         labels = work_dir / LABELS_NAME
         if labels.exists():  # a person's work is never deleted, only moved aside
             kept = labels.with_name(f"labels-replaced-{time.strftime('%Y%m%d-%H%M%S')}.sqlite")
             labels.rename(kept)
             print(f"overwrite=true: the earlier answers are kept in {kept}", file=sys.stderr)
-    for stale in work_dir.glob(".*.tmp"):
+    for stale in [*work_dir.glob(".*.tmp"), *work_dir.glob("video/.*.tmp")]:
         stale.unlink(missing_ok=True)
     (work_dir / URL_NAME).unlink(missing_ok=True)  # this run holds the directory: a page named there is gone
     logs = [work_dir / name for name in ("train.csv", "eval.csv") if (work_dir / name).exists()]

@@ -26,6 +26,8 @@ REQUIRES = [
     "scipy==1.17.1",
     "rliable==1.2.0",
     "pillow==13.0.0",  # teacher=human: the segments' frames
+    "imageio==2.38.2",  # save_video=true: mp4 encoding through its ffmpeg plugin,
+    "imageio-ffmpeg==0.8.1",  # whose wheel carries an ffmpeg binary
     "starlette==1.7.0",  # teacher=human: the labelling page
     "uvicorn==0.54.0",
     # our own packages in this checkout: pip install -e ./custom_dmcontrol -e ./custom_dmc2gym -e ".[dev]"
@@ -51,6 +53,8 @@ setup(
         "queries",
         "human_teacher",
         "labelling_app",
+        "video",
+        "run_summary",
     ],
     packages=["agent", "methods"],
     install_requires=REQUIRES,

@@ -63,9 +63,11 @@ from run_dir import (
     write_status,
 )  # fmt: skip
 from run_lock import RunLock, RunLockedError
+from run_summary import summarise_run
 from schedule import FeedbackSchedule, Phase
 from teacher import ScriptedTeacher, Teacher, TeacherError, wait_for_answers
 from utils import NonFiniteError, WriteError
+from video import VideoRecorder
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share a seed with training episodes
 # wandb receives the original release's metric names, so existing dashboards keep working.
@@ -229,6 +231,7 @@ class Workspace:
         self.update_metrics: dict[str, torch.Tensor] = {}
         self.checkpointed_step = self.restore_checkpoint()  # None until a checkpoint exists
         self.logger = make_logger(cfg, work_dir, self.checkpointed_step)
+        self.video_recorder = VideoRecorder.from_config(cfg, work_dir, self.logger)
 
     # ------------------------------------------------------------------ the loop of ALGORITHM.md §2
     def run(self) -> None:
@@ -379,8 +382,9 @@ class Workspace:
         cfg, log = self.cfg, self.logger.log
         reward_model = self.reward_model if self.schedule.learns_reward else None
         first_seed = cfg.seed * 100_003 + EVAL_SEED_OFFSET + self.step
+        film = self.video_recorder.wants(self.step, self.last_eval_step, final=self.step >= cfg.num_train_steps)
         result = evaluate_policy(self.agent, self.eval_env, cfg.num_eval_episodes, first_seed, reward_model,
-                                 self.is_metaworld)  # fmt: skip
+                                 self.is_metaworld, self.video_recorder if film else None, self.step)  # fmt: skip
         log("eval/episode", self.episode, self.step)
         for name, value in dataclasses.asdict(result).items():
             if value is not None:
@@ -475,12 +479,15 @@ def train(cfg: DictConfig, work_dir: Path, run_lock: RunLock) -> None:
         stop(message)
     workspace = None
     previous_handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = time.perf_counter()
     try:
         workspace = Workspace(config, work_dir)
+        first_step = workspace.step
         follow_steps(workspace)
         write_status(work_dir, "running", workspace.step)
         workspace.run()
         write_status(work_dir, "finished", workspace.step)
+        print(summarise_run(work_dir, time.perf_counter() - started, first_step), flush=True)
     except Interrupted as signal_name:
         if run_lock.lost_to is not None:  # the directory is another process's now: write nothing more there
             stop(f"{run_lock.lost_to.describe()} took over {work_dir} after this run missed its heartbeats for "

@@ -299,6 +299,7 @@ class MetaWorldEnv(gym.Env):
         self._seed = seed
         self._seeded = False
         self._elapsed_steps: int | None = None
+        self._render_size: tuple[int, int] | None = None  # (height, width), fixed by the first frame
         self.max_episode_steps = int(self._env.max_path_length)
         self.metadata = {"render_modes": ["rgb_array"], "render_fps": self._env.metadata["render_fps"]}
         self.render_mode = "rgb_array"
@@ -341,11 +342,21 @@ class MetaWorldEnv(gym.Env):
         """The MuJoCo model and data (mujoco.MjModel, mujoco.MjData), to save and restore simulator states."""
         return self._env.model, self._env.data
 
-    def render(self) -> np.ndarray:
-        """An RGB uint8 frame (480, 480, 3) from Meta-World's default camera."""
+    def render(self, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """An RGB uint8 frame from Meta-World's default camera, (480, 480, 3) unless a size is given. The
+        OpenGL context is made at the first frame's size, so every later frame must have that size too."""
         from custom_dmcontrol import configure_rendering_backend
 
-        configure_rendering_backend()
+        backend = configure_rendering_backend()
+        if backend not in ("egl", "osmesa", "glfw"):  # Gymnasium's renderer knows only these; refuse before it fails
+            raise RuntimeError(f"Meta-World cannot render with MUJOCO_GL={backend!r}; allowed: egl, osmesa, glfw")
+        renderer = self._env.mujoco_renderer
+        size = (height or renderer.height, width or renderer.width)
+        if self._render_size is None:
+            # Rendering at the wanted size, not resizing a 480 x 480 frame, keeps a non-square frame undistorted.
+            renderer.height, renderer.width = self._render_size = size
+        elif size != self._render_size:
+            raise ValueError(f"render size {size} is not valid; allowed: {self._render_size}, the first frame's size")
         return self._env.render()
 
     def close(self) -> None:

@@ -52,10 +52,11 @@ PINNED_KERNELS = {
 }  # fmt: skip
 
 
-def run_golden(name: str, run_dir: Path) -> dict[str, pd.DataFrame]:
-    """Train the named golden run into run_dir and return its logs without the timing columns."""
+def run_golden(name: str, run_dir: Path, *extra: str) -> dict[str, pd.DataFrame]:
+    """Train the named golden run (with `extra` overrides) into run_dir and return its logs without the timing
+    columns."""
     command = [sys.executable, "train_QPA.py", *TINY, *GOLDEN_RUNS[name], "seed=3", "num_threads=1", "device=cpu",
-               f"hydra.run.dir={run_dir}"]  # fmt: skip
+               *extra, f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, **PINNED_KERNELS}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,10 +67,7 @@ def read_log(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, float_precision="round_trip").drop(columns=TIME_COLUMNS, errors="ignore")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(GOLDEN_RUNS))
-def test_fixed_seed_runs_write_the_golden_logs(name: str, tmp_path: Path) -> None:
-    logs = run_golden(name, tmp_path / name)
+def assert_golden_logs(name: str, logs: dict[str, pd.DataFrame]) -> None:
     for log, frame in logs.items():
         golden = read_log(GOLDEN_DIR / name / log)
         exact = [column for column in golden.columns if column not in ENV_REWARD_COLUMNS]
@@ -77,6 +75,12 @@ def test_fixed_seed_runs_write_the_golden_logs(name: str, tmp_path: Path) -> Non
         rewards = [column for column in golden.columns if column in ENV_REWARD_COLUMNS]
         pd.testing.assert_frame_equal(frame[rewards], golden[rewards], check_exact=False, rtol=1e-13, atol=0.0,
                                       obj=f"{name}/{log}")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(GOLDEN_RUNS))
+def test_fixed_seed_runs_write_the_golden_logs(name: str, tmp_path: Path) -> None:
+    assert_golden_logs(name, run_golden(name, tmp_path / name))
 
 
 if __name__ == "__main__":

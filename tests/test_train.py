@@ -170,6 +170,10 @@ BAD_VALUES = [
     ("teacher=human human_timeout=0", "human_timeout=0"),
     ("teacher=human human_host=a/b", "human_host='a/b'"),
     ("method=sac_true teacher=human", "teacher_type='human' is invalid: allowed with reward_source=true: scripted"),
+    ("video_evals=every_0", "video_evals='every_0' is invalid: allowed: all, first_last, last, every_<k> (k >= 1)"),
+    ("video_height=100", "video_height=100 is invalid: must be a multiple of 16 from 64 to 480"),
+    ("video_width=1280", "video_width=1280 is invalid: must be a multiple of 16 from 64 to 640"),
+    ("video_fps=0", "video_fps=0"),
 ]
 
 
