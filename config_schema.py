@@ -30,6 +30,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import II, DictConfig, OmegaConf, ValidationError, open_dict
 
+import methods  # noqa: F401 (the built-in methods register their query schemes and feedback steps)
 import utils
 from feedback import FEEDBACK_STEPS
 from preferences import QPA_CROP_SHRINK
@@ -507,6 +508,43 @@ class ReplayConfig(Section):
 
 
 @dataclass
+class SuccessorConfig(Section):
+    """QPA's successors (ALGORITHM.md §11, §12): PoLiCER (Heo et al., ICLR 2026; defaults from its public code and
+    scripts/synthetic.sh) and PPE (Zhu et al., NeurIPS 2025); their presets are config/method/policer.yaml, ppe.yaml."""
+
+    policer_tau: float = key(1.0, Number(0.0), "PoLiCER: query segments drawn with P ∝ (1/rank)^tau", switch=True)
+    policer_q_threshold: float = key(
+        25.0, Number(), "PoLiCER: first threshold on the highest mean Q(s, π(s)) that triggers a reset", switch=True
+    )
+    policer_q_increase: float = key(
+        5.0, Number(0.0, closed=True), "PoLiCER: threshold rise after a reset (DMC 5.0, Meta-World 7.5)", switch=True
+    )
+    policer_q_increase_decay: float = key(
+        0.9, Number(0.0, 1.0, closed=True), "PoLiCER: the rise is multiplied by this after each reset", switch=True
+    )
+    policer_q_threshold_max: float = key(100.0, Number(), "PoLiCER: the threshold rises to at most this", switch=True)
+    policer_max_replay_ratio: int = key(
+        4, Int(), "PoLiCER: SAC updates per env step rise by 1 per reset up to this, until the last round", switch=True
+    )
+    ppe_extension: bool = key(
+        True, boolean, "PPE: explore with the proximal-policy extension of the policy (with ppe_morse)", switch=True
+    )
+    ppe_mixture_query: bool = key(
+        True, boolean, "PPE: query_scheme=ppe_mixture mixes OOD and in-distribution pairs; false: QPA's", switch=True
+    )
+    ppe_epsilon: float = key(0.01, Number(0.0), "PPE: KL(π_E ‖ π_T) bound of the exploration shift", switch=True)
+    ppe_kappa: float = key(
+        0.5, Number(0.0, 1.0, closed=True), "PPE: share of a round's queries chosen as out-of-distribution", switch=True
+    )
+    ppe_lambda: float = key(5.0, Number(0.0), "PPE: the Morse network's kernel M = exp(-λ/2 ‖f(s, a)‖²)", switch=True)
+    ppe_morse_hidden_dim: int = key(256, Int(), "PPE: Morse network MLP width", switch=True)
+    ppe_morse_hidden_depth: int = key(3, Int(), "PPE: Morse network MLP hidden layers", switch=True)
+    ppe_morse_updates: int = key(200, Int(), "PPE: Morse network Adam steps after each query round", switch=True)
+    ppe_morse_batch: int = key(256, Int(), "PPE: labelled state-actions per Morse network step", switch=True)
+    ppe_morse_lr: float = key(1e-3, Number(0.0), "PPE: Morse network Adam learning rate", switch=True)
+
+
+@dataclass
 class LogConfig(Section):
     """Logging, checkpoints and resume."""
 
@@ -537,11 +575,14 @@ class LogConfig(Section):
     )
 
 
-SECTIONS = (RunConfig, ScheduleConfig, QueryConfig, RewardConfig, TeacherConfig, ReplayConfig, LogConfig)
+SECTIONS = (RunConfig, ScheduleConfig, QueryConfig, RewardConfig, TeacherConfig, ReplayConfig, SuccessorConfig,
+            LogConfig)  # fmt: skip
 
 
 @dataclass
-class TrainConfig(LogConfig, ReplayConfig, TeacherConfig, RewardConfig, QueryConfig, ScheduleConfig, RunConfig):
+class TrainConfig(
+    LogConfig, SuccessorConfig, ReplayConfig, TeacherConfig, RewardConfig, QueryConfig, ScheduleConfig, RunConfig
+):
     """Every key of a training run: the sections above, flat as the original release's keys are, plus the agent."""
 
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -587,6 +628,8 @@ class TrainConfig(LogConfig, ReplayConfig, TeacherConfig, RewardConfig, QueryCon
                 self.rune_beta_init,
                 f"needs ensemble_size >= 2 (got {self.ensemble_size}): the bonus is the std over the ensemble",
             )
+        if self.scheme == "ppe_mixture" and "ppe_morse" not in self.feedback_steps:
+            fail("query_scheme", self.scheme, "needs the ppe_morse feedback step, which trains the Morse network")
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -9,9 +9,12 @@ of yours named by the `imports` key:
     def reset_critic_every_round(run: Run, query_round: QueryRound) -> None:
         run.agent.reset_critic()
 
-A step that keeps state or watches training is a class instead, built from the config: its instances are called
-the same way, may have `after_update(run, metrics)` (called after every SAC update of the feedback phase, e.g. for
-a trigger on the critic's Q) and `state_dict` / `load_state_dict` (saved in the run's checkpoint).
+A step that keeps state, owns a model or watches training is a class instead, built with the run (`Step(run)`, its
+config is `run.cfg`): its instances are called the same way, and may have `after_update(run, metrics)` (called after
+every SAC update of the feedback phase, e.g. for a trigger on the critic's Q; it may set `run.updates_per_step`),
+`behaviour_action(run, obs)` (the training action after the seed phase, for an exploration policy of the method's
+own), and `state_dict` / `load_state_dict` (saved in the run's checkpoint). A query scheme finds the steps by name
+in its `QueryContext`.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Run(Protocol):
     recent_returns: deque[float]  # the last training returns, which set the scripted teacher's thresholds
     logger: Logger
     update_metrics: dict[str, torch.Tensor]  # the last SAC update's, logged at the end of each episode
+    updates_per_step: int  # SAC updates per env step after the first round (gradient_update; PoLiCER raises it)
+    feedback_steps: dict[str, Any]  # the method's steps by name
 
     def sample(self, hybrid: bool) -> Batch: ...
 
@@ -79,7 +84,7 @@ def ask_queries(run: Run) -> None:
         scheme = QUERY_SCHEMES["uniform"]  # ensemble-based scores mean nothing before the first training (B-Pref)
     context = QueryContext(size, run.episodes, cfg.segment, cfg.max_reward_buffer_size, cfg.large_batch,
                            float(cfg.explore or 0.0), run.rngs.queries, run.reward_model, run.preferences.data()[0],
-                           run.agent)  # fmt: skip
+                           run.agent, cfg, run.feedback_steps)  # fmt: skip
     queried = scheme.select(context)
     log_query_alignment(run, context, queried)
     run.teacher.ask(run.schedule.open(queried, size, run.step))
@@ -97,23 +102,30 @@ def log_query_alignment(run: Run, context: QueryContext, queried: SegmentPairs) 
 
 
 FeedbackStep = Callable[["Run", "QueryRound"], None]
-FEEDBACK_STEPS: dict[str, Callable[[Any], FeedbackStep]] = {}  # name -> builder taking the training config
+FEEDBACK_STEPS: dict[str, Any] = {}  # name -> the step function, or the class to build with the run
 
 
 def register_step(name: str) -> Callable[[Any], Any]:
-    """Add a feedback step (a function, or a class built from the config) to the registry under `name`."""
+    """Add a feedback step (a function, or a class built with the run) to the registry under `name`."""
 
     def add(step: Any) -> Any:
         if name in FEEDBACK_STEPS:
             raise ValueError(f"feedback step {name!r} is already registered")
-        FEEDBACK_STEPS[name] = step if isinstance(step, type) else lambda cfg: step
+        FEEDBACK_STEPS[name] = step
         return step
 
     return add
 
 
-def build_steps(names: list[str], cfg: Any) -> list[FeedbackStep]:
-    return [FEEDBACK_STEPS[name](cfg) for name in names]
+def build_steps(names: list[str], run: Run) -> dict[str, FeedbackStep]:
+    """The method's steps by name, in order: functions as they are, classes built with the run."""
+    steps = {name: FEEDBACK_STEPS[name] for name in names}
+    return {name: step(run) if isinstance(step, type) else step for name, step in steps.items()}
+
+
+def hooks(steps: dict[str, FeedbackStep], name: str) -> list[Callable[..., Any]]:
+    """The steps' methods called `name` (`after_update`, `behaviour_action`), in the steps' order."""
+    return [getattr(step, name) for step in steps.values() if hasattr(step, name)]
 
 
 @register_step("train_reward")

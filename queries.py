@@ -16,9 +16,9 @@ pairs with their true rewards and origins; the training loop then asks the teach
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -41,7 +41,8 @@ class Policy(Protocol):
 @dataclass(frozen=True)
 class QueryContext:
     """What a scheme selects from: the round's size, the episode store and the round's random stream, the ensemble's
-    scores, the labelled pairs, and the current policy's log-likelihood."""
+    scores, the labelled pairs, the current policy's log-likelihood, and, for a method's own scheme, its config keys
+    and the feedback steps that train its models (PPE's Morse network)."""
 
     num: int  # queries this round
     episodes: EpisodeStore
@@ -53,6 +54,8 @@ class QueryContext:
     reward_model: RewardModel
     labelled_pairs: torch.Tensor  # [M, 2, S, ds + da]
     policy: Policy | None  # None outside a training run (the reward model's own tests)
+    cfg: Any = None  # the training config, for a scheme's own keys (PoLiCER's `policer_tau`)
+    feedback_steps: Mapping[str, Any] = field(default_factory=dict)  # the method's steps by their config names
 
     @property
     def obs_dim(self) -> int:
@@ -83,7 +86,7 @@ class QueryContext:
         if self.policy is None:
             raise ValueError("policy=None: this selection has no policy; allowed: schemes that do not use one")
         pairs = candidates.pairs
-        rows = torch.as_tensor(pairs.reshape(-1, pairs.shape[-1]), device=self.reward_model.device)
+        rows = torch.as_tensor(pairs.reshape(-1, pairs.shape[-1]), device=self.labelled_pairs.device)
         log_prob = self.policy.log_likelihood(rows[:, : self.obs_dim], rows[:, self.obs_dim :])
         return log_prob.view(pairs.shape[:3])
 

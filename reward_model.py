@@ -101,6 +101,15 @@ class RewardModel:
         self.net = EnsembleMLP(input_dim, hidden_dim, hidden_depth, ensemble_size, activation, generator)
         self.net.to(self.device)
 
+    @torch.no_grad()
+    def reset_weights(self, generator: torch.Generator) -> None:
+        """Draw every member's weights afresh from the initial distribution (U(±1/sqrt(fan_in)), as nn.Linear's),
+        in place, so an optimiser over them keeps its state (PoLiCER's reset)."""
+        for weight, bias in self.net._layers:
+            bound = 1.0 / math.sqrt(weight.shape[1])
+            weight.uniform_(-bound, bound, generator=generator)
+            bias.uniform_(-bound, bound, generator=generator)
+
     @torch.inference_mode()
     def predict_reward(self, x: torch.Tensor) -> torch.Tensor:
         """Ensemble-mean r̂ for rows x [N, ds + da] on `device`: [N, 1] on `device`, no host sync."""

@@ -44,7 +44,7 @@ from config_schema import (
 )  # fmt: skip
 from episodes import EpisodeStore
 from evaluation import evaluate_policy
-from feedback import ask_queries, build_steps
+from feedback import ask_queries, build_steps, hooks
 from human_teacher import HumanTeacher, ReplayTeacher, SimStateRecorder
 from logger import Logger
 from methods.rune import RuneBonus
@@ -185,8 +185,8 @@ def check_finite(metrics: dict[str, Any], step: int) -> None:
 
 
 class Workspace:
-    # What a checkpoint holds besides the parts of `checkpointed_parts`, and what resume restores.
-    COUNTERS = ("step", "episode", "last_eval_step", "last_eval_return", "recent_returns")
+    # What a checkpoint holds besides `checkpointed_parts`
+    COUNTERS = ("step", "episode", "last_eval_step", "last_eval_return", "recent_returns", "updates_per_step")
 
     def __init__(self, cfg: TrainConfig, work_dir: Path) -> None:
         self.cfg = cfg
@@ -217,8 +217,10 @@ class Workspace:
         self.recorder = SimStateRecorder(self.env, self.episodes) if cfg.teacher_type == "human" else None
         self.teacher = make_teacher(cfg, work_dir, self.recorder, seeds.teacher)
         self.schedule = FeedbackSchedule.of(cfg)
-        self.feedback_steps = build_steps(cfg.feedback_steps, cfg)
-        self.update_hooks = [step.after_update for step in self.feedback_steps if hasattr(step, "after_update")]
+        self.updates_per_step = cfg.gradient_update
+        self.feedback_steps = build_steps(cfg.feedback_steps, self)
+        self.update_hooks = hooks(self.feedback_steps, "after_update")
+        self.behaviour = next(iter(hooks(self.feedback_steps, "behaviour_action")), None)  # e.g. PPE's, else the agent
         self.batch_transforms = [RuneBonus(cfg.rune_beta_init, cfg.rune_beta_decay)] if cfg.rune_beta_init > 0 else []
         # seed-phase actions, query selection, and the history windows of log_query_alignment
         self.rngs = utils.RandomStreams(actions=np.random.default_rng(action_seed),
@@ -292,7 +294,7 @@ class Workspace:
         if self.step < self.cfg.num_seed_steps:
             return self.rngs.actions.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
         with utils.eval_mode(self.agent.actor):
-            action = self.agent.act(obs, sample=True)
+            action = self.behaviour(self, obs) if self.behaviour else self.agent.act(obs, sample=True)
         if not np.isfinite(action).all():  # a diverged update; caught here before it reaches the physics
             raise NonFiniteError(f"the policy produced a non-finite action at step {self.step}")
         return action
@@ -309,7 +311,7 @@ class Workspace:
             self.update_metrics = agent.update(uniform, self.step, cfg.gradient_update)
         elif phase is Phase.FEEDBACK:
             hybrid = cfg.hybrid_replay and self.schedule.budget_left
-            self.update_metrics = agent.update(lambda: self.sample(hybrid), self.step, cfg.gradient_update)
+            self.update_metrics = agent.update(lambda: self.sample(hybrid), self.step, self.updates_per_step)
             for hook in self.update_hooks:
                 hook(self, self.update_metrics)
 
@@ -343,7 +345,7 @@ class Workspace:
         self.preferences.add(query_round.pairs[keep], labels)
         for name, value in self.teacher.metrics(query_round, self.step).items():
             self.logger.log(f"train/{name}", value, self.step)
-        for feedback_step in self.feedback_steps:
+        for feedback_step in self.feedback_steps.values():
             feedback_step(self, query_round)
 
     # ------------------------------------------------------------------ episode ends, evaluation, logging
@@ -406,7 +408,7 @@ class Workspace:
         }  # fmt: skip
         if self.recorder is not None:
             parts["recorder"] = self.recorder
-        for name, step in zip(self.cfg.feedback_steps, self.feedback_steps):
+        for name, step in self.feedback_steps.items():
             if hasattr(step, "state_dict"):
                 parts[f"feedback_step.{name}"] = step
         return parts

@@ -138,11 +138,12 @@ class SACAgent:
         q1, q2 = self.critic(batch.obs, batch.action)
         return F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
 
-    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAC's policy loss on a batch of observations, and the log-probabilities [B, 1] of its actions."""
+    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SAC's policy loss on a batch of observations, the log-probabilities [B, 1] of its actions, and the mean
+        of min(Q1, Q2) at them, Q(s, π(s))."""
         action, log_prob = self.actor(obs).rsample_with_log_prob()
-        q1, q2 = self.critic(obs, action)
-        return (self.alpha.detach() * log_prob - torch.min(q1, q2)).mean(), log_prob
+        q = torch.min(*self.critic(obs, action))
+        return (self.alpha.detach() * log_prob - q).mean(), log_prob, q.detach().mean()
 
     def update(
         self, sample: Callable[[], Batch], step: int, gradient_update: int = 1, policy_update: bool = True
@@ -153,6 +154,7 @@ class SACAgent:
         the caller's choice, so every variant PEBBLE and QPA need is this one loop."""
         _require(gradient_update >= 1, "gradient_update", gradient_update, "a positive integer")
         update_actor = policy_update and step % self.actor_update_frequency == 0
+        highest_q = None  # of the actor steps below: PoLiCER's reset watches the highest one
         for _ in range(gradient_update):
             batch = sample()
             critic_loss = self.critic_loss(batch)
@@ -162,12 +164,13 @@ class SACAgent:
             metrics = {"critic_loss": critic_loss.detach(), "batch_reward": batch.reward.mean()}
             if not update_actor:
                 continue
-            actor_loss, log_prob = self.actor_loss(batch.obs)
+            actor_loss, log_prob, actor_q = self.actor_loss(batch.obs)
             self.actor_optimizer.zero_grad(set_to_none=True)
             # Only the actor's gradients: autograd then skips the critic's weight gradients entirely.
             actor_loss.backward(inputs=self.actor_params)
             self.actor_optimizer.step()
-            metrics.update(actor_loss=actor_loss.detach(), actor_entropy=-log_prob.detach().mean())
+            highest_q = actor_q if highest_q is None else torch.maximum(highest_q, actor_q)
+            metrics.update(actor_loss=actor_loss.detach(), actor_entropy=-log_prob.detach().mean(), actor_q=highest_q)
             if self.learnable_temperature:
                 alpha_loss = (self.alpha * (-log_prob.detach() - self.target_entropy)).mean()
                 self.log_alpha_optimizer.zero_grad(set_to_none=True)

@@ -1,23 +1,27 @@
-"""QPA vs PEBBLE vs SAC on the true reward at CPU scale: the quick preset for every method, 5 seeds, one task.
+"""QPA against PEBBLE before it and PoLiCER and PPE after it, at CPU scale: the quick preset for every method.
 
     python bench/compare_quick.py --root exp/compare_quick --jobs 2        # the full comparison (hours on 2 cores)
     python bench/compare_quick.py --task cheetah_run --methods qpa pebble --root exp/compare_quick_cheetah --jobs 2
     python bench/compare_quick.py --root /tmp/cq --steps 3000 --seeds 2 -- num_seed_steps=500 ...   # a smoke check
 
-Runs scripts/sweeps/compare_quick.yaml through scripts/sweep.py (so finished runs are skipped and interrupted ones
-resume), then prints, per method: the final return (the last evaluation; mean ± std over seeds, ddof=0), its IQM
-with a 95% stratified-bootstrap interval (rliable, via plot.iqm_table), and the query-policy alignment of its
-queries (mean over query rounds and seeds of `query_log_likelihood`, against `history_log_likelihood`); then
-QPA - PEBBLE with a 95% percentile-bootstrap interval (seeds resampled within each method, 10000 resamples, fixed
-seed). It also draws the return curves and the alignment curves into --out-dir with `python -m plot compare`.
+Trains the runs of scripts/sweeps/compare_quick.yaml (one task): each method at --seeds seeds and PPE's two
+ablations at --ablation-seeds, --jobs runs at a time, each through scripts/sweep.py (so finished runs are skipped
+and interrupted ones resume). Then prints, per method: the final return (the last evaluation; mean ± std over
+seeds, ddof=0), its IQM with a 95% stratified-bootstrap interval (rliable, via plot.iqm_table), and how likely its
+queries are under the policy that asked them (mean over query rounds and seeds of `query_log_likelihood`, against
+`history_log_likelihood`); then QPA − PEBBLE and each successor − QPA with a 95% percentile-bootstrap interval
+(seeds resampled within each method, 10000 resamples, fixed seed), and what PoLiCER's resets and PPE's Morse
+network did. It draws the return curves and the alignment curves into --out-dir with `python -m plot compare`.
 Overrides after `--` go to every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +35,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from plot import Run, aggregate_curve, compare, final_scores, iqm_table, load_runs  # noqa: E402
 
 TABLE = "compare_quick"
-METHODS = ("qpa", "pebble", "sac_true")
-PREFERENCE_METHODS = ("qpa", "pebble")
+PREFERENCE_METHODS = ("qpa", "pebble", "policer", "ppe")
+ABLATIONS = ("ppe_extension_only", "ppe_mixture_only")
+METHODS = (*PREFERENCE_METHODS, *ABLATIONS, "sac_true")
+DEFAULT_METHODS = (*PREFERENCE_METHODS, *ABLATIONS)
+SUCCESSORS = ("policer", "ppe", *ABLATIONS)  # each reported against QPA
+LONGEST_FIRST = ("policer", "pebble", "ppe", *ABLATIONS, "qpa", "sac_true")  # PoLiCER's replay ratio reaches 4
 TASKS = ("walker_walk", "cheetah_run")
 BOOTSTRAP_REPS = 10_000
 BOOTSTRAP_SEED = 0
@@ -48,33 +56,62 @@ def difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[fl
     return float(low), float(high)
 
 
+def train_all(runs: list[tuple[str, int]], task: str, root: Path, jobs: int, overrides: list[str]) -> bool:
+    """Train every (method, seed), `jobs` at a time, each run its own `scripts/sweep.py` call; True if all ended."""
+    pending: queue.Queue[tuple[str, int]] = queue.Queue()
+    for run in runs:
+        pending.put(run)
+    failed: list[tuple[str, int]] = []
+
+    def worker() -> None:
+        while True:
+            try:
+                method, seed = pending.get_nowait()
+            except queue.Empty:
+                return
+            command = [sys.executable, str(REPO / "scripts" / "sweep.py"), TABLE, task, "--root", str(root),
+                       "--methods", method, "--seeds", str(seed), "--", *overrides]  # fmt: skip
+            print("[compare_quick]", " ".join(command), flush=True)
+            if subprocess.run(command, cwd=REPO).returncode != 0:
+                failed.append((method, seed))
+
+    threads = [threading.Thread(target=worker) for _ in range(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for method, seed in failed:
+        print(f"[compare_quick] {method} seed {seed} did not finish; see its run directory", file=sys.stderr)
+    return not failed
+
+
 def comparison_runs(root: Path, task: str) -> list[Run]:
-    """The runs of the comparison on `task` under `root`: QPA and PEBBLE must be there and share one budget."""
+    """The runs of the comparison on `task` under `root`: QPA must be there and every method share one budget."""
     runs = [run for run in load_runs(root) if run.method in METHODS and run.task == task]
-    budgets = {run.max_feedback for run in runs if run.method in PREFERENCE_METHODS}
+    budgets = {run.max_feedback for run in runs if run.method != "sac_true"}
     if len(budgets) > 1:
         raise ValueError(f"runs under {root} have different max_feedback {sorted(budgets)}; allowed: one budget")
-    missing = [method for method in PREFERENCE_METHODS if not any(run.method == method for run in runs)]
-    if missing:
-        raise ValueError(f"no {missing[0]} runs under {root}; allowed: a root written by this script")
+    if not any(run.method == "qpa" for run in runs):
+        raise ValueError(f"no qpa runs under {root}; allowed: a root written by this script")
     return runs
 
 
-def alignment(runs: list[Run]) -> pd.DataFrame:
-    """Per method: mean log π(a|s) of the queried (s, a) and of history windows, over query rounds and seeds."""
+def method_means(runs: list[Run], columns: tuple[str, ...]) -> pd.DataFrame:
+    """Per method: each train.csv column's mean over its logged rows, then over seeds (absent columns skipped)."""
     rows = []
     for run in runs:
-        if "query_log_likelihood" in run.train.columns:
-            logged = run.train[["query_log_likelihood", "history_log_likelihood"]].dropna()
-            rows.append({"method": run.method, "seed": run.seed, **logged.mean().to_dict()})
-    return pd.DataFrame(rows).groupby("method")[["query_log_likelihood", "history_log_likelihood"]].mean()
+        present = [column for column in columns if column in run.train.columns]
+        if present:
+            rows.append({"method": run.method, **run.train[present].mean().to_dict()})
+    return pd.DataFrame(rows).groupby("method").mean() if rows else pd.DataFrame()
 
 
 def alignment_figure(runs: list[Run], task: str, out: Path) -> Path:
     """Mean log π(a|s) per query round: each method's queried segments (solid) and history windows (dashed),
     mean and 95% bootstrap band over seeds (the QPA paper's Figure 11)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
-    for index, method in enumerate(PREFERENCE_METHODS):
+    methods = [method for method in PREFERENCE_METHODS if any(run.method == method for run in runs)]
+    for index, method in enumerate(methods):
         members = [run for run in runs if run.method == method]
         for metric, style, what in (("query_log_likelihood", "-", "queries"), ("history_log_likelihood", "--",
                                                                                  "history")):  # fmt: skip
@@ -93,11 +130,16 @@ def alignment_figure(runs: list[Run], task: str, out: Path) -> Path:
     return out
 
 
+def print_difference(name: str, a: np.ndarray, b: np.ndarray) -> None:
+    low, high = difference_ci(a, b)
+    print(f"  {name:<28} {a.mean() - b.mean():+7.1f}  95% bootstrap CI [{low:+.1f}, {high:+.1f}]")
+
+
 def report(root: Path, task: str, out_dir: Path) -> None:
     runs = comparison_runs(root, task)
     scores = final_scores(runs)
     iqm = iqm_table(scores, normalise="none", reps=BOOTSTRAP_REPS).set_index("method")
-    aligned = alignment(runs)
+    aligned = method_means(runs, ("query_log_likelihood", "history_log_likelihood"))
     print(f"\nfinal return (last evaluation) on {task}, runs under {root}:")
     finals: dict[str, np.ndarray] = {}
     for method in METHODS:
@@ -105,15 +147,28 @@ def report(root: Path, task: str, out_dir: Path) -> None:
         if method_scores.empty:
             continue
         values = finals[method] = method_scores["final"].to_numpy()
-        line = f"  {method:<8} {values.mean():7.1f} ± {values.std():5.1f}   IQM {iqm.loc[method, 'iqm']:6.1f}"
+        line = f"  {method:<18} {values.mean():7.1f} ± {values.std():5.1f}   IQM {iqm.loc[method, 'iqm']:6.1f}"
         line += f" [{iqm.loc[method, 'ci_low']:6.1f}, {iqm.loc[method, 'ci_high']:6.1f}]"
         if method in aligned.index:
             line += (f"   log π of queries {aligned.loc[method, 'query_log_likelihood']:7.1f}"
                      f" (history {aligned.loc[method, 'history_log_likelihood']:7.1f})")  # fmt: skip
         print(f"{line}   ({values.size} seeds: {np.round(values, 1)})")
-    low, high = difference_ci(finals["qpa"], finals["pebble"])
-    difference = finals["qpa"].mean() - finals["pebble"].mean()
-    print(f"  QPA - PEBBLE: {difference:+.1f}  95% bootstrap CI [{low:+.1f}, {high:+.1f}]")
+    print("differences of the mean final return:")
+    if "pebble" in finals:
+        print_difference("QPA - PEBBLE", finals["qpa"], finals["pebble"])
+    for method in SUCCESSORS:
+        if method in finals:
+            print_difference(f"{method} - QPA", finals[method], finals["qpa"])
+    resets = [run for run in runs if run.method == "policer" and "policer_resets" in run.train.columns]
+    if resets:
+        counts = [int(run.train["policer_resets"].max()) for run in resets]
+        ratios = [int(run.train["replay_ratio"].max()) for run in resets]
+        print(f"PoLiCER resets per seed {counts}, highest replay ratio per seed {ratios}")
+    morse = method_means(runs, ("ppe_queried_morse", "ppe_explored_morse", "ppe_shift"))
+    for method in morse.index:
+        print(f"{method}: mean M of queried (s, a) {morse.loc[method].get('ppe_queried_morse', np.nan):.3f}, "
+              f"of explored {morse.loc[method].get('ppe_explored_morse', np.nan):.3f}, "
+              f"shift |Δμ| {morse.loc[method].get('ppe_shift', np.nan):.3f}")  # fmt: skip
     run_dirs = [run.source for run in runs]
     compare(run_dirs, out_dir, reps=BOOTSTRAP_REPS)
     compare(run_dirs, out_dir / "alignment", metric="query_log_likelihood", x="both", reps=BOOTSTRAP_REPS)
@@ -129,26 +184,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", type=Path, default=REPO / "exp" / "compare_quick", help="where the runs go")
     parser.add_argument("--out-dir", type=Path, default=REPO / "figure" / "compare_quick", help="figures, tables")
     parser.add_argument("--task", default="walker_walk", choices=TASKS, help="the task (a row of the sweep table)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to train")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS, help="to train")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per method (1..N)")
+    parser.add_argument("--ablation-seeds", type=int, default=3, help="seeds per PPE ablation (1..N)")
     parser.add_argument("--steps", type=int, default=None, help="override num_train_steps (a shorter check)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (joblib launcher when > 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, 1 torch thread each")
     parser.add_argument("--report-only", action="store_true", help="summarise the runs under --root, train none")
     args = parser.parse_args(argv)
-    if args.seeds < 2 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
-        parser.error("needs --seeds >= 2 (for a spread), --jobs >= 1 and --steps >= 1")
-    if not set(PREFERENCE_METHODS) <= set(args.methods):
-        parser.error(f"--methods {' '.join(args.methods)} is invalid: the comparison needs qpa and pebble")
+    if args.seeds < 2 or args.ablation_seeds < 2 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("needs --seeds >= 2 and --ablation-seeds >= 2 (for a spread), --jobs >= 1 and --steps >= 1")
+    if "qpa" not in args.methods:
+        parser.error(f"--methods {' '.join(args.methods)} is invalid: every comparison is against qpa")
 
     if not args.report_only:
         overrides = ([f"num_train_steps={args.steps}"] if args.steps else []) + extras
-        launcher = ["--launcher", "joblib", "--jobs", str(args.jobs)] if args.jobs > 1 else []
-        seeds = " ".join(str(seed) for seed in range(1, args.seeds + 1))
-        command = [sys.executable, str(REPO / "scripts" / "sweep.py"), TABLE, args.task, "--root", str(args.root),
-                   "--methods", " ".join(args.methods), "--seeds", seeds, *launcher, "--", *overrides]  # fmt: skip
-        print("[compare_quick]", " ".join(command), flush=True)
-        if subprocess.run(command, cwd=REPO).returncode != 0:
-            print("[compare_quick] some runs did not finish; see the summary above", file=sys.stderr)
+        runs = [(method, seed) for method in sorted(args.methods, key=LONGEST_FIRST.index)
+                for seed in range(1, (args.ablation_seeds if method in ABLATIONS else args.seeds) + 1)]  # fmt: skip
+        if not train_all(runs, args.task, args.root, args.jobs, overrides):
             return 1
     try:
         report(args.root, args.task, args.out_dir)

@@ -44,7 +44,10 @@ def test_method_switches_are_the_fields_marked_switch() -> None:
     assert set(config_schema.METHOD_SWITCHES) == {
         "reward_source", "query_scheme", "large_batch", "ensemble_size", "data_aug_ratio", "semi_supervised",
         "threshold_u", "mu", "lambda_u", "crop_range", "dataaug_window", "hybrid_replay", "rune_beta_init",
-        "rune_beta_decay", "feedback_steps",
+        "rune_beta_decay", "feedback_steps", "policer_tau", "policer_q_threshold", "policer_q_increase",
+        "policer_q_increase_decay", "policer_q_threshold_max", "policer_max_replay_ratio", "ppe_extension",
+        "ppe_mixture_query", "ppe_epsilon", "ppe_kappa", "ppe_lambda", "ppe_morse_hidden_dim", "ppe_morse_hidden_depth",
+        "ppe_morse_updates", "ppe_morse_batch", "ppe_morse_lr",
     }  # fmt: skip
     assert config_schema.method_preset("pebble")["ensemble_size"] == 3
     assert config_schema.method_preset("surf")["semi_supervised"] is True  # surf inherits pebble, then qpa
