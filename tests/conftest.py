@@ -1,5 +1,6 @@
 """Shared test setup and helpers: headless rendering, single-threaded torch (CI has 2 cores), the repo root on
-sys.path, config composition, a CLI training run, the network sizes of every tiny run, and the `slow` marker."""
+sys.path, config composition, a CLI training run, the network sizes of every tiny run, the `slow` marker, and the
+SLURM tests on one pytest-xdist worker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -96,6 +98,23 @@ def fill(filesystem: Path, leave: int = 0) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n auto` (Makefile) spreads the tests one by one over the workers, except those of test_slurm.py: they share
+    the machine's one SLURM cluster, so one worker runs them all. (xdist's `--dist loadgroup` would, but under
+    pytest 9.2 it groups nothing: pytest-xdist issue 1386.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SlurmTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.endswith("/test_slurm.py") else nodeid
+
+    return SlurmTestsTogether(config, log)
 
 
 def pytest_configure(config) -> None:
