@@ -22,6 +22,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The tests' runs are outside SLURM even when pytest itself runs in a SLURM job, where train_QPA.py answers SIGTERM
+# with a checkpoint instead of stopping (the SLURM tests' jobs get their own job id).
+os.environ.pop("SLURM_JOB_ID", None)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
