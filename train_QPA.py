@@ -14,6 +14,7 @@ from __future__ import annotations
 import _thread
 import dataclasses
 import math
+import os
 import signal
 import sys
 import time
@@ -379,6 +380,8 @@ class Workspace:
         if self.step - self.last_eval_step >= self.cfg.eval_frequency:
             self.evaluate()
             self.save_checkpoint()
+        if checkpoint_requests:
+            checkpoint_on_signal(self)
 
     def evaluate(self) -> None:
         cfg, log = self.cfg, self.logger.log
@@ -443,18 +446,42 @@ def select_agent_config(cfg: DictConfig) -> DictConfig:
 
 
 class Interrupted(BaseException):
-    """SIGTERM (a scheduler's stop, `kill`) or SIGINT: the run ends, keeping its last checkpoint."""
+    """SIGTERM (a scheduler's stop, `kill`) or SIGINT: the run ends, keeping its last checkpoint; SIGUSR2: the same,
+    at the next episode end, after a checkpoint there."""
 
 
 def interrupt(signum: int, frame: Any) -> NoReturn:
     raise Interrupted(signal.Signals(signum).name)
 
 
+# Signals that ask for a checkpoint at the next episode end instead of an immediate stop (docs/CLUSTER.md). An
+# episode end is where a resume is exact: training episodes are seeded by index, while a mid-episode simulator
+# state is not saved. SIGUSR2 (SLURM's warning before the time limit) then stops the run, and in a submitit job
+# its handler requeues the job. SIGTERM inside a SLURM job (preemption, `scontrol requeue`, `scancel`) lets the
+# run go on until SLURM kills it: SLURM requeues a preempted job only if it is still running when its grace time
+# ends, so stopping early would lose the requeue.
+checkpoint_requests: set[signal.Signals] = set()
+
+
+def request_checkpoint(signum: int, frame: Any) -> None:
+    checkpoint_requests.add(signal.Signals(signum))
+
+
+def checkpoint_on_signal(workspace: Workspace) -> None:
+    """At an episode end, the checkpoint a signal asked for; SIGUSR2 then stops the run."""
+    if workspace.checkpointed_step != workspace.step:
+        workspace.save_checkpoint()
+    if signal.SIGUSR2 in checkpoint_requests:
+        raise Interrupted("SIGUSR2")
+    checkpoint_requests.clear()
+
+
 @hydra.main(version_base="1.3", config_path="config", config_name="train_QPA")
 def main(cfg: DictConfig) -> None:
     work_dir = Path(HydraConfig.get().runtime.output_dir)
     try:  # before anything else: a second process on this directory must not touch it, status.json included
-        run_lock = RunLock(work_dir, on_lost=lambda holder: _thread.interrupt_main(signal.SIGTERM))
+        # SIGINT's handler stops at once; in a SLURM job SIGTERM's would first write a checkpoint in the directory
+        run_lock = RunLock(work_dir, on_lost=lambda holder: _thread.interrupt_main(signal.SIGINT))
     except (RunLockedError, WriteError) as error:
         stop(str(error))
     try:
@@ -480,7 +507,13 @@ def train(cfg: DictConfig, work_dir: Path, run_lock: RunLock) -> None:
         write_final_status(work_dir, "failed", 0, message)
         stop(message)
     workspace = None
-    previous_handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {
+        signal.SIGTERM: request_checkpoint if "SLURM_JOB_ID" in os.environ else interrupt,
+        signal.SIGINT: interrupt,
+        signal.SIGUSR2: request_checkpoint,
+    }
+    checkpoint_requests.clear()  # a multirun's earlier job in this process may have left one
+    previous_handlers = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     started = time.perf_counter()
     try:
         workspace = Workspace(config, work_dir)
@@ -496,6 +529,8 @@ def train(cfg: DictConfig, work_dir: Path, run_lock: RunLock) -> None:
                  f"{run_lock.stale_s:.0f} s (suspended?); this run stopped and left the directory to it")  # fmt: skip
         step = checkpointed_step(workspace)
         write_final_status(work_dir, "interrupted", step, f"stopped by {signal_name}")
+        if str(signal_name) == "SIGUSR2" and callable(previous_handlers[signal.SIGUSR2]):
+            previous_handlers[signal.SIGUSR2](signal.SIGUSR2, None)  # submitit's: requeues this SLURM job
         # SystemExit even in a --multirun: a stopped sweep should stop, not go on to its next run.
         sys.exit(f"error: stopped by {signal_name}; re-run the same command to resume from step {step}")
     except WriteError as error:  # no space, quota, a read-only filesystem: earlier files and labels are whole

@@ -1,5 +1,6 @@
 """Shared test setup and helpers: headless rendering, single-threaded torch (CI has 2 cores), the repo root on
-sys.path, config composition, a CLI training run, the network sizes of every tiny run, and the `slow` marker."""
+sys.path, config composition, a CLI training run, the network sizes of every tiny run, the `slow` marker, and the
+SLURM tests on one pytest-xdist worker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -20,6 +22,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The tests' runs are outside SLURM even when pytest itself runs in a SLURM job, where train_QPA.py answers SIGTERM
+# with a checkpoint instead of stopping (the SLURM tests' jobs get their own job id).
+os.environ.pop("SLURM_JOB_ID", None)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -96,6 +101,23 @@ def fill(filesystem: Path, leave: int = 0) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n auto` (Makefile) spreads the tests one by one over the workers, except those of test_slurm.py: they share
+    the machine's one SLURM cluster, so one worker runs them all. (xdist's `--dist loadgroup` would, but under
+    pytest 9.2 it groups nothing: pytest-xdist issue 1386.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SlurmTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.endswith("/test_slurm.py") else nodeid
+
+    return SlurmTestsTogether(config, log)
 
 
 def pytest_configure(config) -> None:

@@ -148,8 +148,8 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = 300) -> None
     assert process.poll() is None, "the run ended before the moment to stop it"
 
 
-def start(run_dir: Path) -> subprocess.Popen:
-    command = [sys.executable, "train_QPA.py", *RUN, f"hydra.run.dir={run_dir}"]
+def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    command = [sys.executable, "train_QPA.py", *(overrides or RUN), f"hydra.run.dir={run_dir}"]
     return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -184,6 +184,26 @@ def test_sigterm_marks_the_run_interrupted_at_its_last_checkpoint_and_it_resumes
     train(run_dir, *RUN)
     assert_same_logs(run_dir, finished_run)
     assert status(run_dir)["state"] == "finished"
+
+
+def test_sigusr2_stops_at_the_next_episode_end_after_a_checkpoint_there_and_it_resumes(tmp_path) -> None:
+    """SIGUSR2, what SLURM sends before a job's time limit (docs/CLUSTER.md): the run checkpoints at the end of the
+    episode it is in, between two evaluations, and stops; the re-run continues from there exactly."""
+    run = [*(item for item in RUN if not item.startswith("eval_frequency=")), "eval_frequency=2000"]
+    reference = start(tmp_path / "reference", *run)  # beside the interrupted run: the machine has cores for both
+    run_dir = tmp_path / "run"
+    process = start(run_dir, *run)
+    wait_for(lambda: status_step(run_dir) == 0, process)  # in the first episode, which ends at step 1000
+    os.kill(process.pid, signal.SIGUSR2)
+    _, stderr = process.communicate(timeout=300)
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line == "error: stopped by SIGUSR2; re-run the same command to resume from step 1000"
+    assert status(run_dir) == {"state": "interrupted", "step": 1000, "error": "stopped by SIGUSR2"}
+    assert list(pd.read_csv(run_dir / "eval.csv").step) == [0]  # the checkpoint came from the signal alone
+    result = train(run_dir, *run)
+    assert f"resumed from {run_dir / 'checkpoint.pt'} at step 1000" in result.stderr
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
+    assert_same_logs(run_dir, tmp_path / "reference")
 
 
 def test_status_follows_the_last_checkpoint_while_running(tmp_path) -> None:
