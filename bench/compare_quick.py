@@ -3,6 +3,7 @@
     python bench/compare_quick.py --root exp/compare_quick --jobs 2        # the full comparison (hours on 2 cores)
     python bench/compare_quick.py --task cheetah_run --methods qpa pebble --root exp/compare_quick_cheetah --jobs 2
     python bench/compare_quick.py --root /tmp/cq --steps 3000 --seeds 2 -- num_seed_steps=500 ...   # a smoke check
+    python bench/compare_quick.py --reuse figure/reference/compare_quick.csv --jobs 2    # QPA, PEBBLE from there
 
 Trains the runs of scripts/sweeps/compare_quick.yaml (one task): each method at --seeds seeds and PPE's two
 ablations at --ablation-seeds, --jobs runs at a time, each through scripts/sweep.py (so finished runs are skipped
@@ -12,7 +13,10 @@ queries are under the policy that asked them (mean over query rounds and seeds o
 `history_log_likelihood`); then QPA − PEBBLE and each successor − QPA with a 95% percentile-bootstrap interval
 (seeds resampled within each method, 10000 resamples, fixed seed), and what PoLiCER's resets and PPE's Morse
 network did. It draws the return curves and the alignment curves into --out-dir with `python -m plot compare`.
-Overrides after `--` go to every run.
+Overrides after `--` go to every run. With --reuse, the methods of --reuse-methods come from an export-reference CSV
+of earlier runs of the same table instead of being trained (their curves are drawn dashed; a reference set keeps
+evaluations only, so their query log-likelihoods are not reported): legitimate only while the golden logs
+(tests/test_golden.py) show their code unchanged since those runs.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from plot import Run, aggregate_curve, compare, final_scores, iqm_table, load_runs  # noqa: E402
+from plot import Run, aggregate_curve, compare, final_scores, iqm_table, load_reference, load_runs  # noqa: E402
 
 TABLE = "compare_quick"
 PREFERENCE_METHODS = ("qpa", "pebble", "policer", "ppe")
@@ -85,10 +89,12 @@ def train_all(runs: list[tuple[str, int]], task: str, root: Path, jobs: int, ove
     return not failed
 
 
-def comparison_runs(root: Path, task: str) -> list[Run]:
-    """The runs of the comparison on `task` under `root`: QPA must be there and every method share one budget."""
-    runs = [run for run in load_runs(root) if run.method in METHODS and run.task == task]
-    budgets = {run.max_feedback for run in runs if run.method != "sac_true"}
+def comparison_runs(root: Path, task: str, reused: list[Run]) -> list[Run]:
+    """The runs of the comparison on `task` under `root`, and the reused ones: QPA must be among them and every
+    trained method share one budget."""
+    trained = load_runs(root) if root.exists() else []
+    runs = [run for run in [*trained, *reused] if run.method in METHODS and run.task == task]
+    budgets = {run.max_feedback for run in runs if run.method != "sac_true" and run.max_feedback is not None}
     if len(budgets) > 1:
         raise ValueError(f"runs under {root} have different max_feedback {sorted(budgets)}; allowed: one budget")
     if not any(run.method == "qpa" for run in runs):
@@ -135,8 +141,8 @@ def print_difference(name: str, a: np.ndarray, b: np.ndarray) -> None:
     print(f"  {name:<28} {a.mean() - b.mean():+7.1f}  95% bootstrap CI [{low:+.1f}, {high:+.1f}]")
 
 
-def report(root: Path, task: str, out_dir: Path) -> None:
-    runs = comparison_runs(root, task)
+def report(root: Path, task: str, out_dir: Path, reused: list[Run]) -> None:
+    runs = comparison_runs(root, task, reused)
     scores = final_scores(runs)
     iqm = iqm_table(scores, normalise="none", reps=BOOTSTRAP_REPS).set_index("method")
     aligned = method_means(runs, ("query_log_likelihood", "history_log_likelihood"))
@@ -152,6 +158,8 @@ def report(root: Path, task: str, out_dir: Path) -> None:
         if method in aligned.index:
             line += (f"   log π of queries {aligned.loc[method, 'query_log_likelihood']:7.1f}"
                      f" (history {aligned.loc[method, 'history_log_likelihood']:7.1f})")  # fmt: skip
+        if any(run.reference for run in runs if run.method == method):
+            line += "   (reused)"
         print(f"{line}   ({values.size} seeds: {np.round(values, 1)})")
     print("differences of the mean final return:")
     if "pebble" in finals:
@@ -169,10 +177,11 @@ def report(root: Path, task: str, out_dir: Path) -> None:
         print(f"{method}: mean M of queried (s, a) {morse.loc[method].get('ppe_queried_morse', np.nan):.3f}, "
               f"of explored {morse.loc[method].get('ppe_explored_morse', np.nan):.3f}, "
               f"shift |Δμ| {morse.loc[method].get('ppe_shift', np.nan):.3f}")  # fmt: skip
-    run_dirs = [run.source for run in runs]
-    compare(run_dirs, out_dir, reps=BOOTSTRAP_REPS)
+    run_dirs = [run.source for run in runs if not run.reference]
+    reference = [run for run in runs if run.reference]
+    compare(run_dirs, out_dir, reference=reference, reps=BOOTSTRAP_REPS)
     compare(run_dirs, out_dir / "alignment", metric="query_log_likelihood", x="both", reps=BOOTSTRAP_REPS)
-    alignment_figure(runs, task, out_dir / "alignment.png")
+    alignment_figure([run for run in runs if not run.reference], task, out_dir / "alignment.png")
     print(f"curves and tables in {out_dir}; alignment in {out_dir / 'alignment.png'} and {out_dir / 'alignment'}")
 
 
@@ -190,20 +199,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override num_train_steps (a shorter check)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, 1 torch thread each")
     parser.add_argument("--report-only", action="store_true", help="summarise the runs under --root, train none")
+    parser.add_argument("--reuse", type=Path, default=None, help="an export-reference CSV of earlier runs")
+    parser.add_argument("--reuse-methods", nargs="+", default=["qpa", "pebble", "sac_true"], choices=METHODS,
+                        help="the methods taken from --reuse instead of trained")  # fmt: skip
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.ablation_seeds < 2 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
         parser.error("needs --seeds >= 2 and --ablation-seeds >= 2 (for a spread), --jobs >= 1 and --steps >= 1")
-    if "qpa" not in args.methods:
+    reused_methods = args.reuse_methods if args.reuse else []
+    if "qpa" not in [*args.methods, *reused_methods]:
         parser.error(f"--methods {' '.join(args.methods)} is invalid: every comparison is against qpa")
+    try:
+        reused = load_reference(args.reuse, reused_methods) if args.reuse else []
+    except ValueError as error:
+        parser.error(str(error))
 
     if not args.report_only:
         overrides = ([f"num_train_steps={args.steps}"] if args.steps else []) + extras
-        runs = [(method, seed) for method in sorted(args.methods, key=LONGEST_FIRST.index)
+        trained = [method for method in args.methods if method not in reused_methods]
+        runs = [(method, seed) for method in sorted(trained, key=LONGEST_FIRST.index)
                 for seed in range(1, (args.ablation_seeds if method in ABLATIONS else args.seeds) + 1)]  # fmt: skip
         if not train_all(runs, args.task, args.root, args.jobs, overrides):
             return 1
     try:
-        report(args.root, args.task, args.out_dir)
+        report(args.root, args.task, args.out_dir, reused)
     except ValueError as error:
         print(f"[compare_quick] error: {error}", file=sys.stderr)
         return 2
