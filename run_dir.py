@@ -242,9 +242,9 @@ def write_final_status(work_dir: Path, state: str, step: int, error: str) -> Non
 
 def publish_url(work_dir: Path, url: str) -> Path:
     """Write the labelling page's URL to URL_NAME and name that file in status.json, so that the token survives a
-    lost console. mkstemp creates the file readable by its owner only (0600), and the rename keeps that."""
+    lost console. The URL holds the page's token, so the file is readable by its owner only (0600)."""
     path = work_dir / URL_NAME
-    utils.atomic_write_bytes(path, f"{url}\n".encode())
+    utils.atomic_write_bytes(path, f"{url}\n".encode(), private=True)
     status_path = work_dir / STATUS_NAME
     if status_path.exists():
         status = json.loads(status_path.read_text())

@@ -161,15 +161,28 @@ class WriteError(OSError):
         return cls(path, f"[Errno {error.errno}] {error.strerror}" if error.errno else str(error))
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: reading it means setting it for a moment, which another thread could observe.
+_PUBLIC_MODE = 0o666 & ~_process_umask()
+
+
 @contextmanager
-def _atomic_replace(path: str | os.PathLike) -> Iterator[str]:
+def _atomic_replace(path: str | os.PathLike, private: bool = False) -> Iterator[str]:
     """Yield a temporary file name beside `path`; once written, it is fsynced and renamed over `path`, so a
-    crash leaves either the old or the new file, never half of one. An OSError becomes a WriteError naming `path`."""
+    crash leaves either the old or the new file, never half of one. An OSError becomes a WriteError naming `path`.
+    The file gets the permissions `open` would give it (mkstemp's 0600 only when `private`)."""
     path = Path(path)
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if not private:
+            os.fchmod(fd, _PUBLIC_MODE)
         os.close(fd)
         yield tmp_name
         with open(tmp_name, "rb") as handle:
@@ -183,8 +196,9 @@ def _atomic_replace(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with _atomic_replace(path) as tmp_name:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, private: bool = False) -> None:
+    """Write `data` to `path` atomically (see `_atomic_replace`); `private`: readable by the owner only."""
+    with _atomic_replace(path, private) as tmp_name:
         Path(tmp_name).write_bytes(data)
 
 

@@ -64,6 +64,15 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
+def test_a_runs_files_get_the_permissions_open_would_give_them(finished_run) -> None:
+    """Written atomically through a temporary file, yet readable by whoever may read the directory: mkstemp's 0600
+    is kept only for the labelling page's URL (tests/test_human_teacher.py)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("checkpoint.pt", "config.yaml", "eval.csv", "train.csv", "status.json"):
+        assert (finished_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
