@@ -202,7 +202,15 @@ def test_reset_critic_and_reset_actor_touch_only_their_part():
     for index in range(4):  # the updates after a reset, as the first feedback round runs them
         metrics = agent.update(uniform(buffer, agent), index)
     assert not same(parameters(agent.critic), critic)
-    assert set(metrics) == {"critic_loss", "batch_reward", "actor_loss", "actor_entropy", "alpha_loss", "alpha"}
+    assert set(metrics) == {
+        "critic_loss",
+        "batch_reward",
+        "actor_loss",
+        "actor_entropy",
+        "alpha_loss",
+        "alpha",
+        "actor_q",
+    }
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in metrics.values())
 
 
