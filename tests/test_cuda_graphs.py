@@ -223,7 +223,7 @@ def test_the_loop_through_the_graphed_interface_is_the_eager_loop(tmp_path: Path
 
 # ---------------------------------------------------------------------------------------------------- CUDA only
 @requires_cuda
-def test_graphed_update_action_and_reward_equal_the_eager_code_call_for_call() -> None:
+def test_graphed_update_action_and_reward_equal_the_eager_code_call_for_call_on_the_gpu() -> None:
     """Two identical agents, buffers and reward models on the GPU, one graphed, one eager, the device's random
     stream set alike before each call: every result, weight, optimiser state and the stream after it are equal,
     across both target-critic parities, two updates per step, a critic reset (re-capture) and a loaded optimiser."""
@@ -333,14 +333,14 @@ def assert_same_logs(first: Path, second: Path) -> None:
 @requires_cuda
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(GPU_RUNS))
-def test_a_graphed_run_writes_the_logs_of_the_eager_run(gpu_runs: Path, name: str) -> None:
+def test_a_graphed_run_writes_the_logs_of_the_eager_run_on_the_gpu(gpu_runs: Path, name: str) -> None:
     assert_same_logs(gpu_runs / f"{name}_false", gpu_runs / f"{name}_true")
     assert len(read_logs(gpu_runs / f"{name}_true")["train.csv"]) >= 2
 
 
 @requires_cuda
 @pytest.mark.slow
-def test_a_resumed_graphed_run_continues_exactly(gpu_runs: Path) -> None:
+def test_a_resumed_graphed_run_continues_exactly_on_the_gpu(gpu_runs: Path) -> None:
     """Resumed at step 2000, after its update graphs were first captured at step 1101: the resumed process
     captures them again and ends where the uninterrupted graphed run ends."""
     result = run(train_command(gpu_runs / "qpa_resumed", *GPU_RUNS["qpa"], "cuda_graphs=true"))
@@ -350,7 +350,9 @@ def test_a_resumed_graphed_run_continues_exactly(gpu_runs: Path) -> None:
 
 @requires_cuda
 @pytest.mark.slow
-def test_with_graphs_every_optimiser_step_is_still_at_most_four_calls_below_workspace_run(tmp_path: Path) -> None:
+def test_with_graphs_every_optimiser_step_is_still_at_most_four_calls_below_workspace_run_on_the_gpu(
+    tmp_path: Path,
+) -> None:
     """tests/test_structure.py's trace, on a graphed run: the captures call SACAgent.update from
     GraphedSteps.update, and replays call no optimiser step at all."""
     cfg = load_config(*GPU_TINY, "max_feedback=20", "num_train_steps=1300", "reward_update=10", "cuda_graphs=true")
