@@ -341,15 +341,19 @@ class Workspace:
                     hook(self, self.update_metrics)
 
     def sample(self, hybrid: bool) -> Batch:
-        """A SAC batch of `draw(hybrid)`, with the method's batch transforms (RUNE's bonus) applied."""
-        batch = self.replay_buffer.gather(self.draw(hybrid))
+        """A SAC batch on the learned reward: QPA's hybrid replay (`her_ratio` of it from the N newest episodes) or
+        uniform, with the method's batch transforms (RUNE's bonus) applied."""
+        cfg, batch_size = self.cfg, self.agent.batch_size
+        if hybrid:
+            batch = self.replay_buffer.sample_hybrid(batch_size, cfg.max_reward_buffer_size, cfg.her_ratio)
+        else:
+            batch = self.replay_buffer.sample(batch_size)
         for transform in self.batch_transforms:
             batch = transform(batch, self.step)
         return batch
 
     def draw(self, hybrid: bool) -> np.ndarray:
-        """The replay slots of a SAC batch: QPA's hybrid replay (`her_ratio` of it from the N newest episodes) or
-        uniform."""
+        """The replay slots `sample(hybrid)` gathers, drawn alike, for the graphed update (no transforms there)."""
         cfg, batch_size = self.cfg, self.agent.batch_size
         if hybrid:
             return self.replay_buffer.hybrid_indices(batch_size, cfg.max_reward_buffer_size, cfg.her_ratio)

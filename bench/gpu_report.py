@@ -140,7 +140,7 @@ def update_figures(
 def train_command(run_dir: Path, overrides: list[str], steps: int, device: str, graphs: bool, seed: int) -> list[str]:
     schedule = [
         "env=walker_walk", f"num_train_steps={steps}", "num_seed_steps=1000", "num_unsup_steps=0",
-        f"eval_frequency={steps}", "save_checkpoint=false", "num_threads=1", f"device={device}",
+        f"eval_frequency={steps}", "save_checkpoint=false", "overwrite=true", "num_threads=1", f"device={device}",
         f"strict_device={str(device != 'cpu').lower()}", f"cuda_graphs={str(graphs).lower()}", f"seed={seed}",
     ]  # fmt: skip
     return [sys.executable, "train_QPA.py", *overrides, *schedule, f"hydra.run.dir={run_dir}"]
