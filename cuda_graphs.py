@@ -136,8 +136,8 @@ class Graph:
         for group in groups:
             group["capturable"] = True
         try:
-            # thread_local: a labelling page's render thread may use the driver meanwhile
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            # A stream of this graph's device: torch.cuda.graph's own belongs to the device current when first made.
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(self.device)):
                 yield
         finally:
             for group, capturable in zip(groups, before, strict=True):
@@ -214,6 +214,8 @@ class GraphedSteps:
         self.reward_model = reward_model
         self.device = agent.device
         self.cache = GraphCache()
+        if self.device.index is not None:  # a capture records the current device's random stream: make it this one
+            torch.cuda.set_device(self.device)
 
     @classmethod
     def of(

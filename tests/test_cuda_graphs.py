@@ -355,7 +355,7 @@ def test_with_graphs_every_optimiser_step_is_still_at_most_four_calls_below_work
 ) -> None:
     """tests/test_structure.py's trace, on a graphed run: the captures call SACAgent.update from
     GraphedSteps.update, and replays call no optimiser step at all."""
-    cfg = load_config(*GPU_TINY, "max_feedback=20", "num_train_steps=1300", "reward_update=10", "cuda_graphs=true")
+    cfg = load_config(*GPU_TINY, "max_feedback=20", "num_train_steps=1300", "cuda_graphs=true")
     workspace = train_QPA.Workspace(cfg, tmp_path)
     assert workspace.graphs is not None
     optimiser_step = inspect.unwrap(torch.optim.Adam.step).__code__
