@@ -7,6 +7,7 @@ depth below Workspace.run with graphs on.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import inspect
 import subprocess
 import sys
@@ -158,6 +159,62 @@ def test_the_rows_of_an_index_tensor_give_the_batches_of_an_eager_run() -> None:
         for mine, theirs in zip(rows(), eager.sample_hybrid(BATCH, 3, 0.5), strict=True):
             assert (mine is None and theirs is None) or torch.equal(mine, theirs)
     assert graphed.rng.bit_generator.state == eager.rng.bit_generator.state
+
+
+class FakeCuda:
+    """Stand-ins for the torch.cuda calls cuda_graphs.py makes, for running its Python control flow on a CPU: streams
+    and stream switches do nothing, a "capture" runs its body eagerly (nothing is recorded) and counts, a replay
+    counts. The numbers a replay should produce are the GPU tests' business; this catches what Python would raise."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.captures = self.replays = 0
+        stream = SimpleNamespace(wait_stream=lambda other: None)
+        fake = self
+
+        class Graph:
+            def replay(self) -> None:
+                fake.replays += 1
+
+        @contextlib.contextmanager
+        def graph(cuda_graph, stream=None):
+            fake.captures += 1
+            yield
+
+        for name, value in {
+            "CUDAGraph": Graph, "Stream": lambda device=None: stream, "current_stream": lambda device=None: stream,
+            "stream": lambda s: contextlib.nullcontext(), "graph": graph, "set_device": lambda device: None,
+            "get_rng_state": lambda device=None: torch.get_rng_state(),
+            "set_rng_state": lambda state, device=None: torch.set_rng_state(state),
+        }.items():  # fmt: skip
+            monkeypatch.setattr(torch.cuda, name, value)
+        monkeypatch.setattr(cuda_graphs, "pinned", lambda array, dtype: torch.from_numpy(np.asarray(array, dtype)))
+
+
+def test_the_graphed_steps_run_through_on_a_cpu_with_cuda_faked(monkeypatch) -> None:
+    fake = FakeCuda(monkeypatch)
+    agent, buffer = small_agent(), filled_buffer("cpu")
+    model = make_reward_model(load_config("reward_hidden_dim=16", "ensemble_size=3"), OBS_DIM + ACTION_DIM,
+                              torch.device("cpu"), seed=5)  # fmt: skip
+    agent.device = torch.device("cuda")  # the class refuses a CPU agent; its tensors stay on the CPU
+    graphs = GraphedSteps(agent, buffer, model)
+    agent.device = torch.device("cpu")
+    graphs.device = torch.device("cpu")
+    obs, action = np.zeros(OBS_DIM, np.float32), np.zeros(ACTION_DIM, np.float32)
+    for step in range(4):
+        metrics = graphs.update(lambda: buffer.hybrid_indices(BATCH, 2, 0.5), step, 1 + step // 2)
+        assert {"critic_loss", "batch_reward", "actor_loss", "alpha_loss"} <= set(metrics)
+        assert graphs.act(obs, sample=step % 2 == 0).shape == (ACTION_DIM,)
+        mean, std = graphs.predict_step(obs, action, with_std=step == 3)
+        assert mean.shape == (1, 1) and (std is None) == (step != 3)
+    keys = set(graphs.cache.graphs)
+    assert {key[:2] for key in keys if key[0] == "update"} == {("update", 1), ("update", 2)}
+    assert {("act", True), ("act", False), ("reward", False), ("reward", True)} <= keys
+    assert fake.captures == len(keys) and fake.replays == 12
+    assert all(group["capturable"] is False for optimizer in cuda_graphs.optimizers(agent)
+               for group in optimizer.param_groups)  # fmt: skip
+    agent.reset_critic()
+    graphs.update(lambda: buffer.uniform_indices(BATCH), 4, 1)
+    assert fake.captures == len(keys) + 1  # the new critic: captured again
 
 
 class EagerStandIn:
