@@ -152,6 +152,10 @@ def boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
+def auto_or_boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) or value == "auto" else "allowed: auto, true, false"
+
+
 def optional(rule: Callable[[Any], str | None], word: str = "null") -> Callable[[Any], str | None]:
     """`rule`, or None (false for `explore`)."""
 
@@ -326,6 +330,14 @@ class RunConfig(Section):
     )
     strict_device: bool = key(False, boolean, "fail instead of falling back to cpu")
     num_threads: int | None = key(None, optional(Int()), "torch CPU threads; null: torch's default")
+    cuda_graphs: Any = key(  # Any, not bool: `auto` is a value too
+        "auto",
+        auto_or_boolean,
+        "replay each step's SAC update, action and r̂ from CUDA graphs (docs/PERFORMANCE.md); auto: on a CUDA device",
+    )
+    tf32: bool = key(
+        False, boolean, "TF32 matrix multiplies on a CUDA GPU: faster, but changes the numerics; no effect on a CPU"
+    )
     run_tag: str = key(
         "",
         Name(r"[\w.=+-]*", "must be letters, digits and ._=+- only (it names a directory)"),
@@ -340,9 +352,12 @@ class RunConfig(Section):
 
     def check_relations(self) -> None:
         try:
-            utils.choose_device(self.device, strict=self.strict_device)
+            device = utils.choose_device(self.device, strict=self.strict_device)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        if self.cuda_graphs is True and device.type != "cuda":
+            where = f"device={self.device} runs on the CPU"
+            fail("cuda_graphs", True, f"needs a CUDA GPU, and {where}; allowed there: auto, false")
 
 
 @dataclass

@@ -3,6 +3,7 @@ the same episodes, and Meta-World's success."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,11 @@ def evaluate_policy(
     metaworld: bool,
     recorder: VideoRecorder | None = None,
     step: int = 0,
+    act: Callable[..., np.ndarray] | None = None,
 ) -> Evaluation:
     """`num_episodes` episodes of tanh(mu), episode i reset with seed `first_seed` + i; with a `recorder`, the first
-    episode is filmed to video/eval_<step>.mp4."""
+    episode is filmed to video/eval_<step>.mp4. `act` stands in for `agent.act` (cuda_graphs.GraphedSteps.act)."""
+    act = act or agent.act
     returns, returns_hat, successes = [], [], []
     obs_actions = np.empty((env.max_episode_steps, agent.obs_dim + agent.action_dim), dtype=np.float32)
     for index in range(num_episodes):
@@ -44,7 +47,7 @@ def evaluate_policy(
         done, length, episode_return, success = False, 0, 0.0, 0.0
         while not done:
             with utils.eval_mode(agent.actor):
-                action = agent.act(obs, sample=False)
+                action = act(obs, sample=False)
             obs_actions[length] = np.concatenate([obs, action])
             obs, reward, terminated, truncated, info = env.step(action)
             if filming:

@@ -173,8 +173,19 @@ class ReplayBuffer:
         if self.num_added == 0:
             raise ValueError("cannot sample from an empty replay buffer; add transitions first")
 
-    def _uniform_indices(self, batch_size: int) -> np.ndarray:
+    def uniform_indices(self, batch_size: int) -> np.ndarray:
+        """The slots of a uniform batch over every stored transition, drawn from the buffer's own stream."""
+        self._check_batch_size(batch_size)
         return self.rng.integers(0, len(self), size=batch_size)
+
+    def hybrid_indices(self, batch_size: int, num_episodes: int, recent_ratio: float) -> np.ndarray:
+        """The slots of a hybrid batch: round(recent_ratio * batch_size) recent-episode slots first, then uniform."""
+        if not 0.0 <= recent_ratio <= 1.0:
+            raise ValueError(f"recent_ratio={recent_ratio!r} is not valid; allowed: a number in [0, 1]")
+        self._check_batch_size(batch_size)
+        num_recent = round(recent_ratio * batch_size)
+        recent = self._recent_indices(num_recent, num_episodes)
+        return np.concatenate([recent, self.rng.integers(0, len(self), size=batch_size - num_recent)])
 
     def recent_window(self, num_episodes: int) -> tuple[int, int]:
         """(first slot, length) of the transitions of the `num_episodes` most recent episodes.
@@ -209,29 +220,26 @@ class ReplayBuffer:
         idx_t = self._staged(idx, np.int64).to(self.device, non_blocking=True)
         return self.obs.index_select(0, idx_t), self.action.index_select(0, idx_t)
 
-    def _gather(self, idx: np.ndarray) -> Batch:
-        idx_t = self._staged(idx, np.int64).to(self.device, non_blocking=True)
-        return Batch(*(getattr(self, name).index_select(0, idx_t) for name in self._fields))
+    def gather(self, idx: np.ndarray) -> Batch:
+        """The batch of the slots `idx` (host indices, copied to the device without a sync)."""
+        return self.take(self._staged(idx, np.int64).to(self.device, non_blocking=True))
+
+    def take(self, idx: torch.Tensor) -> Batch:
+        """The batch of the slots `idx`, an int64 tensor already on the device (a CUDA graph's fixed input)."""
+        return Batch(*(getattr(self, name).index_select(0, idx) for name in self._fields))
 
     def sample(self, batch_size: int) -> Batch:
         """Uniform over every stored transition."""
-        self._check_batch_size(batch_size)
-        return self._gather(self._uniform_indices(batch_size))
+        return self.gather(self.uniform_indices(batch_size))
 
     def sample_onpolicy(self, batch_size: int, num_episodes: int) -> Batch:
         """Uniform over the transitions of the `num_episodes` most recent episodes (all, if fewer exist)."""
         self._check_batch_size(batch_size)
-        return self._gather(self._recent_indices(batch_size, num_episodes))
+        return self.gather(self._recent_indices(batch_size, num_episodes))
 
     def sample_hybrid(self, batch_size: int, num_episodes: int, recent_ratio: float) -> Batch:
         """One batch: round(recent_ratio * batch_size) recent-episode rows first, the rest uniform."""
-        if not 0.0 <= recent_ratio <= 1.0:
-            raise ValueError(f"recent_ratio={recent_ratio!r} is not valid; allowed: a number in [0, 1]")
-        self._check_batch_size(batch_size)
-        num_recent = round(recent_ratio * batch_size)
-        recent = self._recent_indices(num_recent, num_episodes)
-        uniform = self._uniform_indices(batch_size - num_recent)
-        return self._gather(np.concatenate([recent, uniform]))
+        return self.gather(self.hybrid_indices(batch_size, num_episodes, recent_ratio))
 
     def sample_state_ent(self, batch_size: int) -> tuple[Batch, torch.Tensor]:
         """A uniform batch plus every stored observation (a view) for the k-NN state-entropy bonus."""

@@ -33,7 +33,8 @@ URL_NAME = "labelling_url.txt"  # the labelling page's URL with its token, while
 # "labelling_url_file" while a labelling page is up
 STATUS_NAME = "status.json"
 RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, STATUS_NAME, "train.csv", "eval.csv")
-# Keys a resumed run may change: the step budget (and the buffer sized from it) and where/how it runs.
+# Keys a resumed run may change: the step budget (and the buffer sized from it) and where/how it runs (`tf32` too,
+# like `device`: both change the float rounding, and a run cut off on one machine may go on on another).
 RESUME_MUTABLE_KEYS = (
     "num_train_steps",
     "replay_buffer_capacity",
@@ -42,6 +43,8 @@ RESUME_MUTABLE_KEYS = (
     "device",
     "strict_device",
     "num_threads",
+    "cuda_graphs",
+    "tf32",
     "wandb",
     "wandb_project",
     "wandb_entity",

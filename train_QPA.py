@@ -43,6 +43,7 @@ from config_schema import (
     import_modules,
     requested_imports,
 )  # fmt: skip
+from cuda_graphs import GraphedSteps
 from episodes import EpisodeStore
 from evaluation import evaluate_policy
 from feedback import ask_queries, build_steps, hooks
@@ -185,6 +186,25 @@ def check_finite(metrics: dict[str, Any], step: int) -> None:
             raise NonFiniteError(f"{name} became {float(value)} at step {step}")
 
 
+def log_episode(run: Workspace, stats: EpisodeStats) -> None:
+    """train.csv's row of the training episode that just ended (docs/RUNS.md lists its columns)."""
+    log, schedule, step = run.logger.log, run.schedule, run.step
+    log("train/episode", run.episode, step)
+    log("train/episode_reward", stats.reward, step)
+    if schedule.learns_reward:
+        log("train/episode_reward_hat", stats.return_hat, step)
+        log("train/total_feedback", schedule.total_feedback, step)
+        log("train/labeled_feedback", schedule.labeled_feedback, step)
+    if run.is_metaworld:
+        log("train/success_rate", 100.0 * stats.success, step)
+    for name, value in run.update_metrics.items():
+        log(f"train/{name}", value, step)
+    duration = time.perf_counter() - stats.start
+    log("train/fps", stats.length / max(duration, 1e-9), step)
+    log("train/duration", duration, step)
+    log("train/total_time", time.perf_counter() - run.start_time, step)
+
+
 class Workspace:
     # What a checkpoint holds besides `checkpointed_parts`
     COUNTERS = ("step", "episode", "last_eval_step", "last_eval_return", "recent_returns", "updates_per_step")
@@ -193,6 +213,7 @@ class Workspace:
         self.cfg = cfg
         self.work_dir = work_dir
         self.device = utils.choose_device(cfg.device, strict=cfg.strict_device)
+        utils.set_tf32(cfg.tf32, self.device)
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         utils.set_seed_everywhere(cfg.seed)
@@ -214,6 +235,8 @@ class Workspace:
         self.preferences = PreferenceDataset(cfg.segment, obs_dim + action_dim, cfg.max_feedback, self.device)
         self.reward_model = make_reward_model(cfg, obs_dim + action_dim, self.device, seeds.net)
         self.reward_trainer = make_reward_trainer(cfg, self.reward_model, self.preferences, self.episodes, seeds)
+        # The per-step GPU work replayed from CUDA graphs (cuda_graphs.py); None: the eager code, always on a CPU
+        self.graphs = GraphedSteps.of(cfg.cuda_graphs, self.agent, self.replay_buffer, self.reward_model)
         # The simulator state of every step, to show a person the segments of a query (teacher=human only)
         self.recorder = SimStateRecorder(self.env, self.episodes) if cfg.teacher_type == "human" else None
         self.teacher = make_teacher(cfg, work_dir, self.recorder, seeds.teacher)
@@ -266,7 +289,7 @@ class Workspace:
                 if self.schedule.learns_reward:
                     # RUNE's bonus needs the ensemble's std beside r̂
                     with_std = self.replay_buffer.reward_std is not None
-                    stored_reward, reward_std = self.reward_model.predict_step(obs, action, with_std)
+                    stored_reward, reward_std = (self.graphs or self.reward_model).predict_step(obs, action, with_std)
                     stats.return_hat += stored_reward.squeeze()
                     self.episodes.add(obs, action, reward, done)
                     if done and self.recorder is not None:
@@ -295,7 +318,7 @@ class Workspace:
         if self.step < self.cfg.num_seed_steps:
             return self.rngs.actions.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
         with utils.eval_mode(self.agent.actor):
-            action = self.behaviour(self, obs) if self.behaviour else self.agent.act(obs, sample=True)
+            action = self.behaviour(self, obs) if self.behaviour else (self.graphs or self.agent).act(obs, sample=True)
         if not np.isfinite(action).all():  # a diverged update; caught here before it reaches the physics
             raise NonFiniteError(f"the policy produced a non-finite action at step {self.step}")
         return action
@@ -307,14 +330,15 @@ class Workspace:
         cfg, agent = self.cfg, self.agent
         if phase is Phase.UNSUPERVISED:
             self.update_metrics = agent.update_state_ent(self.replay_buffer, self.step, K=cfg.topK)
-        elif phase is Phase.TRUE_REWARD:
-            uniform = lambda: self.replay_buffer.sample(agent.batch_size)  # noqa: E731
-            self.update_metrics = agent.update(uniform, self.step, cfg.gradient_update)
-        elif phase is Phase.FEEDBACK:
-            hybrid = cfg.hybrid_replay and self.schedule.budget_left
-            self.update_metrics = agent.update(lambda: self.sample(hybrid), self.step, self.updates_per_step)
-            for hook in self.update_hooks:
-                hook(self, self.update_metrics)
+        elif phase in (Phase.FEEDBACK, Phase.TRUE_REWARD):  # sac_true: uniform batches, gradient_update of them
+            hybrid = phase is Phase.FEEDBACK and cfg.hybrid_replay and self.schedule.budget_left
+            if self.graphs is not None and not self.batch_transforms:  # RUNE's bonus weight changes every step
+                self.update_metrics = self.graphs.update(lambda: self.draw(hybrid), self.step, self.updates_per_step)
+            else:
+                self.update_metrics = agent.update(lambda: self.sample(hybrid), self.step, self.updates_per_step)
+            if phase is Phase.FEEDBACK:
+                for hook in self.update_hooks:
+                    hook(self, self.update_metrics)
 
     def sample(self, hybrid: bool) -> Batch:
         """A SAC batch on the learned reward: QPA's hybrid replay (`her_ratio` of it from the N newest episodes) or
@@ -327,6 +351,13 @@ class Workspace:
         for transform in self.batch_transforms:
             batch = transform(batch, self.step)
         return batch
+
+    def draw(self, hybrid: bool) -> np.ndarray:
+        """The replay slots `sample(hybrid)` gathers, drawn alike, for the graphed update (no transforms there)."""
+        cfg, batch_size = self.cfg, self.agent.batch_size
+        if hybrid:
+            return self.replay_buffer.hybrid_indices(batch_size, cfg.max_reward_buffer_size, cfg.her_ratio)
+        return self.replay_buffer.uniform_indices(batch_size)
 
     def feedback(self) -> None:
         """A query round when one is due; once its labels are in, store them and run the method's feedback steps
@@ -353,24 +384,11 @@ class Workspace:
     def finish_episode(self, stats: EpisodeStats) -> None:
         self.episode += 1
         self.recent_returns.append(stats.reward)
-        log, schedule = self.logger.log, self.schedule
-        log("train/episode", self.episode, self.step)
-        log("train/episode_reward", stats.reward, self.step)
-        if schedule.learns_reward:
-            log("train/episode_reward_hat", stats.return_hat, self.step)
-            log("train/total_feedback", schedule.total_feedback, self.step)
-            log("train/labeled_feedback", schedule.labeled_feedback, self.step)
-        if self.is_metaworld:
-            log("train/success_rate", 100.0 * stats.success, self.step)
-        for name, value in self.update_metrics.items():
-            log(f"train/{name}", value, self.step)
-        duration = time.perf_counter() - stats.start
-        log("train/fps", stats.length / max(duration, 1e-9), self.step)
-        log("train/duration", duration, self.step)
-        log("train/total_time", time.perf_counter() - self.start_time, self.step)
+        log_episode(self, stats)
         check_finite(self.update_metrics, self.step)
         self.logger.dump(self.step)
         self.progress.update(stats.length)
+        schedule = self.schedule
         self.progress.set_postfix(
             feedback=f"{schedule.total_feedback}/{self.cfg.max_feedback}",
             **({"labels": self.teacher.progress()} if schedule.open_round is not None else {}),
@@ -389,7 +407,8 @@ class Workspace:
         first_seed = cfg.seed * 100_003 + EVAL_SEED_OFFSET + self.step
         film = self.video_recorder.wants(self.step, self.last_eval_step, final=self.step >= cfg.num_train_steps)
         result = evaluate_policy(self.agent, self.eval_env, cfg.num_eval_episodes, first_seed, reward_model,
-                                 self.is_metaworld, self.video_recorder if film else None, self.step)  # fmt: skip
+                                 self.is_metaworld, self.video_recorder if film else None, self.step,
+                                 act=(self.graphs or self.agent).act)  # fmt: skip
         log("eval/episode", self.episode, self.step)
         for name, value in dataclasses.asdict(result).items():
             if value is not None:

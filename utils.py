@@ -89,6 +89,20 @@ def choose_device(device: str, strict: bool = False) -> torch.device:
     return torch.device(device)
 
 
+def set_tf32(enabled: bool, device: torch.device) -> None:
+    """TF32 (10-bit mantissa) float32 matrix multiplies on a CUDA device, or IEEE float32 (PyTorch's default).
+
+    Set either way on a GPU, since a joblib worker process runs one sweep job after another; left alone on a CPU.
+    """
+    if device.type != "cuda":
+        return
+    precision = "tf32" if enabled else "ieee"
+    try:
+        torch.backends.cuda.matmul.fp32_precision = precision
+    except AttributeError:  # before torch 2.9; mixing the two APIs in one process is an error in later versions
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+
+
 class eval_mode:
     """Context manager that puts modules in eval mode and restores their previous mode."""
 

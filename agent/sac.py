@@ -117,9 +117,13 @@ class SACAgent:
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         if obs_t.shape[-1:] != (self.obs_dim,) or obs_t.dim() > 2:
             raise ValueError(f"obs has shape {tuple(obs_t.shape)}; allowed: ({self.obs_dim},) or (N, {self.obs_dim})")
-        dist = self.actor(obs_t)
+        return self.policy_action(obs_t, sample).cpu().numpy()
+
+    def policy_action(self, obs: torch.Tensor, sample: bool) -> torch.Tensor:
+        """`act` on a device tensor, left on the device (what cuda_graphs.py captures); call it without autograd."""
+        dist = self.actor(obs)
         action = dist.sample() if sample else dist.mean
-        return action.clamp_(*self.action_range).cpu().numpy()
+        return action.clamp_(*self.action_range)
 
     @torch.inference_mode()
     def log_likelihood(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:

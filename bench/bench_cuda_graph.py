@@ -7,8 +7,9 @@ On a GPU the eager update is bound by Python and by launching its kernels one at
 same at every network size (docs/PERFORMANCE.md). A CUDA graph launches the whole update at once. The graph here
 holds two consecutive updates of the training loop (critic, actor and temperature steps; the target critic
 follows on the first, as `critic_target_update_frequency=2` does), with fused Adam made capturable and each
-replay fed two fresh replay batches copied into the graph's fixed input tensors. train_QPA.py does not use
-graphs; this measures what it would gain.
+replay fed two fresh replay batches copied into the graph's fixed input tensors. This was the estimate made
+before the training loop had graphs; train_QPA.py now replays its per-step work from graphs (cuda_graphs.py,
+`cuda_graphs=auto` on a GPU), and bench/gpu_report.py measures the update and the loop as they run there.
 """
 
 from __future__ import annotations

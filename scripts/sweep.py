@@ -9,7 +9,8 @@ run_*.sh scripts are thin wrappers around this file. Each run keeps the run dire
 launching the same sweep again is safe: finished runs exit at once, interrupted ones resume from their checkpoint
 (train_QPA.py decides both, after checking the saved config). Launchers:
   local   one `python train_QPA.py ...` per run, one after another
-  joblib  one Hydra multirun per task (and method) over the seeds, N runs at a time on this machine
+  joblib  one Hydra multirun per task (and method) over the seeds, N runs at a time on this machine; with
+          --runs-per-gpu K, K runs at a time on each visible GPU (CUDA_VISIBLE_DEVICES names it to each run)
   slurm   one Hydra multirun per task (and method), one SLURM job per seed (config/hydra/launcher/slurm.yaml);
           the multiruns of all tasks are submitted together and this command waits for their jobs
 At the end (or with --summary at any time) every run directory's status.json is summarised.
@@ -28,7 +29,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -90,6 +91,8 @@ class Launch:
     runs: list[Run]
     console_log: Path
     name: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # set for its process (--runs-per-gpu: the GPU)
+    log_prefix: str = ""  # before each line in the console log, which launches on several GPUs share
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -199,6 +202,7 @@ def resolve_runs(runs: list[Run], launcher: str, root: Path | None, with_dirs: b
                 )
                 if launcher == "slurm":  # the jobs run on the cluster's GPU nodes, not on this (login) node
                     cfg.strict_device = False
+                    cfg.cuda_graphs = "auto" if cfg.cuda_graphs is True else cfg.cuda_graphs  # true needs a GPU here
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore" if launcher == "slurm" else "default")
                     check_config(cfg)
@@ -260,20 +264,22 @@ def free_gpu_memory_gb() -> float | None:
         return None
 
 
-def build_launches(runs: list[Run], launcher: str, jobs: int | None, root: Path | None, force: bool) -> list[Launch]:
+def build_launches(
+    runs: list[Run], launcher: str, jobs: int | None, root: Path | None, force: bool, threads: int | None = None
+) -> list[Launch]:
+    """The commands of `runs`; a joblib multirun runs `jobs` at a time with `threads` torch threads each (default:
+    the cores split between `jobs`)."""
     python = [sys.executable, TRAIN_SCRIPT]
     control = (["overwrite=true"] if force else []) + location_overrides(launcher, root)
     if launcher == "local":
         return [Launch([*python, *run.overrides, f"seed={run.seed}", *control], [run], run.console_log) for run in runs]
 
-    groups: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        groups.setdefault((run.task, run.method), []).append(run)
+    groups = group_runs(runs)
     if launcher == "joblib":
         switches = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
         if not any(override_key(item) == "num_threads" for item in runs[0].overrides):
             # torch would give every run all the cores; runs competing for them spin-wait many-fold slower
-            switches.append(f"num_threads={max(1, cpu_cores() // jobs)}")
+            switches.append(f"num_threads={threads or cpu_threads(jobs)}")
     else:
         switches = ["hydra/launcher=slurm"] + ([f"hydra.launcher.array_parallelism={jobs}"] if jobs else [])
         if force:
@@ -286,6 +292,66 @@ def build_launches(runs: list[Run], launcher: str, jobs: int | None, root: Path 
     return launches
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs runs may use, as CUDA_VISIBLE_DEVICES entries: that variable's own list when it is set (an empty
+    or negative one hides every GPU), else every GPU nvidia-smi lists."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        visible = []
+        for entry in os.environ["CUDA_VISIBLE_DEVICES"].split(","):
+            if not entry.strip() or entry.strip().startswith("-"):
+                break  # CUDA stops at the first invalid entry
+            visible.append(entry.strip())
+        return visible
+    if shutil.which("nvidia-smi") is None:
+        return []
+    query = ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"]
+    try:
+        output = subprocess.run(query, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    return [line.strip() for line in output.splitlines() if line.strip()]
+
+
+def assign_gpus(runs: list[Run], gpus: list[str]) -> dict[str, list[Run]]:
+    """Every run's GPU: round robin in the order of the runs, across tasks and methods too, so that each GPU gets
+    as many runs as the others, give or take one."""
+    assigned: dict[str, list[Run]] = {gpu: [] for gpu in gpus}
+    for index, run in enumerate(runs):
+        assigned[gpus[index % len(gpus)]].append(run)
+    return assigned
+
+
+def build_gpu_launches(
+    runs: list[Run], gpus: list[str], runs_per_gpu: int, root: Path | None, force: bool
+) -> list[list[Launch]]:
+    """One queue of joblib multiruns per GPU: the GPU's runs of each task (and method), `runs_per_gpu` at a time,
+    its multiruns one after another; the queues run side by side. Each process sees only its GPU."""
+    queues = []
+    for gpu, assigned in assign_gpus(runs, gpus).items():
+        if not assigned:
+            continue
+        jobs = min(runs_per_gpu, max(len(group) for group in group_runs(assigned).values()))
+        queue = build_launches(assigned, "joblib", jobs, root, force, threads=cpu_threads(len(gpus) * runs_per_gpu))
+        for launch in queue:
+            launch.env = {"CUDA_VISIBLE_DEVICES": gpu}
+            launch.name = f"gpu {gpu} {launch.name}".strip()
+            launch.log_prefix = f"[gpu {gpu}] "
+        queues.append(queue)
+    return queues
+
+
+def cpu_threads(parallel_runs: int) -> int:
+    """torch CPU threads per run: the cores split between the runs at a time."""
+    return max(1, cpu_cores() // parallel_runs)
+
+
+def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.task, run.method), []).append(run)
+    return groups
+
+
 def file_stem(task: str, method: str) -> str:
     return f"{task}_{method}" if method else task
 
@@ -293,22 +359,29 @@ def file_stem(task: str, method: str) -> str:
 def execute(launch: Launch, prefix: str, print_lock: threading.Lock) -> int:
     """Run one command from the repository root, copying its output to the console and its console log."""
     launch.console_log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = {**os.environ, **launch.env}
     env.setdefault("MUJOCO_GL", "egl")  # clusters and servers have no display
     with launch.console_log.open("ab") as log:
-        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(launch.command)}\n".encode())
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shell_line(launch)}\n".encode())
         with subprocess.Popen(
             launch.command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         ) as process:
-            copy_output(process.stdout, log, prefix.encode(), print_lock)
+            copy_output(process.stdout, log, prefix.encode(), print_lock, launch.log_prefix.encode())
     for run in launch.runs:
         run.exit_code = process.returncode if len(launch.runs) == 1 else None
     return process.returncode
 
 
-def copy_output(stream: IO[bytes], log: IO[bytes], prefix: bytes, print_lock: threading.Lock) -> None:
+def shell_line(launch: Launch) -> str:
+    """The launch as one shell command line, its environment variables first."""
+    return shlex.join([f"{name}={value}" for name, value in launch.env.items()] + launch.command)
+
+
+def copy_output(
+    stream: IO[bytes], log: IO[bytes], prefix: bytes, print_lock: threading.Lock, log_prefix: bytes = b""
+) -> None:
     for line in stream:
-        log.write(line)
+        log.write(log_prefix + line)
         log.flush()
         with print_lock:
             sys.stdout.buffer.write(prefix + line)
@@ -328,6 +401,23 @@ def launch_all(launches: list[Launch], concurrently: bool) -> None:
         thread = threading.Thread(target=execute, args=(launch, f"[{launch.name}] ", print_lock), daemon=True)
         thread.start()
         threads.append(thread)
+    for thread in threads:
+        thread.join()
+
+
+def launch_queues(queues: list[list[Launch]]) -> None:
+    """Each queue's launches one after another, the queues side by side (--runs-per-gpu: one queue per GPU)."""
+    print_lock = threading.Lock()
+
+    def run_queue(queue: list[Launch]) -> None:
+        for launch in queue:
+            with print_lock:
+                print(f"[sweep] {shell_line(launch)}", flush=True)
+            execute(launch, f"[{launch.name}] ", print_lock)
+
+    threads = [threading.Thread(target=run_queue, args=(queue,), daemon=True) for queue in queues]
+    for thread in threads:
+        thread.start()
     for thread in threads:
         thread.join()
 
@@ -378,6 +468,34 @@ def print_summary(sweep: str, runs: list[Run]) -> bool:
     return counts["finished"] == len(runs)
 
 
+def check_runs_per_gpu(runs_per_gpu: int, launcher: str, jobs: int | None) -> None:
+    if runs_per_gpu < 1 or launcher != "joblib":
+        raise SweepError(f"--runs-per-gpu {runs_per_gpu} is invalid: needs --launcher joblib and a value >= 1")
+    if jobs is not None:
+        raise SweepError(f"--jobs {jobs} is invalid with --runs-per-gpu: the runs at a time are K per GPU")
+
+
+def plan_gpu_queues(runs: list[Run], runs_per_gpu: int, root: Path | None, force: bool) -> list[list[Launch]]:
+    """--runs-per-gpu: the visible GPUs' queues, after checking that there are GPUs and that the runs use them."""
+    gpus = visible_gpus()
+    if not gpus:
+        raise SweepError(
+            f"--runs-per-gpu {runs_per_gpu} is invalid here: no GPU is visible "
+            "(nvidia-smi lists none, or CUDA_VISIBLE_DEVICES hides them)"
+        )
+    on_cpu = [run for run in runs if run.device == "cpu"]
+    if on_cpu:
+        raise SweepError(f"--runs-per-gpu is invalid for {on_cpu[0].label}: it runs with device=cpu")
+    threads = cpu_threads(len(gpus) * runs_per_gpu)
+    message = f"[sweep] joblib: {runs_per_gpu} runs at a time on each of GPUs {', '.join(gpus)}, {threads} torch"
+    print(f"{message} threads each (the CPU cores split between them)", file=sys.stderr)
+    free_gb = free_gpu_memory_gb()
+    if free_gb is not None and runs_per_gpu * GPU_GB_PER_RUN > free_gb:
+        print(f"[sweep] warning: {runs_per_gpu} runs x {GPU_GB_PER_RUN} GB may not fit the {free_gb:.0f} GB free "
+              "on the first GPU", file=sys.stderr)  # fmt: skip
+    return build_gpu_launches(runs, gpus, runs_per_gpu, root, force)
+
+
 # ---------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     extras: list[str] = []
@@ -401,6 +519,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="joblib: runs at a time (default: what fits); slurm: array_parallelism per task",
     )
     parser.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=None,
+        metavar="K",
+        help="joblib: K runs at a time on each visible GPU, each process seeing only its GPU (CUDA_VISIBLE_DEVICES)",
+    )
+    parser.add_argument(
         "--root", type=Path, default=None, help="put the run directories under ROOT instead of exp/ (same layout)"
     )
     parser.add_argument("--force", action="store_true", help="start every run over (overwrite=true)")
@@ -414,6 +539,8 @@ def main(argv: list[str]) -> int:
     try:
         if args.jobs is not None and (args.jobs < 1 or args.launcher == "local"):
             raise SweepError(f"--jobs {args.jobs} is invalid: needs --launcher joblib or slurm and a value >= 1")
+        if args.runs_per_gpu is not None:
+            check_runs_per_gpu(args.runs_per_gpu, args.launcher, args.jobs)
         check_extras(extras)
         table = load_table(args.sweep)
         seeds = parse_seeds(args.seeds) if args.seeds is not None else table.seeds
@@ -434,18 +561,29 @@ def main(argv: list[str]) -> int:
     if args.summary:
         return 0 if print_summary(table.name, runs) else 1
 
-    jobs = args.jobs
-    if args.launcher == "joblib" and jobs is None:
-        jobs, reason = default_jobs(len(seeds), uses_gpu=runs[0].device != "cpu")
-        print(f"[sweep] joblib: {jobs} runs at a time ({reason}); choose with --jobs", file=sys.stderr)
-    launches = build_launches(runs, args.launcher, jobs, root, args.force)
+    if args.runs_per_gpu is not None:
+        try:
+            queues = plan_gpu_queues(runs, args.runs_per_gpu, root, args.force)
+        except SweepError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        launches = [launch for queue in queues for launch in queue]
+    else:
+        jobs = args.jobs
+        if args.launcher == "joblib" and jobs is None:
+            jobs, reason = default_jobs(len(seeds), uses_gpu=runs[0].device != "cpu")
+            print(f"[sweep] joblib: {jobs} runs at a time ({reason}); choose with --jobs", file=sys.stderr)
+        launches = build_launches(runs, args.launcher, jobs, root, args.force)
     if args.dry_run:
         print(f"# from {REPO}:", file=sys.stderr)
         for launch in launches:
-            print(shlex.join(launch.command))
+            print(shell_line(launch))
         return 0
     try:
-        launch_all(launches, concurrently=args.launcher == "slurm")
+        if args.runs_per_gpu is not None:
+            launch_queues(queues)
+        else:
+            launch_all(launches, concurrently=args.launcher == "slurm")
     except KeyboardInterrupt:
         print_summary(table.name, runs)
         return 130
