@@ -837,6 +837,17 @@ OmegaConf.register_new_resolver("method_dir", method_run_dir, replace=True)
 OmegaConf.register_new_resolver("method_label", method_label, replace=True)
 
 
+def plain_defaults() -> dict[str, Any]:
+    """Every key's default by its dotted name in a resolved config (`seed`, `agent.params.batch_size`), except the
+    defaults that interpolate other keys (`${...}`), whose value depends on the run."""
+    defaults = {
+        f"{section.path}{item.name}": default_of(item)
+        for section in (*SECTIONS, SACParams, ActorParams, CriticParams)
+        for item in fields(section)
+    }
+    return {key: value for key, value in defaults.items() if not (isinstance(value, str) and "${" in value)}
+
+
 def reference_table() -> str:
     """docs/CONFIG.md's reference: one Markdown row per key (`python config_schema.py` prints it)."""
     rows = ["| key | default | allowed | what it does |", "|---|---|---|---|"]

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import utils
-from config_schema import ConfigError
+from config_schema import ConfigError, plain_defaults
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # The layout of checkpoint.pt (train_QPA.Workspace.checkpointed_parts); a file of another layout is refused in one
@@ -136,7 +136,9 @@ def prepare_run_dir(cfg: DictConfig, work_dir: Path) -> bool:
 
 
 def compare_saved_config(work_dir: Path, current: dict[str, Any]) -> None:
-    """Refuse to resume when the saved config is missing, unreadable or differs outside RESUME_MUTABLE_KEYS."""
+    """Refuse to resume when the saved config is missing, unreadable or differs outside RESUME_MUTABLE_KEYS. A key
+    the saved config lacks (one added to the code since the run started) is no difference while it keeps its
+    default: every key is added so that its default leaves earlier behaviour as it was."""
     config_path = work_dir / CONFIG_NAME
     try:
         saved = flatten(OmegaConf.to_container(OmegaConf.load(config_path), resolve=True))
@@ -150,11 +152,13 @@ def compare_saved_config(work_dir: Path, current: dict[str, Any]) -> None:
             f"{config_path} cannot be read ({reason}); restore it or start over with overwrite=true"
         ) from None
     flat = flatten(current)
+    defaults = plain_defaults()
     differing = sorted(
         key
         for key in saved.keys() | flat.keys()
         if saved.get(key) != flat.get(key)
         and not any(key == mutable or key.startswith(f"{mutable}.") for mutable in RESUME_MUTABLE_KEYS)
+        and not (key not in saved and key in defaults and flat.get(key) == defaults[key])
     )
     if differing:
         details = ", ".join(f"{key} ({saved.get(key)!r} -> {flat.get(key)!r})" for key in differing)

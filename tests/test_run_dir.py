@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO_ROOT, TIME_COLUMNS, fill, small_filesystem, train
 from test_train import TINY
 
@@ -116,6 +117,18 @@ def test_a_refused_resume_leaves_the_status_of_the_run_alone(finished_run, tmp_p
         line = one_line_error(train(run_dir, *RUN, change, check=False))
         assert "refusing to resume" in line or "resume=false" in line, line
         assert status(run_dir) == {"state": "finished", "step": 2000, "error": None}
+
+
+def test_a_run_started_before_keys_were_added_resumes_while_they_keep_their_defaults(finished_run, tmp_path) -> None:
+    added = ("ppe_kappa", "policer_tau", "cuda_graphs")  # keys of later issues than some users' runs
+    for name in ("older", "changed"):
+        run_dir = copy_run(finished_run, tmp_path / name)
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in saved.items() if k not in added}))
+    train(tmp_path / "older", *RUN, "num_train_steps=2500")
+    assert status(tmp_path / "older") == {"state": "finished", "step": 2500, "error": None}
+    line = one_line_error(train(tmp_path / "changed", *RUN, "ppe_kappa=0.25", check=False))
+    assert "refusing to resume" in line and "ppe_kappa (None -> 0.25)" in line, line
 
 
 def test_a_config_that_cannot_be_written_stops_the_run_before_it_starts(tmp_path) -> None:
