@@ -58,5 +58,7 @@ setup(
     ],
     packages=["agent", "methods"],
     install_requires=REQUIRES,
-    extras_require={"dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6", "selenium==4.50.0"]},
+    extras_require={
+        "dev": ["filelock==4.3.2", "pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6", "selenium==4.50.0"]
+    },
 )

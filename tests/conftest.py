@@ -5,14 +5,17 @@ SLURM tests on one pytest-xdist worker."""
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -101,6 +104,27 @@ def fill(filesystem: Path, leave: int = 0) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+Built = TypeVar("Built")
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Built]) -> Built:
+    """A module fixture's expensive runs made once per test session instead of once per pytest-xdist worker whose
+    tests ask for it (pytest-xdist's documented recipe): the first worker builds them in a directory every worker
+    sees, under a file lock, and the others wait for its pickled result. Its tests only read what it built."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / name  # the parent of the workers' own temporary directories
+    with FileLock(f"{shared}.lock"):
+        result = shared.with_suffix(".pickle")
+        if result.exists():
+            return pickle.loads(result.read_bytes())
+        shutil.rmtree(shared, ignore_errors=True)  # what a worker whose build failed left
+        shared.mkdir()
+        built = build(shared)
+        result.write_bytes(pickle.dumps(built))
+        return built
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, built_once
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from PIL import Image
@@ -26,7 +26,10 @@ REFERENCE = REPO_ROOT / "figure" / "reference" / "compare_quick.csv"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The demo target as `make demo` runs it, installed packages as they are, at TINY's budget."""
-    root = tmp_path_factory.mktemp("demo")
+    return built_once(tmp_path_factory, "demo", make_demo)
+
+
+def make_demo(root: Path) -> tuple[Path, subprocess.CompletedProcess]:
     variables = {
         "PY": sys.executable,
         "DEMO_RUN": str(root / "run"),

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, TIME_COLUMNS, fill, small_filesystem
+from conftest import REPO_ROOT, TIME_COLUMNS, built_once, fill, small_filesystem
 from PIL import Image
 from test_train import TINY
 
@@ -161,11 +161,14 @@ def errors_in_console(driver) -> list[str]:
 def human_run(browser, tmp_path_factory) -> tuple[Path, dict[tuple[int, int], str], str, list[str]]:
     """A tiny walker run labelled in the browser, by keys and by clicks; returns its dir, the answers given, what the
     page says once the run has finished, and the errors in the page's console over the whole session."""
+    return built_once(tmp_path_factory, "human", lambda root: label_in_the_browser(browser, root / "run"))
+
+
+def label_in_the_browser(browser, run_dir: Path) -> tuple[Path, dict[tuple[int, int], str], str, list[str]]:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    run_dir = tmp_path_factory.mktemp("human") / "run"
     run = HumanRun(run_dir, *HUMAN)
     errors_in_console(browser)
     browser.get(run.url())

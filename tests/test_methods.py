@@ -21,7 +21,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import REPO_ROOT, SMALL_NETWORKS, PreferenceLearner, compose_config, load_config, make_reward_model
+from conftest import (
+    REPO_ROOT,
+    SMALL_NETWORKS,
+    PreferenceLearner,
+    built_once,
+    compose_config,
+    load_config,
+    make_reward_model,
+)
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -522,7 +530,10 @@ def launch(root: Path, *overrides: str) -> subprocess.Popen:
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every preset on walker_walk (QPA and PEBBLE with two seeds, for the comparison), SURF and RUNE on
     Meta-World drawer-open, in two processes side by side."""
-    root = tmp_path_factory.mktemp("methods")
+    return built_once(tmp_path_factory, "methods", train_every_preset)
+
+
+def train_every_preset(root: Path) -> Path:
     processes = [
         launch(root, "method=qpa,pebble", "seed=1,2"),
         launch(root, "env=walker_walk,metaworld_drawer-open-v3", "method=surf,rune,sac_true", "seed=1",

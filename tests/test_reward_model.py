@@ -400,9 +400,12 @@ def original_rule_steps(model: PreferenceLearner, num_iters: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("num_labels", "ensemble_size", "data_aug_ratio"), [(10, 1, 20), (40, 3, 20), (60, 1, 0)])
-def test_dmc_stopping_step_is_the_original_rule(num_labels, ensemble_size, data_aug_ratio):
-    for seed in range(3):
+@pytest.mark.parametrize(
+    ("num_labels", "ensemble_size", "data_aug_ratio", "seeds"),
+    [(10, 1, 20, 3), (40, 3, 20, 1), (60, 1, 0, 3)],  # one seed of the 3-member case: it alone trains three nets
+)
+def test_dmc_stopping_step_is_the_original_rule(num_labels, ensemble_size, data_aug_ratio, seeds):
+    for seed in range(seeds):
         model = labelled_model(num_labels, seed, ensemble_size=ensemble_size, data_aug_ratio=data_aug_ratio)
         twin = io.BytesIO()
         torch.save(model.state_dict(), twin)

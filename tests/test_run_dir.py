@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO_ROOT, TIME_COLUMNS, fill, small_filesystem, train
+from conftest import REPO_ROOT, TIME_COLUMNS, built_once, fill, small_filesystem, train
 from test_train import TINY
 
 pytestmark = pytest.mark.slow  # every test here trains in subprocesses
@@ -49,9 +49,12 @@ def assert_same_logs(run_dir: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    train(run_dir, *RUN)
-    return run_dir
+    return built_once(tmp_path_factory, "finished", train_to_the_end)
+
+
+def train_to_the_end(root: Path) -> Path:
+    train(root / "run", *RUN)
+    return root / "run"
 
 
 def copy_run(source: Path, target: Path) -> Path:

@@ -251,6 +251,7 @@ def test_the_morse_network_says_which_state_actions_the_labels_cover_and_the_shi
 TINY_SUCCESSOR = [*(item for item in TINY if not item.startswith(("num_train_steps", "num_interact", "max_feedback"))),
                   "num_train_steps=3000", "num_interact=600", "max_feedback=30", "env=walker_walk", "num_threads=1",
                   "device=cpu"]  # fmt: skip
+ROUNDS, QUERIES = 3, 10  # max_feedback=30 in rounds of TINY's reward_batch=10
 TRIGGER = "policer_q_threshold=-1000"  # every round after the first resets: the whole path runs in a tiny run
 
 
@@ -321,17 +322,28 @@ def test_the_ppe_table_runs_qpa_settings_at_the_budgets_of_its_table_10() -> Non
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["policer", "ppe"])
-def test_a_killed_run_of_each_successor_resumes_exactly(method, tmp_path) -> None:
+def test_a_person_teaches_each_successor_and_a_killed_replay_of_the_answers_resumes_to_the_same_run(
+    method, tmp_path
+) -> None:
+    """Every teacher and exact resume in one chain: a person answers every query of a run (the page's API), a replay
+    of those answers is killed after its step-2000 checkpoint, between two rounds, and its re-run (the Morse network,
+    Q threshold, resets and replay ratio restored) writes the person's run's logs."""
+    from test_human_browser import HumanRun
+
     overrides = [*TINY_SUCCESSOR, f"method={method}", *([TRIGGER] if method == "policer" else [])]
-    whole = tmp_path / "whole"
-    train(whole, *overrides)
-    trains = pd.read_csv(whole / "train.csv")
+    person = HumanRun(tmp_path / "human", *overrides, "teacher=human", "human_port=0")
+    for index in range(ROUNDS * QUERIES):
+        person.answer(person.next_query(), ("left", "right", "equal")[index % 3])
+    person.finish()
+    trains = pd.read_csv(tmp_path / "human" / "train.csv")
     if method == "policer":
         assert trains.policer_resets.max() == 2 and trains.replay_ratio.max() == 2  # rounds 2 and 3 reset
     else:
         assert trains.ppe_queried_morse.notna().any() and (trains.ppe_shift.dropna() > 0).all()
-    killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "train_QPA.py", *overrides, f"hydra.run.dir={killed}"], cwd=REPO_ROOT,
+
+    replay = [*overrides, "teacher=replay", f"labels_from={tmp_path / 'human' / 'labels.sqlite'}"]
+    killed = tmp_path / "replay"
+    process = subprocess.Popen([sys.executable, "train_QPA.py", *replay, f"hydra.run.dir={killed}"], cwd=REPO_ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:  # after the step-2000 checkpoint, in the next episode
@@ -342,23 +354,10 @@ def test_a_killed_run_of_each_successor_resumes_exactly(method, tmp_path) -> Non
     assert process.poll() is None, "the run finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    train(killed, *overrides)
+    train(killed, *replay)
     for log in ("eval.csv", "train.csv"):
-        pd.testing.assert_frame_equal(pd.read_csv(killed / log).drop(columns=TIME_COLUMNS, errors="ignore"),
-                                      pd.read_csv(whole / log).drop(columns=TIME_COLUMNS, errors="ignore"))  # fmt: skip
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["policer", "ppe"])
-def test_a_person_teaches_each_successor_and_a_replay_of_their_answers_trains_it_again(method, tmp_path) -> None:
-    from test_human_browser import HUMAN, QUERIES, ROUNDS, HumanRun, eval_log
-
-    overrides = [*HUMAN, f"method={method}", *([TRIGGER] if method == "policer" else [])]
-    person = HumanRun(tmp_path / "human", *overrides)
-    for index in range(ROUNDS * QUERIES):
-        person.answer(person.next_query(), ("left", "right", "equal")[index % 3])
-    person.finish()
-    replay = [*overrides[: overrides.index("teacher=human")], *overrides[overrides.index("teacher=human") + 1 :]]
-    train(tmp_path / "replay", *replay, "teacher=replay", f"labels_from={tmp_path / 'human' / 'labels.sqlite'}")
-    pd.testing.assert_frame_equal(eval_log(tmp_path / "replay"), eval_log(tmp_path / "human"))
-    assert eval_log(tmp_path / "human").labeled_feedback.iloc[-1] == ROUNDS * QUERIES
+        resumed, taught = (
+            pd.read_csv(run / log).drop(columns=TIME_COLUMNS, errors="ignore") for run in (killed, tmp_path / "human")
+        )
+        pd.testing.assert_frame_equal(resumed, taught[resumed.columns])  # the person's log adds the label waits
+    assert pd.read_csv(killed / "eval.csv").labeled_feedback.iloc[-1] == ROUNDS * QUERIES

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, SMALL_NETWORKS, TIME_COLUMNS, load_config, train
+from conftest import REPO_ROOT, SMALL_NETWORKS, TIME_COLUMNS, built_once, load_config, train
 
 from config_schema import ConfigError
 
@@ -34,9 +34,12 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def walker_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("walker") / "run"
-    train(run_dir, "env=walker_walk", *TINY)
-    return run_dir
+    return built_once(tmp_path_factory, "walker", train_walker)
+
+
+def train_walker(root: Path) -> Path:
+    train(root / "run", "env=walker_walk", *TINY)
+    return root / "run"
 
 
 @pytest.mark.slow
