@@ -26,7 +26,7 @@ demo: install
 	$(PY) -m plot summary $(DEMO_RUN) --figure $(DEMO_FIGURE) --still $(DEMO_STILL)
 
 test: install
-	$(PY) -m pytest tests -q -n auto
+	$(PY) -m pytest tests -q -n auto --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check .
