@@ -9,6 +9,7 @@ QPA_SAVE_SCREENSHOT=1 the page's screenshot is also written to figure/human_feed
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -56,6 +57,12 @@ class HumanRun:
         threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True).start()
         threading.Thread(target=self._read, args=(self.process.stderr, self.stderr), daemon=True).start()
         self.run_dir = run_dir
+        # A test that fails while its run waits for answers would leave that run waiting forever
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
 
     @staticmethod
     def _read(stream, lines: list[str]) -> None:
