@@ -93,6 +93,10 @@ def comparison_runs(root: Path, task: str, reused: list[Run]) -> list[Run]:
     """The runs of the comparison on `task` under `root`, and the reused ones: QPA must be among them and every
     trained method share one budget."""
     trained = load_runs(root) if root.exists() else []
+    unfinished = [run for run in trained if run.evals["step"].iloc[-1] < run.config.get("num_train_steps", 0)]
+    if unfinished:  # still training, or stopped: their last evaluation is no final return
+        print("[compare_quick] left out, not trained to the end:", ", ".join(sorted(run.source for run in unfinished)))
+    trained = [run for run in trained if run not in unfinished]
     runs = [run for run in [*trained, *reused] if run.method in METHODS and run.task == task]
     budgets = {run.max_feedback for run in runs if run.method != "sac_true" and run.max_feedback is not None}
     if len(budgets) > 1:

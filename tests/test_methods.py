@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -641,3 +642,20 @@ def test_compare_quick_reports_returns_iqm_difference_and_alignment(tiny_runs, t
         for seed in (1, 2):
             train = pd.read_csv(run_dir(tiny_runs, "walker_walk", method, seed) / "train.csv")
             assert train["query_log_likelihood"].notna().sum() >= 1  # queries at 1000 and 1250: one episode row
+
+
+@pytest.mark.slow
+def test_compare_quick_leaves_out_a_run_still_training(tiny_runs, tmp_path, capsys) -> None:
+    from bench.compare_quick import comparison_runs
+
+    root = shutil.copytree(tiny_runs / "walker_walk", tmp_path / "walker_walk")
+    training = run_dir(tmp_path, "walker_walk", "pebble", 2)
+    evals = (training / "eval.csv").read_text().splitlines(keepends=True)
+    (training / "eval.csv").write_text("".join(evals[:-1]))  # its last evaluation (step 1500) not yet written
+    runs = comparison_runs(root, "walker_walk", [])
+    assert {(run.method, run.seed) for run in runs if run.method in ("qpa", "pebble")} == {
+        ("qpa", 1),
+        ("qpa", 2),
+        ("pebble", 1),
+    }
+    assert f"left out, not trained to the end: {training}" in capsys.readouterr().out
