@@ -370,12 +370,13 @@ def test_the_page_says_when_other_tabs_hold_the_queries_and_when_the_run_stopped
     assert progress(browser).startswith(stopped)
     browser.get(restarted.url())
     WebDriverWait(browser, 300).until(lambda driver: progress(driver).startswith("query"))
+    restarted_url = restarted.url()
     restarted.kill()
-    # Only the requests to the killed run failed (refused, or reset when the kill cut one short); no script error
-    killed_run = old_url.split("/?")[0]  # http://127.0.0.1:<its port>
-    errors = errors_in_console(browser)
+    # Only requests to the two killed runs failed (refused, or reset when a kill cut one short); no script error
+    killed_runs = tuple(url.split("/?")[0] for url in (old_url, restarted_url))  # http://127.0.0.1:<port>
     cut_off = re.compile(r"Failed to load resource: net::ERR_CONNECTION_(REFUSED|RESET)")
-    assert all(error.startswith(killed_run) and cut_off.search(error) for error in errors), errors
+    errors = errors_in_console(browser)
+    assert all(error.startswith(killed_runs) and cut_off.search(error) for error in errors), errors
 
 
 def test_a_full_disk_while_a_person_labels_stops_the_run_in_one_line_and_keeps_every_answer(tmp_path):
