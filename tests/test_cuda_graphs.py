@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import inspect
 import subprocess
 import sys
 from functools import partial
@@ -20,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO_ROOT, SMALL_NETWORKS, TIME_COLUMNS, load_config
+from test_structure import optimiser_step_paths
 
 import cuda_graphs
 import train_QPA
@@ -415,24 +415,6 @@ def test_with_graphs_every_optimiser_step_is_still_at_most_four_calls_below_work
     cfg = load_config(*GPU_TINY, "max_feedback=20", "num_train_steps=1300", "cuda_graphs=true")
     workspace = train_QPA.Workspace(cfg, tmp_path)
     assert workspace.graphs is not None
-    optimiser_step = inspect.unwrap(torch.optim.Adam.step).__code__
-    run_code, depths = train_QPA.Workspace.run.__code__, {}
-
-    def trace(frame, event, arg) -> None:
-        if event != "call" or frame.f_code is not optimiser_step:
-            return
-        callers, caller = [], frame.f_back
-        while caller is not None and caller.f_code is not run_code:
-            if caller.f_code.co_filename.startswith(str(REPO_ROOT)) and "/.venv/" not in caller.f_code.co_filename:
-                callers.append(caller.f_code.co_qualname)
-            caller = caller.f_back
-        if caller is not None:
-            depths[" -> ".join(["Workspace.run", *reversed(callers), "step"])] = len(callers) + 1
-
-    sys.setprofile(trace)
-    try:
-        workspace.run()
-    finally:
-        sys.setprofile(None)
+    depths = optimiser_step_paths(workspace)
     assert "Workspace.run -> Workspace.update_agent -> GraphedSteps.update -> SACAgent.update -> step" in depths
     assert max(depths.values()) <= 4, depths

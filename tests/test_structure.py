@@ -122,17 +122,9 @@ def test_the_readme_is_a_short_front_door() -> None:
         assert (REPO_ROOT / page).is_file(), page
 
 
-@pytest.mark.slow
-def test_every_optimiser_step_is_at_most_four_calls_below_workspace_run(tmp_path: Path) -> None:
-    """A real tiny run traced with sys.setprofile: for every Adam step (SAC's critic, actor and temperature, and
-    the reward model's), the project functions between `Workspace.run` and the step are counted, the step's own
-    call included. `run -> update_agent -> SACAgent.update -> step` is 3 calls; torch's wrappers around `step`
-    and its decorators are not the project's code and are not counted."""
-    cfg = load_config("env=walker_walk", "device=cpu", "num_threads=1", "num_train_steps=1400", "num_seed_steps=300",
-                      "num_unsup_steps=800", "num_interact=200", "max_feedback=20", "reward_batch=10", "segment=20",
-                      "reward_update=10", "reset_update=5", "eval_frequency=100000", "agent.params.batch_size=32",
-                      *SMALL_NETWORKS)  # fmt: skip
-    workspace = train_QPA.Workspace(cfg, tmp_path)
+def optimiser_step_paths(workspace: train_QPA.Workspace) -> dict[str, int]:
+    """Runs `workspace` under sys.setprofile and returns, for every Adam step reached, the chain of project
+    functions from `Workspace.run` to it and its length (the step's own call included)."""
     optimiser_step = inspect.unwrap(torch.optim.Adam.step).__code__
     run_code = train_QPA.Workspace.run.__code__
     project = str(REPO_ROOT)
@@ -155,6 +147,21 @@ def test_every_optimiser_step_is_at_most_four_calls_below_workspace_run(tmp_path
         workspace.run()
     finally:
         sys.setprofile(None)
+    return paths
+
+
+@pytest.mark.slow
+def test_every_optimiser_step_is_at_most_four_calls_below_workspace_run(tmp_path: Path) -> None:
+    """A real tiny run traced with sys.setprofile: for every Adam step (SAC's critic, actor and temperature, and
+    the reward model's), the project functions between `Workspace.run` and the step are counted, the step's own
+    call included. `run -> update_agent -> SACAgent.update -> step` is 3 calls; torch's wrappers around `step`
+    and its decorators are not the project's code and are not counted."""
+    cfg = load_config("env=walker_walk", "device=cpu", "num_threads=1", "num_train_steps=1400", "num_seed_steps=300",
+                      "num_unsup_steps=800", "num_interact=200", "max_feedback=20", "reward_batch=10", "segment=20",
+                      "reward_update=10", "reset_update=5", "eval_frequency=100000", "agent.params.batch_size=32",
+                      *SMALL_NETWORKS)  # fmt: skip
+    workspace = train_QPA.Workspace(cfg, tmp_path)
+    paths = optimiser_step_paths(workspace)
     assert {
         "Workspace.run -> Workspace.update_agent -> SACAgent.update_state_ent -> SACAgent.update -> step",
         "Workspace.run -> Workspace.feedback -> train_reward -> RewardTrainer.fit -> step",
