@@ -402,7 +402,8 @@ def original_rule_steps(model: PreferenceLearner, num_iters: int) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("num_labels", "ensemble_size", "data_aug_ratio", "seeds"),
-    [(10, 1, 20, 3), (40, 3, 20, 1), (60, 1, 0, 3)],  # one seed of the 3-member case: it alone trains three nets
+    # The 10-label cases stop early on every seed; the 20-label 3-member case runs to the end (0.97 accuracy).
+    [(10, 1, 20, 3), (10, 3, 20, 3), (20, 3, 20, 1), (60, 1, 0, 3)],
 )
 def test_dmc_stopping_step_is_the_original_rule(num_labels, ensemble_size, data_aug_ratio, seeds):
     for seed in range(seeds):
