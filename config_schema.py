@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -660,7 +660,10 @@ def nested_rule(path: str) -> Callable[[Any], str | None] | None:
     schema: Any = TrainConfig
     *parents, name = path.split(".")
     for parent in parents:
-        schema = {item.name: item for item in fields(schema)}[parent].default_factory
+        found = {item.name: item for item in fields(schema)}.get(parent)
+        if found is None or not is_dataclass(found.default_factory):  # not a schema key (hydra.run.dir)
+            return None
+        schema = found.default_factory
     found = {item.name: item for item in fields(schema)}.get(name)
     return found.metadata.get("rule") if found else None
 
@@ -735,6 +738,7 @@ def compose_checked(overrides: list[str], config_name: str = "train_QPA") -> Dic
     names the closest valid names. Returns the composed config, Hydra's node included."""
     import_modules(requested_imports(overrides))
     try:
+        check_boolean_overrides(overrides)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
             cfg = compose(config_name, overrides, return_hydra_config=True)
             if utils.is_metaworld(str(cfg.env)) and not any(item.startswith("agent=") for item in overrides):
@@ -751,6 +755,20 @@ def compose_checked(overrides: list[str], config_name: str = "train_QPA") -> Dic
         raise ConfigError(_composition_error_line(error, overrides, config_name)) from None
     check_config(cfg)
     return cfg
+
+
+def check_boolean_overrides(overrides: list[str]) -> None:
+    """A boolean key takes true or false on the command line: OmegaConf would read yes, on, 1 or 2 as true."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override() or override.is_delete():
+            continue
+        if nested_rule(override.key_or_group) is boolean:
+            value = override.value()
+            problem = boolean(value)
+            if problem:
+                fail(override.key_or_group, value, problem)
 
 
 def _composition_error_line(error: HydraException, overrides: list[str], config_name: str) -> str:

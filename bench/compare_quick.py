@@ -10,9 +10,10 @@ ablations at --ablation-seeds, --jobs runs at a time, each through scripts/sweep
 and interrupted ones resume). Then prints, per method: the final return (the last evaluation; mean ± std over
 seeds, ddof=0), its IQM with a 95% stratified-bootstrap interval (rliable, via plot.iqm_table), and how likely its
 queries are under the policy that asked them (mean over query rounds and seeds of `query_log_likelihood`, against
-`history_log_likelihood`); then QPA − PEBBLE and each successor − QPA with a 95% percentile-bootstrap interval
-(seeds resampled within each method, 10000 resamples, fixed seed), and what PoLiCER's resets and PPE's Morse
-network did. It draws the return curves and the alignment curves into --out-dir with `python -m plot compare`.
+`history_log_likelihood`); then QPA − PEBBLE, each successor − QPA and each PPE ablation − PPE with a 95%
+percentile-bootstrap interval (seeds resampled within each method, 10000 resamples, fixed seed), and what
+PoLiCER's resets and PPE's Morse network did. It draws the return curves and the alignment curves into --out-dir
+with `python -m plot compare`.
 Overrides after `--` go to every run. With --reuse, the methods of --reuse-methods come from an export-reference CSV
 of earlier runs of the same table instead of being trained (their curves are drawn dashed; a reference set keeps
 evaluations only, so their query log-likelihoods are not reported): legitimate only while the golden logs
@@ -171,6 +172,9 @@ def report(root: Path, task: str, out_dir: Path, reused: list[Run]) -> None:
     for method in SUCCESSORS:
         if method in finals:
             print_difference(f"{method} - QPA", finals[method], finals["qpa"])
+    for method in ABLATIONS:  # what leaving one of PPE's parts out costs
+        if method in finals and "ppe" in finals:
+            print_difference(f"{method} - ppe", finals[method], finals["ppe"])
     resets = [run for run in runs if run.method == "policer" and "policer_resets" in run.train.columns]
     if resets:
         counts = [int(run.train["policer_resets"].max()) for run in resets]

@@ -659,3 +659,27 @@ def test_compare_quick_leaves_out_a_run_still_training(tiny_runs, tmp_path, caps
         ("pebble", 1),
     }
     assert f"left out, not trained to the end: {training}" in capsys.readouterr().out
+
+
+def test_compare_quick_reports_each_successor_against_qpa_and_each_ppe_ablation_against_ppe(tmp_path) -> None:
+    """The shipped comparison, reported from its reference CSVs alone: every difference line is the difference of
+    the mean last evaluation, computed here from the same rows."""
+    reference = REPO_ROOT / "figure" / "reference"
+    names = ("compare_quick.csv", "compare_quick_successors.csv", "compare_quick_ppe_ablation.csv")
+    table = pd.concat([pd.read_csv(reference / name) for name in names])
+    table.to_csv(tmp_path / "all.csv", index=False)
+    methods = ["qpa", "policer", "ppe", "ppe_extension_only", "ppe_mixture_only"]
+    result = subprocess.run(
+        [sys.executable, "bench/compare_quick.py", "--report-only", "--root", str(tmp_path / "none"),
+         "--out-dir", str(tmp_path / "out"), "--reuse", str(tmp_path / "all.csv"), "--reuse-methods", *methods],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    walker = table[(table.task == "walker_walk") & table.method.isin(methods)]
+    finals = walker.sort_values("step").groupby(["method", "seed"]).episode_reward.last().groupby("method").mean()
+    pairs = [(method, "QPA", "qpa") for method in ("policer", "ppe", "ppe_extension_only", "ppe_mixture_only")]
+    pairs += [(method, "ppe", "ppe") for method in ("ppe_extension_only", "ppe_mixture_only")]
+    for method, name, baseline in pairs:
+        (line,) = [line for line in result.stdout.splitlines() if line.strip().startswith(f"{method} - {name} ")]
+        assert float(line.split()[3]) == pytest.approx(finals[method] - finals[baseline], abs=0.05), line
+        assert "95% bootstrap CI" in line

@@ -148,6 +148,10 @@ BAD_VALUES = [
     ("hybrid_replay=maybe", "hybrid_replay='maybe'"),
     ("strict_device=maybe", "strict_device='maybe'"),
     ("resume=maybe", "resume='maybe'"),
+    # OmegaConf alone would read these as true
+    ("resume=1", "resume=1 is invalid: must be true or false"),
+    ("save_video=yes", "save_video='yes' is invalid: must be true or false"),
+    ("agent.params.learnable_temperature=2", "agent.params.learnable_temperature=2 is invalid: must be true or false"),
     ("replay_buffer_capacity=100", "must be >= agent.params.batch_size"),
     ("history_episodes=0", "history_episodes=0"),
     ("reward_schedule=3", "reward_schedule=3"),
