@@ -186,6 +186,9 @@ def report(root: Path, task: str, out_dir: Path, reused: list[Run]) -> None:
               f"of explored {morse.loc[method].get('ppe_explored_morse', np.nan):.3f}, "
               f"shift |Δμ| {morse.loc[method].get('ppe_shift', np.nan):.3f}")  # fmt: skip
     run_dirs = [run.source for run in runs if not run.reference]
+    if not run_dirs:  # a table re-read from --reuse alone: its curves are the reference figures already drawn
+        print(f"no runs under {root}: no curves drawn")
+        return
     reference = [run for run in runs if run.reference]
     compare(run_dirs, out_dir, reference=reference, reps=BOOTSTRAP_REPS)
     compare(run_dirs, out_dir / "alignment", metric="query_log_likelihood", x="both", reps=BOOTSTRAP_REPS)
