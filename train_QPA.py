@@ -38,6 +38,7 @@ from config_schema import (
     RewardConfig,
     TeacherConfig,
     TrainConfig,
+    check_boolean_overrides,
     check_config,
     check_overrides,
     import_modules,
@@ -512,6 +513,7 @@ def main(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, work_dir: Path, run_lock: RunLock) -> None:
     """Check the config and the run directory, train, and leave status.json saying how the run ended."""
     try:
+        check_boolean_overrides(list(HydraConfig.get().overrides.task))  # a multirun's job too: -m skips the pre-check
         cfg = select_agent_config(cfg)
         config = check_config(cfg)
         if not prepare_run_dir(cfg, work_dir):

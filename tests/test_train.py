@@ -201,6 +201,18 @@ def test_bad_values_are_rejected_with_one_line_naming_them(override, message):
     assert "\n" not in str(error.value)
 
 
+def test_a_multirun_job_refuses_a_boolean_key_given_as_1_in_one_line(tmp_path):
+    """`-m` skips the command line's check up front; each job checks its own overrides before anything is written."""
+    command = [sys.executable, "train_QPA.py", "-m", "env=walker_walk", "method=ppe", "ppe_extension=1",
+               f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    (status,) = tmp_path.glob("walker_walk/*/*/status.json")
+    message = "ppe_extension=1 is invalid: must be true or false"
+    assert json.loads(status.read_text()) == {"state": "failed", "step": 0, "error": message}
+    assert not list(status.parent.glob("*.csv")) and not (status.parent / "checkpoint.pt").exists()
+
+
 # Runs `python train_QPA.py <args>` for each argument list on stdin (JSON), all through the script's own __main__
 # path in one interpreter (a start per row would cost minutes), and prints, per row, the exit status the
 # interpreter would give and what went to stderr. Building an environment counts as a failure: every bad value
