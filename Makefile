@@ -21,9 +21,10 @@ DEMO_OVERRIDES ?=
 demo: install
 	$(PY) train_QPA.py +preset=quick env=walker_walk save_video=true hydra.run.dir=$(DEMO_RUN) $(DEMO_OVERRIDES)
 	$(PY) -m plot curves $(DEMO_RUN) --phases --random-baseline --band range --out $(DEMO_FIGURE) \
-		--reference figure/reference/compare_quick.csv --reference-methods pebble sac_true
+		--reference figure/reference/compare_quick.csv --reference-methods qpa pebble sac_true
 	$(PY) -m plot still $(DEMO_RUN) --out $(DEMO_STILL)
-	$(PY) -m plot summary $(DEMO_RUN) --figure $(DEMO_FIGURE) --still $(DEMO_STILL)
+	$(PY) -m plot summary $(DEMO_RUN) --figure $(DEMO_FIGURE) --still $(DEMO_STILL) \
+		--reference figure/reference/compare_quick.csv
 
 test: install
 	$(PY) -m pytest tests -q -n auto --durations=30

@@ -420,6 +420,27 @@ def plot_curves(
     return out
 
 
+def reference_band(run_dir: str | Path, reference: Sequence[Run]) -> str:
+    """A summary line: where the run's last evaluation return lies against the reference runs of its task and
+    method at the same step (their lowest to highest), so a user sees whether their run is one of theirs."""
+    run = load_run(run_dir)
+    if run is None:
+        raise ValueError(f"{Path(run_dir) / 'eval.csv'} has no evaluation yet; allowed: a run that has evaluated")
+    step, final = int(run.evals.step.iloc[-1]), float(run.evals.episode_reward.iloc[-1])
+    same = [ref for ref in reference if (ref.task, ref.method) == (run.task, run.method)]
+    values = [float(ref.evals.episode_reward[ref.evals.step == step].iloc[0]) for ref in same
+              if (ref.evals.step == step).any()]  # fmt: skip
+    who = f"{_method_name(run.method)} on {run.task}"
+    if not values:
+        return f"  reference: none for {who} at step {step} in {Path(same[0].source).name if same else 'it'}"
+    low, high = min(values), max(values)
+    where = "inside" if low <= final <= high else ("below" if final < low else "above")
+    return (
+        f"  reference: {who}, {len(values)} seeds ({Path(same[0].source).name}), ended at {low:.1f} to "
+        f"{high:.1f} (mean {np.mean(values):.1f}) at step {step}: this run's {final:.1f} is {where} that range"
+    )
+
+
 def _method_name(method: str) -> str:
     return METHOD_NAMES.get(method, method)
 
@@ -830,6 +851,7 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("path", help="a run directory")
     summary.add_argument("--figure", help="a figure drawn from the run")
     summary.add_argument("--still", help="a still frame of its video")
+    summary.add_argument("--reference", help="a reference CSV: say where the run ends against its method's runs")
     return parser
 
 
@@ -850,6 +872,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from run_summary import summarise_run
 
             print(summarise_run(args.path, figure=args.figure, still=args.still))
+            if args.reference:
+                print(reference_band(args.path, load_reference(args.reference)))
             return 0
         if args.reference_methods and not args.reference:
             raise ValueError(f"--reference-methods {' '.join(args.reference_methods)} needs --reference PATH")

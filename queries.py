@@ -186,11 +186,19 @@ def kcenter_entropy(ctx: QueryContext) -> SegmentPairs:
     return _kcenter_of_shortlist(ctx, ctx.entropy)
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a_i - b_j|² [len(a), len(b)], expanded as |a|² + |b|² - 2 a·b (one matrix product, as torch.cdist does for
+    large inputs). k-center only compares distances, so it skips cdist's square root, which on a CPU rounds by
+    processor (see utils.adam)."""
+    return torch.addmm(a.square().sum(1, keepdim=True) + b.square().sum(1), a, b.T, alpha=-2.0).clamp_min_(0.0)
+
+
 @torch.inference_mode()
 def kcenter_indices(ctx: QueryContext, pairs: np.ndarray, num: int) -> np.ndarray:
     """Indices of `num` candidates picked greedily to be farthest from the labelled pairs and each other.
 
-    Features are the states of both segments, flattened (as in B-Pref); actions are left out.
+    Features are the states of both segments, flattened (as in B-Pref); actions are left out. Distances are
+    compared squared: the same order, without a square root.
     """
     num = min(num, len(pairs))
     device = ctx.labelled_pairs.device
@@ -198,11 +206,11 @@ def kcenter_indices(ctx: QueryContext, pairs: np.ndarray, num: int) -> np.ndarra
     nearest = torch.full((len(pairs),), torch.inf, device=device)
     labelled = ctx.labelled_pairs[..., : ctx.obs_dim].flatten(1)
     for chunk in labelled.split(LABELLED_PER_DISTANCE) if len(labelled) else ():
-        nearest = torch.minimum(nearest, torch.cdist(features, chunk).amin(1))
+        nearest = torch.minimum(nearest, squared_distances(features, chunk).amin(1))
     chosen = torch.empty(num, dtype=torch.long, device=device)
     for pick in range(num):
         index = torch.argmax(nearest)
         chosen[pick] = index
-        nearest = torch.minimum(nearest, torch.cdist(features, features[index].unsqueeze(0)).squeeze(1))
+        nearest = torch.minimum(nearest, squared_distances(features, features[index].unsqueeze(0)).squeeze(1))
         nearest[index] = -torch.inf  # never re-pick, even when every candidate is a duplicate
     return utils.to_np(chosen)

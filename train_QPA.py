@@ -135,7 +135,7 @@ def make_reward_trainer(
             generator=torch.Generator(device=model.device).manual_seed(seeds.unlabelled),
         ))  # fmt: skip
     return RewardTrainer(
-        model, preferences, torch.optim.Adam(model.net.parameters(), lr=cfg.reward_lr),
+        model, preferences, utils.adam(model.net.parameters(), lr=cfg.reward_lr),
         batch_size=cfg.reward_train_batch, data_aug_ratio=cfg.data_aug_ratio, label_margin=cfg.label_margin,
         generator=torch.Generator(device=model.device).manual_seed(seeds.training), loss_terms=terms,
     )  # fmt: skip

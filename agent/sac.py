@@ -8,7 +8,7 @@ waits for the device; the caller converts them only when it logs.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,25 +86,21 @@ class SACAgent:
         self.reset_actor()
 
     # ------------------------------------------------------------------ construction and resets
-    def _adam(self, params: Iterable[torch.Tensor], lr: float, betas: tuple[float, ...]) -> torch.optim.Adam:
-        # The fused kernel, on the CPU too, where it is faster than the default foreach one.
-        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
-
     def reset_critic(self) -> None:
         """Fresh critic, target critic and critic optimiser; the actor and temperature are kept."""
         self.critic = DoubleQCritic(self.obs_dim, self.action_dim, **self.critic_cfg).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.critic_optimizer = self._adam(self.critic.parameters(), self.critic_lr, self.critic_betas)
+        self.critic_optimizer = utils.adam(self.critic.parameters(), self.critic_lr, self.critic_betas)
 
     def reset_actor(self) -> None:
         """Fresh actor and optimiser, and the temperature back to `init_temperature` (as B-Pref does)."""
         self.log_alpha = torch.tensor(
             np.log(self.init_temperature), dtype=torch.float32, device=self.device, requires_grad=True
         )
-        self.log_alpha_optimizer = self._adam([self.log_alpha], self.alpha_lr, self.alpha_betas)
+        self.log_alpha_optimizer = utils.adam([self.log_alpha], self.alpha_lr, self.alpha_betas)
         self.actor = DiagGaussianActor(self.obs_dim, self.action_dim, **self.actor_cfg).to(self.device)
         self.actor_params = list(self.actor.parameters())
-        self.actor_optimizer = self._adam(self.actor_params, self.actor_lr, self.actor_betas)
+        self.actor_optimizer = utils.adam(self.actor_params, self.actor_lr, self.actor_betas)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -201,7 +197,7 @@ class SACAgent:
             state_entropy = knn_distance(batch.obs, stored_obs, K + 1)
             self.s_ent_stats.update(state_entropy)
             entropies.append(state_entropy.mean())
-            reward = state_entropy / self.s_ent_stats.std if self.normalize_state_entropy else state_entropy
+            reward = state_entropy * self.s_ent_stats.inverse_std if self.normalize_state_entropy else state_entropy
             return batch._replace(reward=reward)
 
         metrics = self.update(intrinsic_batch, step, gradient_update)

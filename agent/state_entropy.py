@@ -101,8 +101,10 @@ class RunningMeanStd:
         self.count = total
 
     @property
-    def std(self) -> torch.Tensor:
-        return self.var.sqrt()
+    def inverse_std(self) -> torch.Tensor:
+        """1 / std, as rsqrt(var): IEEE division and square root, rounded alike on every processor (torch.sqrt on a
+        CPU is MKL's vector math, whose last bit depends on the processor; see utils.adam)."""
+        return torch.rsqrt(self.var)
 
     def state_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count}

@@ -63,7 +63,7 @@ class ProximalPolicyExploration:
         self.obs_dim, self.action_dim = agent.obs_dim, agent.action_dim
         self.net = MorseNetwork(agent.obs_dim + agent.action_dim, cfg.ppe_morse_hidden_dim, cfg.ppe_morse_hidden_depth,
                                 agent.action_dim, cfg.ppe_lambda).to(self.device)  # fmt: skip
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.ppe_morse_lr)
+        self.opt = utils.adam(self.net.parameters(), lr=cfg.ppe_morse_lr)
         # Its own stream for minibatches and uniform actions: every other draw of the run stays as it was.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + 7)
         self.trained = False  # no round yet: nothing to tell covered from uncovered
@@ -122,8 +122,10 @@ class ProximalPolicyExploration:
 def exploration_shift(gradient: torch.Tensor, variance: torch.Tensor, epsilon: float) -> torch.Tensor:
     """The mean shift Δ = sqrt(2ε) Σ g / sqrt(gᵀ Σ g) of a diagonal Gaussian with variances Σ: the first-order
     maximiser of gᵀ Δ subject to KL(N(μ + Δ, Σ) ‖ N(μ, Σ)) = Δᵀ Σ⁻¹ Δ / 2 ≤ ε. Zero where g is."""
-    scale = (gradient.square() * variance).sum(-1, keepdim=True).sqrt()
-    return torch.where(scale > 0, math.sqrt(2.0 * epsilon) * variance * gradient / scale.clamp_min(1e-12), 0.0)
+    squared_scale = (gradient.square() * variance).sum(-1, keepdim=True)
+    # rsqrt, not a division by sqrt: torch.sqrt on a CPU rounds by processor (see utils.adam).
+    inverse_scale = torch.rsqrt(squared_scale.clamp_min(1e-24))
+    return torch.where(squared_scale > 0, math.sqrt(2.0 * epsilon) * variance * gradient * inverse_scale, 0.0)
 
 
 def out_of_distribution_degree(net: MorseNetwork, pairs: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -50,7 +50,7 @@ def test_make_demo_writes_figure_still_frame_and_videos_and_ends_with_the_summar
     assert sorted(path.name for path in (run_dir / "video").iterdir()) == ["eval_0.mp4", "eval_2000.mp4"]
     for image in ("demo.png", "demo_last_frame.png"):
         assert Image.open(root / image).format == "PNG"
-    summary = result.stdout.strip().splitlines()[-7:]
+    summary = result.stdout.strip().splitlines()[-8:]
     evals = pd.read_csv(run_dir / "eval.csv")
     assert summary[0] == "run summary: walker_walk, qpa, seed 1, 2000 environment steps"
     best = evals.episode_reward.idxmax()
@@ -63,15 +63,38 @@ def test_make_demo_writes_figure_still_frame_and_videos_and_ends_with_the_summar
     assert summary[4] == f"  figure: {root / 'demo.png'}, still frame: {root / 'demo_last_frame.png'}"
     assert summary[5] == f"  video: {run_dir / 'video' / 'eval_2000.mp4'} (the last of 2 in that folder)"
     assert summary[6] == f"  logs: eval.csv, train.csv in {run_dir}"
+    # The reference runs evaluate every 5k steps, the tiny demo ends at 2000.
+    assert summary[7] == "  reference: none for QPA on walker_walk at step 2000 in compare_quick.csv"
     # The training run's own summary, printed by train_QPA.py before the figures were drawn, times the process.
     assert "  wall time: " in result.stdout and "(this process: steps 0 to 2000)" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("offsets", "where"), [((-1, 1, 2), "inside"), ((1, 2, 3), "below"), ((-3, -2, -1), "above")])
+def test_the_summary_says_where_the_run_ends_against_the_reference_seeds(demo, tmp_path, offsets, where) -> None:
+    root, _ = demo
+    final = float(pd.read_csv(root / "run" / "eval.csv").episode_reward.iloc[-1])
+    rows = [
+        ("walker_walk", method, seed, step, 0, final + offset if step == 2000 else 0.0)
+        for seed, offset in enumerate(offsets, 1)
+        for step in (0, 2000)
+        for method in ("qpa", "pebble")
+    ]
+    reference = tmp_path / "ref.csv"
+    pd.DataFrame(rows, columns=plot.REFERENCE_COLUMNS).to_csv(reference, index=False)
+    line = plot.reference_band(root / "run", plot.load_reference(reference))
+    low, high = final + offsets[0], final + offsets[-1]
+    assert line == (
+        f"  reference: QPA on walker_walk, 3 seeds (ref.csv), ended at {low:.1f} to {high:.1f} "
+        f"(mean {final + np.mean(offsets):.1f}) at step 2000: this run's {final:.1f} is {where} that range"
+    )
 
 
 @pytest.mark.slow
 def test_the_demo_figure_draws_what_its_options_claim(demo) -> None:
     root, _ = demo
     runs = plot.load_runs(root / "run")
-    reference = plot.load_reference(REFERENCE, ["pebble", "sac_true"])
+    reference = plot.load_reference(REFERENCE, ["qpa", "pebble", "sac_true"])
     figure = plot.draw_curves(runs, "step", reference=reference, band="range", phases=True, random_baseline=2)
     ax = figure.axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("environment steps", "evaluation return (true reward)")
@@ -93,9 +116,10 @@ def test_the_demo_figure_draws_what_its_options_claim(demo) -> None:
     # Each curve has its band, drawn right after it in its colour.
     bands = [collection for collection in ax.collections if isinstance(collection, PolyCollection)]
     curves = [line for label, line in lines.items() if not label.startswith("uniformly random policy")]
-    assert len(bands) == len(curves) == 3
+    assert len(bands) == len(curves) == 4
     table = pd.read_csv(REFERENCE)
-    for (method, label), band in zip([("pebble", "PEBBLE"), ("sac_true", "SAC on the true reward")], bands[1:]):
+    references = [("pebble", "PEBBLE"), ("qpa", "QPA"), ("sac_true", "SAC on the true reward")]
+    for (method, label), band in zip(references, bands[1:]):
         rows = table[table.method == method]
         line = lines[f"{label}, reference (5 seeds)"]
         assert line.get_linestyle() == "--"

@@ -3,13 +3,14 @@ on Meta-World drawer-open, RUNE on walker_walk) must write exactly the eval.csv 
 tests/golden/, timing columns aside (the environment's returns to 1e-13 relative, see ENV_REWARD_COLUMNS).
 A refactor that changes what the code computes, by a single float, fails here.
 
-The runs pin the CPU kernels (AVX2 for PyTorch and oneDNN, no AVX-512 for numpy, MKL's vendor-independent
-branch in strict mode, one thread) so that the files depend neither on the processor's maker, nor on whether it
-has AVX-512, nor on how arrays happen to be aligned in memory. Checked on AMD only: the files were recorded on an
-AMD EPYC; an Intel Xeon with torch 2.11 instead of the pinned 2.13 (2026-12-04) wrote the same step-0 evaluation
-and diverged from the first SAC update on, which the torch version alone can explain. Re-record after an
-intended change of behaviour with `python tests/test_golden.py [name ...]`, and say in the commit why the numbers
-moved.
+One set of files holds on AMD and Intel processors alike. The runs pin the CPU kernels (AVX2 for PyTorch and
+oneDNN, no AVX-512 for numpy, MKL's vendor-independent branch in strict mode, one thread), and the training code
+calls no kernel that the pins leave to the processor: torch.sqrt on a CPU is MKL's vector math (VML), which picks
+its code by processor whatever MKL_CBWR says (an AMD EPYC runs its SSE4.2 code, whose float square root is not
+correctly rounded; an Intel Xeon with AVX-512 other code), so logs recorded on an AMD EPYC parted from an Intel
+Xeon's at the first SAC update. test_training_calls_no_kernel_whose_rounding_depends_on_the_processor keeps those
+kernels out (tests/kernel_audit.py; docs/TESTING.md). Recorded on an AMD EPYC. Re-record after an intended change
+of behaviour with `python tests/test_golden.py [name ...]`, and say in the commit why the numbers moved.
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, TIME_COLUMNS
+import torch
+from conftest import REPO_ROOT, SMALL_NETWORKS, TIME_COLUMNS
+from kernel_audit import RefuseProcessorDependentKernels
 from test_train import TINY
+
+from scripts.kernel_fingerprints import PINNED_KERNELS
+from scripts.kernel_fingerprints import RECORDED as RECORDED_FINGERPRINTS
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 GOLDEN_RUNS = {
@@ -38,18 +44,6 @@ LOGS = ("eval.csv", "train.csv")
 # depend on an array's memory alignment. These columns are compared to 1e-13 relative; everything the code
 # computes (losses, r̂ and its returns, alpha, entropies, feedback counts) stays exact.
 ENV_REWARD_COLUMNS = ("episode_reward",)
-# MKL promises run-to-run reproducibility without STRICT only for aligned arrays. With MKL_CBWR=AVX2 alone the
-# step-0 evaluation of the untrained policy on cheetah_run was 10.03 when recorded and 13.37 on 2026-12-02's
-# machine (a 1000-step episode turns last-bit differences of the actions into different returns); STRICT drops
-# the alignment condition. MKL's AVX2 branch exists on Intel processors only: on an AMD EPYC (2026-12-04) it ran
-# the AUTO branch, whose matrix products differ from it, and all three files differed from step 0. COMPATIBLE is
-# the branch MKL runs alike on every x86 maker's processors. numpy picks its SIMD kernels when it loads, AVX-512
-# ones where the processor has them, so those are switched off.
-NUMPY_AVX512 = "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL"
-PINNED_KERNELS = {
-    "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "NPY_DISABLE_CPU_FEATURES": NUMPY_AVX512, "OMP_NUM_THREADS": "1",
-}  # fmt: skip
 
 
 def run_golden(name: str, run_dir: Path, *extra: str) -> dict[str, pd.DataFrame]:
@@ -81,6 +75,54 @@ def assert_golden_logs(name: str, logs: dict[str, pd.DataFrame]) -> None:
 @pytest.mark.parametrize("name", sorted(GOLDEN_RUNS))
 def test_fixed_seed_runs_write_the_golden_logs(name: str, tmp_path: Path) -> None:
     assert_golden_logs(name, run_golden(name, tmp_path / name))
+
+
+def test_the_operations_of_a_training_step_round_as_recorded_on_the_amd_epyc() -> None:
+    """Under the pins, each kernel the training code uses gives the bits scripts/kernel_fingerprints.py recorded on
+    an AMD EPYC; on a processor where one does not, the golden tests fail too, and this names the operation."""
+    script = REPO_ROOT / "scripts" / "kernel_fingerprints.py"
+    result = subprocess.run([sys.executable, str(script), "--compare", str(RECORDED_FINGERPRINTS)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_audit_refuses_the_kernels_that_round_by_processor_and_passes_their_replacements() -> None:
+    parameter = torch.nn.Parameter(torch.ones(4))
+    parameter.grad = torch.ones(4)
+    with RefuseProcessorDependentKernels():
+        torch.rsqrt(torch.ones(3)).reciprocal()
+        torch.optim.Adam([parameter], lr=0.1, fused=True).step()
+        for refused in (lambda: torch.ones(3).sqrt(), lambda: torch.ones(3).pow(0.5),
+                        lambda: torch.cdist(torch.ones(30, 2), torch.ones(30, 2)),
+                        lambda: torch.optim.Adam([parameter], lr=0.1).step()):  # fmt: skip
+            with pytest.raises(RuntimeError, match="processor-dependent kernel aten"):
+                refused()
+
+
+# Every method, and the query schemes that compute distances, for one query round or two.
+AUDITED_RUNS = {
+    "qpa": ["method=qpa"],
+    "pebble_kcenter_entropy": ["method=pebble", "query_scheme=kcenter_entropy"],
+    "surf_with_rune_bonus": ["method=surf", "rune_beta_init=0.05"],
+    "policer": ["method=policer"],
+    "ppe": ["method=ppe"],
+}
+AUDIT_SCHEDULE = [
+    "env=walker_walk", "num_train_steps=1200", "num_seed_steps=200", "num_unsup_steps=800", "num_interact=100",
+    "max_feedback=4", "reward_batch=2", "segment=20", "reward_update=5", "eval_frequency=1200",
+    "agent.params.batch_size=16", *SMALL_NETWORKS, "num_threads=1", "device=cpu",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(AUDITED_RUNS))
+def test_training_calls_no_kernel_whose_rounding_depends_on_the_processor(name: str, tmp_path: Path) -> None:
+    """What lets one set of golden logs hold on AMD and Intel processors alike (tests/kernel_audit.py)."""
+    command = [sys.executable, "tests/kernel_audit.py", *AUDIT_SCHEDULE, *AUDITED_RUNS[name],
+               f"hydra.run.dir={tmp_path / name}"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert pd.read_csv(tmp_path / name / "eval.csv").total_feedback.iloc[-1] == 4  # both query rounds ran
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def test_running_mean_std_matches_numpy_on_the_concatenated_stream():
         data = np.concatenate(seen)
         np.testing.assert_allclose(stats.mean.numpy(), data.mean(0), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(stats.var.numpy(), data.var(0), rtol=1e-4)
-        np.testing.assert_allclose(stats.std.numpy(), data.std(0), rtol=1e-4)
+        np.testing.assert_allclose(stats.inverse_std.numpy(), 1.0 / data.std(0), rtol=1e-4)
     assert stats.count == pytest.approx(sum(len(b) for b in batches))
 
     # The original release's update (mean + delta + n_b / n, unbiased batch variances) fails this comparison.
@@ -123,7 +123,7 @@ def test_state_entropy_update_uses_the_kth_neighbour_of_the_batch_observations()
     distances = np.sort(np.linalg.norm(obs[:, None].astype(np.float64) - full_obs[None], axis=-1), axis=1)
     kth = distances[:, 5]  # the 5th neighbour: index 0 is the row itself
     assert float(metrics["state_entropy"]) == pytest.approx(kth.mean(), rel=1e-4)
-    assert float(metrics["batch_reward"]) == pytest.approx(kth.mean() / float(agent.s_ent_stats.std), rel=1e-4)
+    assert float(metrics["batch_reward"]) == pytest.approx(kth.mean() * float(agent.s_ent_stats.inverse_std), rel=1e-4)
     assert set(metrics) >= {"critic_loss", "actor_loss", "alpha_loss", "alpha", "actor_entropy", "batch_reward"}
 
 
