@@ -373,6 +373,11 @@ class ScheduleConfig(Section):
     topK: int = key(5, Int(), "k of the k-NN state-entropy bonus")  # noqa: N815 (the original release's name)
     eval_frequency: int = key(10000, Int(), "evaluate at the first episode end this many steps after the last one")
     num_eval_episodes: int = key(10, Int(), "episodes per evaluation")
+    preset_family: str = key(
+        "",
+        Choice(("", "dmc", "metaworld")),
+        "set by a CPU-scale preset: the task family it was made for (quick: dmc, quick_metaworld: metaworld)",
+    )
 
 
 @dataclass
@@ -590,6 +595,8 @@ class LogConfig(Section):
     )
 
 
+PRESETS = {"dmc": "quick", "metaworld": "quick_metaworld"}  # each family's CPU-scale preset (config/preset/)
+FAMILY_NAMES = {"dmc": "DeepMind Control", "metaworld": "Meta-World"}
 SECTIONS = (RunConfig, ScheduleConfig, QueryConfig, RewardConfig, TeacherConfig, ReplayConfig, SuccessorConfig,
             LogConfig)  # fmt: skip
 
@@ -607,6 +614,11 @@ class TrainConfig(
     def check_relations(self) -> None:
         for section in SECTIONS:
             section.check_relations(self)  # type: ignore[arg-type]
+        family = "metaworld" if utils.is_metaworld(self.env) else "dmc"
+        if self.preset_family and self.preset_family != family:
+            preset, other = PRESETS[self.preset_family], PRESETS[family]
+            fail("preset_family", self.preset_family, f"+preset={preset} is made for {FAMILY_NAMES[self.preset_family]} "
+                 f"tasks and env={self.env} is {FAMILY_NAMES[family]}; use +preset={other}")  # fmt: skip
         steps = episode_steps(self.env)
         if self.reward_source == "learned" and self.num_seed_steps + self.num_unsup_steps < steps:
             fail(
