@@ -616,9 +616,9 @@ class TrainConfig(
             section.check_relations(self)  # type: ignore[arg-type]
         family = "metaworld" if utils.is_metaworld(self.env) else "dmc"
         if self.preset_family and self.preset_family != family:
-            preset, other = PRESETS[self.preset_family], PRESETS[family]
-            fail("preset_family", self.preset_family, f"+preset={preset} is made for {FAMILY_NAMES[self.preset_family]} "
-                 f"tasks and env={self.env} is {FAMILY_NAMES[family]}; use +preset={other}")  # fmt: skip
+            made_for, other = FAMILY_NAMES[self.preset_family], FAMILY_NAMES[family]
+            fail("preset_family", self.preset_family, f"+preset={PRESETS[self.preset_family]} is made for {made_for} "
+                 f"tasks and env={self.env} is {other}; use +preset={PRESETS[family]}")  # fmt: skip
         steps = episode_steps(self.env)
         if self.reward_source == "learned" and self.num_seed_steps + self.num_unsup_steps < steps:
             fail(

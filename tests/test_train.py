@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import REPO_ROOT, SMALL_NETWORKS, TIME_COLUMNS, built_once, load_config, train
+from omegaconf import OmegaConf
 
 from config_schema import ConfigError
 
@@ -79,6 +80,33 @@ def test_metaworld_run_logs_success_rate(tmp_path):
     saved = (run_dir / "config.yaml").read_text()
     assert "hidden_depth: 3" in saved  # the Meta-World SAC config was selected automatically
     assert evals.step.iloc[-1] == 2000
+
+
+def flat(node: dict, prefix: str = "") -> dict:
+    """A nested mapping's leaves as {'a.b.c': value}."""
+    leaves = {}
+    for name, value in node.items():
+        leaves.update(flat(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}": value})
+    return leaves
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "preset"), [("cheetah_run", "quick"), ("metaworld_drawer-open", "quick_metaworld")])
+def test_each_familys_cpu_preset_composes_over_a_paper_task_and_trains(tmp_path, task, preset):
+    """The preset wins over the task's paper settings; what it leaves alone (the task's env, N) stays the task's."""
+    config = OmegaConf.structured(load_config(f"task={task}", f"+preset={preset}"))
+    task_values = flat(OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "config" / "task" / f"{task}.yaml")))
+    preset_values = flat(OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "config" / "preset" / f"{preset}.yaml")))
+    for name, value in preset_values.items():
+        assert OmegaConf.select(config, name) == value, name
+    for name in ("env", "max_reward_buffer_size"):
+        if name in task_values and name not in preset_values:
+            assert OmegaConf.select(config, name) == task_values[name], name
+    run_dir = tmp_path / "run"
+    train(run_dir, f"task={task}", f"+preset={preset}", *TINY, "eval_frequency=500")
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert saved.preset_family == preset_values["preset_family"] and saved.env == config.env
+    assert pd.read_csv(run_dir / "eval.csv").total_feedback.iloc[-1] == 20
 
 
 @pytest.mark.slow
@@ -190,6 +218,16 @@ BAD_VALUES = [
     ("video_height=100", "video_height=100 is invalid: must be a multiple of 16 from 64 to 480"),
     ("video_width=1280", "video_width=1280 is invalid: must be a multiple of 16 from 64 to 640"),
     ("video_fps=0", "video_fps=0"),
+    (
+        "+preset=quick env=metaworld_drawer-open-v3",
+        "preset_family='dmc' is invalid: +preset=quick is made for DeepMind "
+        "Control tasks and env=metaworld_drawer-open-v3 is Meta-World; use +preset=quick_metaworld",
+    ),
+    (
+        "+preset=quick_metaworld env=walker_walk",
+        "preset_family='metaworld' is invalid: +preset=quick_metaworld is "
+        "made for Meta-World tasks and env=walker_walk is DeepMind Control; use +preset=quick",
+    ),
 ]
 
 
@@ -273,7 +311,7 @@ def test_cli_exits_with_one_line_for_every_bad_value_before_building_an_env(over
         ("max_feedbak=10", "max_feedbak is not a config key; did you mean max_feedback?"),
         ("teacher=bogus", "teacher='bogus' is invalid: allowed: equal, human, mistake, myopic, noisy, oracle, replay,"),
         ("method=pebbel", "did you mean method=pebble?"),
-        ("+preset=bogus", "preset='bogus' is invalid: allowed: quick"),
+        ("+preset=bogus", "preset='bogus' is invalid: allowed: quick, quick_metaworld"),
         ("seed=[1", "the command line could not be read"),
         ("hydra.run.dir=/proc/qpa_run", "hydra.run.dir='/proc/qpa_run' is invalid"),
     ],
