@@ -1,11 +1,11 @@
-"""The training config's schema: every key once, with its type, default, allowed values and one-line help.
+"""The training config's keys: every core key once, with its type, default, allowed values and one-line help, in the
+rule language of config_rules.py; a method's own keys are declared beside its code and join them here.
 
-The dataclasses below are registered in Hydra's ConfigStore as `train_schema`, the base of config/train_QPA.yaml,
-so Hydra composes every run onto them and types each key. The key names are the original release's (its
-run_QPA.sh command lines run unchanged); related keys are grouped into sections, and a builder reads its section
-(`make_reward_trainer(RewardConfig.of(cfg), ...)`). Validation lives here too: building a section or the whole
-`TrainConfig` checks every field against its rule and then the rules between fields, and a bad value is one
-ConfigError line naming the key, the value and what is allowed, before any environment or network is built.
+The core's sections below and the methods' sections (registry.KEY_SECTIONS, filled as `methods/` and the `imports`
+modules load) make up `TrainConfig`, registered in Hydra's ConfigStore as `train_schema`, the base of
+config/train_QPA.yaml, so Hydra composes every run onto it and types each key (`store_schema`, once the methods have
+loaded). Building a section or the whole config checks every field against its rule and then the rules between
+fields; a builder reads its section (`make_reward_trainer(RewardConfig.of(cfg), ...)`).
 
 A method switch (a key whose change from its method preset names the run directory) is a field declared with
 `switch=True`; config/method/*.yaml list only the values they change.
@@ -14,162 +14,41 @@ A method switch (a key whose change from its method preset names the run directo
 from __future__ import annotations
 
 import copy
-import difflib
-import functools
-import importlib
-import os
-import re
-import sys
-from collections.abc import Callable, Iterable
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException, MissingConfigException
 from omegaconf import II, DictConfig, OmegaConf, ValidationError, open_dict
 
-import methods  # noqa: F401 (the built-in methods register their query schemes and feedback steps)
+import registry
 import utils
-from feedback import FEEDBACK_STEPS
+from config_rules import (
+    Choice,
+    ConfigError,
+    Int,
+    Name,
+    Names,
+    Number,
+    Pair,
+    Pixels,
+    Section,
+    auto_or_boolean,
+    boolean,
+    default_of,
+    fail,
+    key,
+    optional,
+)
 from preferences import QPA_CROP_SHRINK
-from queries import QUERY_SCHEMES, feed_types, scheme_for_feed_type
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
-DMC_EPISODE_STEPS = 1000
-METAWORLD_EPISODE_STEPS = 500
 NAME_CHARACTERS = r"[^/\\#?%:\s]+"  # W&B refuses these characters in a project or entity name
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message is a single line."""
-
-
-def fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
-
-
-# ---------------------------------------------------------------------- rules: a value's allowed set, as text
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
-
-
-@dataclass(frozen=True)
-class Int:
-    minimum: int = 1
-    maximum: int | None = None
-
-    def __call__(self, value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum
-        if self.maximum is None:
-            return None if ok else f"must be an integer >= {self.minimum}"
-        return None if ok and value <= self.maximum else f"must be an integer in [{self.minimum}, {self.maximum}]"
-
-
-@dataclass(frozen=True)
-class Number:
-    """A real number in (low, high] (or [low, high] with closed=True); a None bound is open-ended."""
-
-    low: float | None = None
-    high: float | None = None
-    closed: bool = False
-    high_open: bool = False
-
-    def __call__(self, value: Any) -> str | None:
-        low, high = self.low, self.high
-        ok = is_number(value) and (low is None or value > low or (self.closed and value == low))
-        ok = ok and (high is None or value < high or (not self.high_open and value == high))
-        if ok:
-            return None
-        left = f"{'[' if self.closed else '('}{low}" if low is not None else "(-inf"
-        right = f"{high}{')' if self.high_open else ']'}" if high is not None else "inf)"
-        if low is None and high is None:
-            return "must be a number"
-        if high is None:
-            return f"must be a number {'>=' if self.closed else '>'} {low}"
-        return f"must be a number in {left}, {right}"
-
-
-@dataclass(frozen=True)
-class Choice:
-    options: tuple[Any, ...] | Callable[[], tuple[Any, ...]]
-    described: str = ""  # the allowed set in words, when the bare options do not say enough
-
-    def __call__(self, value: Any) -> str | None:
-        options = self.options() if callable(self.options) else self.options
-        if not isinstance(value, bool) and value in options:
-            return None
-        return f"allowed: {self.described or ', '.join(str(option) for option in options)}"
-
-
-@dataclass(frozen=True)
-class Name:
-    pattern: str
-    allowed: str
-
-    def __call__(self, value: Any) -> str | None:
-        ok = isinstance(value, str | int) and not isinstance(value, bool) and re.fullmatch(self.pattern, str(value))
-        return None if ok else self.allowed
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Two numbers: Adam's betas in [0, 1), or [low, high] bounds with low < high."""
-
-    betas: bool = True
-
-    @property
-    def text(self) -> str:
-        return "two numbers in [0, 1)" if self.betas else "[low, high] with low < high"
-
-    def __call__(self, value: Any) -> str | None:
-        values = list(value) if isinstance(value, list | tuple) or OmegaConf.is_list(value) else []
-        if len(values) != 2 or not all(is_number(item) for item in values):
-            return "must be two numbers"
-        if self.betas and not all(0 <= item < 1 for item in values):
-            return "must be two numbers in [0, 1)"
-        if not self.betas and not values[0] < values[1]:
-            return "must be [low, high] with low < high"
-        return None
-
-
-@dataclass(frozen=True)
-class Pixels:
-    """An image side in pixels: a multiple of 16 (H.264's macroblock, so no encoder rescales) in [low, high]."""
-
-    low: int
-    high: int
-
-    def __call__(self, value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
-        return None if ok and value % 16 == 0 else f"must be a multiple of 16 from {self.low} to {self.high}"
-
-
-def boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-def auto_or_boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) or value == "auto" else "allowed: auto, true, false"
-
-
-def optional(rule: Callable[[Any], str | None], word: str = "null") -> Callable[[Any], str | None]:
-    """`rule`, or None (false for `explore`)."""
-
-    def check(value: Any) -> str | None:
-        if value is None or (word == "false" and value is False):
-            return None
-        problem = rule(value)
-        return problem and f"must be {word} or {problem.removeprefix('must be ').removeprefix('allowed: ')}"
-
-    return check
 
 
 class EnvName:
     text = "a DeepMind Control domain_task or metaworld_<task>-v3"
+    names_the_value = True  # canonical_env_name's message is the whole line
 
     def __call__(self, value: Any) -> str | None:
         try:
@@ -179,81 +58,24 @@ class EnvName:
         return None
 
 
+def builtin_feed_types() -> str:
+    """B-Pref's numbers of the built-in schemes, as the config reference lists them."""
+    builtin = {number: name for number, name in registry.feed_types().items()
+               if registry.QUERY_SCHEMES[name].select.__module__ == "queries"}  # fmt: skip
+    return ", ".join(f"{number} {name}" for number, name in sorted(builtin.items()))
+
+
 class SchemeName:
     """A scheme of the query-selection registry: the built-in ones or any registered since (docs/EXTENDING.md);
     the config reference lists only the built-in ones, whatever else a process has registered."""
 
     @property
     def text(self) -> str:
-        builtin = [name for name, scheme in QUERY_SCHEMES.items() if scheme.select.__module__ == "queries"]
+        builtin = [name for name, scheme in registry.QUERY_SCHEMES.items() if scheme.select.__module__ == "queries"]
         return f"a registered scheme: {', '.join(builtin)}, or one of your own"
 
     def __call__(self, value: Any) -> str | None:
-        return Choice(lambda: tuple(QUERY_SCHEMES))(value)
-
-
-def key(default: Any, rule: Callable[[Any], str | None] | None, doc: str, switch: bool = False) -> Any:
-    """A config key: its default, its rule, its one-line help; `switch` marks a method switch."""
-    metadata = {"rule": rule, "doc": doc, "switch": switch}
-    if isinstance(default, list):  # a mutable default: each config gets its own copy
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def default_of(item: Any) -> Any:
-    """A schema field's default value."""
-    return item.default_factory() if item.default is MISSING else item.default
-
-
-@dataclass(frozen=True)
-class Names:
-    """A list of names, each a registered one (`options`) or, with `module`, a dotted module path."""
-
-    options: Callable[[], tuple[str, ...]] | None = None
-    described: str = ""
-
-    @property
-    def text(self) -> str:
-        return self.described
-
-    def __call__(self, value: Any) -> str | None:
-        names = list(value) if isinstance(value, list | tuple) or OmegaConf.is_list(value) else None
-        if names is None or not all(isinstance(name, str) for name in names):
-            return f"must be a list of names: {self.described}"
-        allowed = self.options() if self.options else None
-        for name in names:
-            if allowed is not None and name not in allowed:
-                return f"{name!r} is not {self.described}"
-            if allowed is None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
-                return f"{name!r} is not {self.described}"
-        return None
-
-
-Section_ = TypeVar("Section_", bound="Section")
-
-
-class Section:
-    """A group of keys. Building one checks each field's rule, then the rules between its fields."""
-
-    path: ClassVar[str] = ""  # where the section sits in the config, for the error messages of nested ones
-
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            rule = item.metadata.get("rule")
-            problem = rule(getattr(self, item.name)) if rule else None
-            if problem:
-                if item.name == "env":  # canonical_env_name's message already names the value
-                    raise ConfigError(problem)
-                fail(self.path + item.name, getattr(self, item.name), problem)
-        self.check_relations()
-
-    def check_relations(self) -> None:
-        """Rules that tie fields of this section together."""
-
-    @classmethod
-    def of(cls: type[Section_], cfg: Any) -> Section_:
-        """This section's keys of a full config (a TrainConfig or a DictConfig)."""
-        return cls(**{item.name: getattr(cfg, item.name) for item in fields(cls)})
+        return Choice(lambda: tuple(registry.QUERY_SCHEMES))(value)
 
 
 # ---------------------------------------------------------------------- the agent (config/agent/*.yaml)
@@ -319,7 +141,7 @@ class CriticConfig:
 class RunConfig(Section):
     """What runs, where, and how it is named."""
 
-    method: str = key("qpa", None, "the method preset (method=qpa | pebble | surf | rune | sac_true); set by it")
+    method: str = key("qpa", None, "the method preset (config/method/ or one a module of yours stores); set by it")
     experiment: str = key("QPA", None, "the method's name in W&B run names; set by the method preset")
     env: str = key("walker_walk", EnvName(), "the task; Meta-World's -v2 names map to -v3")
     seed: int = key(1, Int(0), "seeds the environments, networks, queries and teacher")
@@ -333,7 +155,8 @@ class RunConfig(Section):
     cuda_graphs: Any = key(  # Any, not bool: `auto` is a value too
         "auto",
         auto_or_boolean,
-        "replay each step's SAC update, action and r̂ from CUDA graphs (docs/PERFORMANCE.md); auto: on a CUDA device",
+        "replay each step's SAC update, action and r̂ from CUDA graphs on a GPU (docs/PERFORMANCE.md); auto: off until "
+        "that path is shown to write the eager path's logs on a GPU; true: on, unverified",
     )
     tf32: bool = key(
         False, boolean, "TF32 matrix multiplies on a CUDA GPU: faster, but changes the numerics; no effect on a CPU"
@@ -403,10 +226,7 @@ class QueryConfig(Section):
     feed_type: int | None = key(
         None,
         optional(
-            Choice(
-                lambda: tuple(feed_types()),
-                ", ".join(f"{n} {name}" for n, name in sorted(feed_types().items())),
-            )
+            Choice(lambda: tuple(registry.feed_types()), builtin_feed_types)
         ),
         "B-Pref's number for query_scheme; wins over it when set",
     )
@@ -426,7 +246,7 @@ class QueryConfig(Section):
     large_batch: int = key(10, Int(), "candidates per query for disagreement / entropy sampling", switch=True)
     feedback_steps: list[str] = key(
         ["train_reward", "relabel", "reset_critic_after_first_round"],
-        Names(lambda: tuple(FEEDBACK_STEPS), "a registered feedback step (feedback.py) or one of your own"),
+        Names(lambda: tuple(registry.FEEDBACK_STEPS), "a registered feedback step (feedback.py) or one of your own"),
         "what follows each round's labels, in order (feedback.py)",
         switch=True,
     )
@@ -438,17 +258,17 @@ class QueryConfig(Section):
     @property
     def scheme(self) -> str:
         """The query scheme: `feed_type` (B-Pref's numbering) wins over `query_scheme` when it is set."""
-        return self.query_scheme if self.feed_type is None else scheme_for_feed_type(self.feed_type)
+        return self.query_scheme if self.feed_type is None else registry.scheme_for_feed_type(self.feed_type)
 
     @property
     def history_size(self) -> int | None:
         """Episodes the reward model keeps: N for schemes that draw only from the newest, else history_episodes."""
-        return self.max_reward_buffer_size if QUERY_SCHEMES[self.scheme].recent_only else self.history_episodes
+        return self.max_reward_buffer_size if registry.QUERY_SCHEMES[self.scheme].recent_only else self.history_episodes
 
 
 @dataclass
 class RewardConfig(Section):
-    """The reward model r̂ and its training (ALGORITHM.md §4), with SURF's semi-supervised term."""
+    """The reward model r̂ and its training (ALGORITHM.md §4)."""
 
     segment: int = key(50, Int(), "steps per queried segment")
     ensemble_size: int = key(1, Int(), "reward models in the ensemble", switch=True)
@@ -460,34 +280,11 @@ class RewardConfig(Section):
     reward_hidden_depth: int = key(3, Int(0), "reward MLP hidden layers")
     label_margin: float = key(0.0, Number(0.0, 0.5, closed=True, high_open=True), "label smoothing: y -> y(1-2m)+m")
     data_aug_ratio: int = key(20, Int(0), "temporal-cropping copies per labelled pair; 0 = off", switch=True)
-    # SURF (Park et al., ICLR 2022; values and sources in config/method/surf.yaml)
-    semi_supervised: bool = key(
-        False, boolean, "SURF: pseudo-labelled unlabelled pairs in every minibatch", switch=True
-    )
-    threshold_u: float = key(
-        0.99, Number(0.5, 1.0, closed=True), "SURF τ: pseudo-label a pair when max P > τ", switch=True
-    )
-    mu: int = key(4, Int(), "SURF: unlabelled pairs per labelled pair in a minibatch", switch=True)
-    lambda_u: float = key(1.0, Number(0.0, closed=True), "SURF: weight of the pseudo-label loss", switch=True)
-    crop_range: int = key(5, Int(0), "SURF: unlabelled crops last U{segment ± crop_range} steps", switch=True)
-    dataaug_window: int = key(5, Int(0), "SURF: context steps on each side of an unlabelled segment", switch=True)
-
     def check_relations(self) -> None:
         longest_cut = QPA_CROP_SHRINK[1]
         if self.data_aug_ratio > 0 and self.segment <= longest_cut:
             fail(
                 "segment", self.segment, f"must be >= {longest_cut + 1} for temporal cropping (or set data_aug_ratio=0)"
-            )
-        if not self.semi_supervised:
-            return
-        if self.crop_range >= self.segment:
-            fail("crop_range", self.crop_range, f"must be < segment ({self.segment}) so every crop keeps a step")
-        if self.crop_range > 2 * self.dataaug_window:
-            fail(
-                "crop_range",
-                self.crop_range,
-                f"must be <= 2 * dataaug_window ({2 * self.dataaug_window}): "
-                "a crop longer than the segment needs that much context",
             )
 
 
@@ -517,51 +314,10 @@ class TeacherConfig(Section):
 
 @dataclass
 class ReplayConfig(Section):
-    """QPA's hybrid experience replay and RUNE's exploration bonus (config/method/rune.yaml)."""
+    """QPA's hybrid experience replay."""
 
     hybrid_replay: bool = key(True, boolean, "QPA: part of each SAC batch from the N newest episodes", switch=True)
     her_ratio: float = key(0.5, Number(0.0, 1.0, closed=True), "share of each SAC batch from the N newest episodes")
-    rune_beta_init: float = key(0.0, Number(0.0, closed=True), "RUNE β_0 of r̂_mean + β_t r̂_std; 0 = off", switch=True)
-    rune_beta_decay: float = key(
-        1e-5, Number(0.0, 1.0, closed=True, high_open=True), "RUNE: β_t = β_0 (1 - decay)^step", switch=True
-    )
-
-
-@dataclass
-class SuccessorConfig(Section):
-    """QPA's successors (ALGORITHM.md §11, §12): PoLiCER (Heo et al., ICLR 2026; defaults from its public code and
-    scripts/synthetic.sh) and PPE (Zhu et al., NeurIPS 2025); their presets are config/method/policer.yaml, ppe.yaml."""
-
-    policer_tau: float = key(1.0, Number(0.0), "PoLiCER: query segments drawn with P ∝ (1/rank)^tau", switch=True)
-    policer_q_threshold: float = key(
-        25.0, Number(), "PoLiCER: first threshold on the highest mean Q(s, π(s)) that triggers a reset", switch=True
-    )
-    policer_q_increase: float = key(
-        5.0, Number(0.0, closed=True), "PoLiCER: threshold rise after a reset (DMC 5.0, Meta-World 7.5)", switch=True
-    )
-    policer_q_increase_decay: float = key(
-        0.9, Number(0.0, 1.0, closed=True), "PoLiCER: the rise is multiplied by this after each reset", switch=True
-    )
-    policer_q_threshold_max: float = key(100.0, Number(), "PoLiCER: the threshold rises to at most this", switch=True)
-    policer_max_replay_ratio: int = key(
-        4, Int(), "PoLiCER: SAC updates per env step rise by 1 per reset up to this, until the last round", switch=True
-    )
-    ppe_extension: bool = key(
-        True, boolean, "PPE: explore with the proximal-policy extension of the policy (with ppe_morse)", switch=True
-    )
-    ppe_mixture_query: bool = key(
-        True, boolean, "PPE: query_scheme=ppe_mixture mixes OOD and in-distribution pairs; false: QPA's", switch=True
-    )
-    ppe_epsilon: float = key(0.01, Number(0.0), "PPE: KL(π_E ‖ π_T) bound of the exploration shift", switch=True)
-    ppe_kappa: float = key(
-        0.5, Number(0.0, 1.0, closed=True), "PPE: share of a round's queries chosen as out-of-distribution", switch=True
-    )
-    ppe_lambda: float = key(5.0, Number(0.0), "PPE: the Morse network's kernel M = exp(-λ/2 ‖f(s, a)‖²)", switch=True)
-    ppe_morse_hidden_dim: int = key(256, Int(), "PPE: Morse network MLP width", switch=True)
-    ppe_morse_hidden_depth: int = key(3, Int(), "PPE: Morse network MLP hidden layers", switch=True)
-    ppe_morse_updates: int = key(200, Int(), "PPE: Morse network Adam steps after each query round", switch=True)
-    ppe_morse_batch: int = key(256, Int(), "PPE: labelled state-actions per Morse network step", switch=True)
-    ppe_morse_lr: float = key(1e-3, Number(0.0), "PPE: Morse network Adam learning rate", switch=True)
 
 
 @dataclass
@@ -597,29 +353,28 @@ class LogConfig(Section):
 
 PRESETS = {"dmc": "quick", "metaworld": "quick_metaworld"}  # each family's CPU-scale preset (config/preset/)
 FAMILY_NAMES = {"dmc": "DeepMind Control", "metaworld": "Meta-World"}
-SECTIONS = (RunConfig, ScheduleConfig, QueryConfig, RewardConfig, TeacherConfig, ReplayConfig, SuccessorConfig,
-            LogConfig)  # fmt: skip
+CORE_SECTIONS = (RunConfig, ScheduleConfig, QueryConfig, RewardConfig, TeacherConfig, ReplayConfig, LogConfig)
+AGENT_SECTIONS = (SACParams, ActorParams, CriticParams)
 
 
 @dataclass
-class TrainConfig(
-    LogConfig, SuccessorConfig, ReplayConfig, TeacherConfig, RewardConfig, QueryConfig, ScheduleConfig, RunConfig
-):
-    """Every key of a training run: the sections above, flat as the original release's keys are, plus the agent."""
+class TrainConfig(LogConfig, ReplayConfig, TeacherConfig, RewardConfig, QueryConfig, ScheduleConfig, RunConfig):
+    """Every key of a training run: the core's sections, flat as the original release's keys are, plus the agent.
+    A run's config is an instance of `schema()`, which adds the methods' own sections to this."""
 
     agent: AgentConfig = field(default_factory=AgentConfig)
     double_q_critic: CriticConfig = field(default_factory=CriticConfig)
     diag_gaussian_actor: ActorConfig = field(default_factory=ActorConfig)
 
     def check_relations(self) -> None:
-        for section in SECTIONS:
+        for section in (*CORE_SECTIONS, *registry.KEY_SECTIONS):
             section.check_relations(self)  # type: ignore[arg-type]
         family = "metaworld" if utils.is_metaworld(self.env) else "dmc"
         if self.preset_family and self.preset_family != family:
             made_for, other = FAMILY_NAMES[self.preset_family], FAMILY_NAMES[family]
             fail("preset_family", self.preset_family, f"+preset={PRESETS[self.preset_family]} is made for {made_for} "
                  f"tasks and env={self.env} is {other}; use +preset={PRESETS[family]}")  # fmt: skip
-        steps = episode_steps(self.env)
+        steps = utils.episode_steps(self.env)
         if self.reward_source == "learned" and self.num_seed_steps + self.num_unsup_steps < steps:
             fail(
                 "num_unsup_steps",
@@ -629,98 +384,65 @@ class TrainConfig(
             )
         if self.segment >= steps:
             fail("segment", self.segment, f"must be < the episode length of {self.env} ({steps} steps)")
-        if self.semi_supervised and self.segment + 2 * self.dataaug_window > steps:
-            fail(
-                "dataaug_window",
-                self.dataaug_window,
-                f"segment + 2 * dataaug_window must be <= the episode length of {self.env} ({steps} steps)",
-            )
         if self.replay_buffer_capacity < self.agent.params.batch_size:
             fail(
                 "replay_buffer_capacity",
                 self.replay_buffer_capacity,
                 f"must be >= agent.params.batch_size ({self.agent.params.batch_size})",
             )
-        if self.rune_beta_init > 0 and self.reward_source != "learned":
-            fail(
-                "rune_beta_init",
-                self.rune_beta_init,
-                "needs reward_source=learned (the bonus is the reward models' std)",
-            )
         if self.teacher_type != "scripted" and self.reward_source != "learned":
             fail("teacher_type", self.teacher_type, "allowed with reward_source=true: scripted (no queries are asked)")
-        if self.rune_beta_init > 0 and self.ensemble_size < 2:
-            fail(
-                "rune_beta_init",
-                self.rune_beta_init,
-                f"needs ensemble_size >= 2 (got {self.ensemble_size}): the bonus is the std over the ensemble",
-            )
-        if self.scheme == "ppe_mixture" and "ppe_morse" not in self.feedback_steps:
-            fail("query_scheme", self.scheme, "needs the ppe_morse feedback step, which trains the Morse network")
 
 
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-METHOD_SWITCHES = tuple(item.name for item in fields(TrainConfig) if item.metadata.get("switch"))
+_SCHEMAS: dict[tuple[type, ...], type[TrainConfig]] = {}
 
 
-def episode_steps(env: str) -> int:
-    return METAWORLD_EPISODE_STEPS if utils.is_metaworld(env) else DMC_EPISODE_STEPS
+def schema() -> type[TrainConfig]:
+    """TrainConfig with the keys of every method registered so far (registry.KEY_SECTIONS)."""
+    methods = tuple(registry.KEY_SECTIONS)
+    if not methods:
+        return TrainConfig
+    if methods not in _SCHEMAS:
+        # A later base's fields come first: the core's keys lead, then each method's in registration order. Each
+        # section's check_relations would shadow the next one's, so the whole config's (which calls them all) wins.
+        bases = (*reversed(methods), TrainConfig)
+        namespace = {"check_relations": TrainConfig.check_relations}
+        _SCHEMAS[methods] = make_dataclass("TrainConfig", [], bases=bases, namespace=namespace)
+    return _SCHEMAS[methods]
+
+
+def store_schema() -> None:
+    """Register `schema()` as Hydra's `train_schema`: call it once the methods' modules have loaded, before Hydra
+    composes a config (train_QPA.py and command_line.compose_checked do)."""
+    ConfigStore.instance().store(name="train_schema", node=schema())
+
+
+def sections() -> Iterator[type[Section]]:
+    """Every section of keys: the core's, the methods', the agent's."""
+    yield from (*CORE_SECTIONS, *registry.KEY_SECTIONS, *AGENT_SECTIONS)
+
+
+def method_switches() -> tuple[str, ...]:
+    """The keys whose change from a method's preset names the run directory (declared with switch=True)."""
+    return tuple(item.name for item in fields(schema()) if item.metadata.get("switch"))
 
 
 def nested_rule(path: str) -> Callable[[Any], str | None] | None:
     """The rule of a dotted key (`segment`, `agent.params.batch_size`), None if it has none."""
-    schema: Any = TrainConfig
+    node: Any = schema()
     *parents, name = path.split(".")
     for parent in parents:
-        found = {item.name: item for item in fields(schema)}.get(parent)
+        found = {item.name: item for item in fields(node)}.get(parent)
         if found is None or not is_dataclass(found.default_factory):  # not a schema key (hydra.run.dir)
             return None
-        schema = found.default_factory
-    found = {item.name: item for item in fields(schema)}.get(name)
+        node = found.default_factory
+    found = {item.name: item for item in fields(node)}.get(name)
     return found.metadata.get("rule") if found else None
-
-
-# ---------------------------------------------------------------------- checking a composed config
-
-
-def import_modules(names: Iterable[str]) -> None:
-    """Import the modules of the `imports` key, whose query schemes, feedback steps and method presets register
-    themselves as they load. The current directory is searched too, as `python -m` does."""
-    names = list(names)
-    if names and os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    for name in names:
-        problem = Names(described="a module to import (a dotted name on the Python path)")([name])
-        if problem:
-            fail("imports", names, problem)
-        try:
-            importlib.import_module(name)
-        except Exception as error:  # a missing module, or an error while it runs
-            reason = str(error).splitlines()[0] if str(error) else ""
-            fail("imports", names, f"importing {name} failed ({type(error).__name__}: {reason})")
-
-
-def requested_imports(overrides: list[str]) -> list[str]:
-    """The modules an `imports=...` command-line override names, before any config is composed (a method preset of
-    one of them must exist when Hydra looks it up)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    names: list[str] = []
-    for item in overrides:
-        name, _, value = item.partition("=")
-        if name.lstrip("+") == "imports" and value:
-            try:
-                parsed = OverridesParser.create().parse_override(f"imports={value}").value()
-            except HydraException:
-                fail("imports", value, "must be a list of module names, e.g. imports=[my_module]")
-            names += [str(module) for module in parsed] if isinstance(parsed, list) else [str(parsed)]
-    return names
 
 
 def check_config(cfg: DictConfig) -> TrainConfig:
     """The typed config of a composed one (Hydra's own node left out); ConfigError (one line) for the first value
-    that cannot work. The `imports` modules are imported first, so their registered names are valid values."""
-    import_modules(cfg.get("imports") or [])
+    that cannot work."""
     plain = copy.copy(cfg)
     with open_dict(plain):
         plain.pop("hydra", None)
@@ -730,12 +452,12 @@ def check_config(cfg: DictConfig) -> TrainConfig:
         cause = error.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
-        raise ConfigError(_type_error_line(error)) from None
+        raise ConfigError(type_error_line(error)) from None
     assert isinstance(config, TrainConfig)
     return config
 
 
-def _type_error_line(error: ValidationError) -> str:
+def type_error_line(error: ValidationError) -> str:
     """A value of the wrong type, in the words of the key's rule."""
     path = str(error.full_key)
     rule = nested_rule(path)
@@ -744,153 +466,8 @@ def _type_error_line(error: ValidationError) -> str:
     return f"{path}={shown!r} is invalid: {allowed or str(error).splitlines()[0]}"
 
 
-def compose_checked(overrides: list[str], config_name: str = "train_QPA") -> DictConfig:
-    """Compose the config from command-line `overrides` as Hydra will and check it: Hydra's multi-line errors (an
-    unknown key or group option, a value of the wrong type, a malformed override) become one ConfigError line that
-    names the closest valid names. Returns the composed config, Hydra's node included."""
-    import_modules(requested_imports(overrides))
-    try:
-        check_boolean_overrides(overrides)
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
-            cfg = compose(config_name, overrides, return_hydra_config=True)
-            if utils.is_metaworld(str(cfg.env)) and not any(item.startswith("agent=") for item in overrides):
-                cfg = compose(config_name, [*overrides, "agent=sac_metaworld"], return_hydra_config=True)
-    except MissingConfigException as error:
-        found = re.search(r"Could not find '([^']+)/([^'/]+)'", str(error))
-        if not found or not error.options:
-            raise ConfigError(str(error).splitlines()[0]) from None
-        group, option = found.groups()
-        close = difflib.get_close_matches(option, error.options, n=1)
-        hint = f"; did you mean {group}={close[0]}?" if close else ""
-        raise ConfigError(f"{group}={option!r} is invalid: allowed: {', '.join(error.options)}{hint}") from None
-    except HydraException as error:
-        raise ConfigError(_composition_error_line(error, overrides, config_name)) from None
-    check_config(cfg)
-    return cfg
-
-
-def check_boolean_overrides(overrides: list[str]) -> None:
-    """A boolean key takes true or false on the command line: OmegaConf would read yes, on, 1 or 2 as true."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.is_sweep_override() or override.is_delete():
-            continue
-        if nested_rule(override.key_or_group) is boolean:
-            value = override.value()
-            problem = boolean(value)
-            if problem:
-                fail(override.key_or_group, value, problem)
-
-
-def _composition_error_line(error: HydraException, overrides: list[str], config_name: str) -> str:
-    if isinstance(error.__cause__, ValidationError):
-        # A value Hydra could not convert to the key's type; the error's own value, since a key given twice is
-        # checked at each of its values.
-        return _type_error_line(error.__cause__)
-    unknown = re.match(r"Could not override '([^']+)'", str(error))
-    if not unknown:
-        return f"the command line could not be read: {str(error).splitlines()[0]}"
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
-        known = _flat_keys(OmegaConf.to_container(compose(config_name, [])))
-    name = unknown.group(1)
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return f"{name} is not a config key{hint} (a new key needs +{name}=...)"
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """`compose_checked`, and a run directory that cannot be written is refused too."""
-    cfg = compose_checked(overrides)
-    run_dir = Path(OmegaConf.select(cfg, "hydra.run.dir")).absolute()
-    try:  # Hydra creates it next anyway; access() cannot tell, for root, that /proc takes no new folders
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(run_dir, os.W_OK | os.X_OK):
-            raise PermissionError(f"{run_dir} is not writable")
-    except OSError as error:
-        fail("hydra.run.dir", str(run_dir), f"cannot create or write it ({error.strerror or error})")
-
-
-def _flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for name, value in config.items():
-        keys += _flat_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else [f"{prefix}{name}"]
-    return keys
-
-
-# ---------------------------------------------------------------------- run directories and labels
-
-
-@functools.cache
-def method_preset(name: str) -> dict[str, Any]:
-    """The switch values of config/method/<name>.yaml, after its parents (its defaults list) and the schema."""
-    values = {item.name: default_of(item) for item in fields(TrainConfig) if item.metadata.get("switch")}
-    path = CONFIG_DIR / "method" / f"{name}.yaml"
-    stored = ConfigStore.instance().repo.get("method", {}).get(f"{name}.yaml")  # a preset of an `imports` module
-    if path.exists():
-        preset = OmegaConf.to_container(OmegaConf.load(path))
-    elif stored is not None:
-        preset = OmegaConf.to_container(stored.node)
-    else:
-        return values
-    for parent in preset.pop("defaults", []):
-        if parent != "_self_":
-            values.update(method_preset(parent))
-    values.update({name: value for name, value in preset.items() if name in values})
-    return values
-
-
-def method_run_dir(*, _root_: DictConfig) -> str:
-    """Run-directory component: '' for plain QPA (the original release's layout), else the method and every switch
-    changed from the method preset, e.g. 'pebble/' or 'qpa_query_scheme-uniform/'."""
-    preset = method_preset(_root_.method)
-    changed = [f"{name}-{_value_name(_root_[name])}" for name in METHOD_SWITCHES if _root_[name] != preset[name]]
-    if _root_.feed_type is not None:
-        changed.append(f"feed_type-{_root_.feed_type}")
-    parts = [_root_.method, *changed] + ([str(_root_.run_tag)] if _root_.run_tag else [])
-    return "" if parts == ["qpa"] else "_".join(parts) + "/"
-
-
-def _value_name(value: Any) -> str:
-    """A switch value as a directory name: lists (feedback_steps) as their items joined by '+'."""
-    return "+".join(map(str, value)) if OmegaConf.is_list(value) or isinstance(value, list) else str(value)
-
-
-def method_label(*, _root_: DictConfig) -> str:
-    """The run's name in plots and tables: `method_run_dir` without the slash, 'qpa' for plain QPA."""
-    return method_run_dir(_root_=_root_).rstrip("/") or "qpa"
-
-
-# Registered here rather than in train_QPA.py so that whatever composes the config (scripts/sweep.py) resolves
-# run directories exactly as training does.
-OmegaConf.register_new_resolver("method_dir", method_run_dir, replace=True)
-OmegaConf.register_new_resolver("method_label", method_label, replace=True)
-
-
 def plain_defaults() -> dict[str, Any]:
     """Every key's default by its dotted name in a resolved config (`seed`, `agent.params.batch_size`), except the
     defaults that interpolate other keys (`${...}`), whose value depends on the run."""
-    defaults = {
-        f"{section.path}{item.name}": default_of(item)
-        for section in (*SECTIONS, SACParams, ActorParams, CriticParams)
-        for item in fields(section)
-    }
+    defaults = {f"{section.path}{item.name}": default_of(item) for section in sections() for item in fields(section)}
     return {key: value for key, value in defaults.items() if not (isinstance(value, str) and "${" in value)}
-
-
-def reference_table() -> str:
-    """docs/CONFIG.md's reference: one Markdown row per key (`python config_schema.py` prints it)."""
-    rows = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
-    for section in (*SECTIONS, SACParams, ActorParams, CriticParams):
-        for item in fields(section):
-            rule = item.metadata["rule"]
-            allowed = getattr(rule, "text", None) or (rule(object()) or "") if rule else ""
-            allowed = allowed.removeprefix("must be ").removeprefix("allowed: ")
-            doc = item.metadata["doc"] + (" (method switch)" if item.metadata["switch"] else "")
-            cells = (f"`{section.path}{item.name}`", f"`{default_of(item)}`", allowed, doc)
-            rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(reference_table())

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from agent.sac import SacUpdate
+
 if TYPE_CHECKING:
     from agent.sac import Metrics, SACAgent
     from replay_buffer import Batch, ReplayBuffer
@@ -47,10 +49,11 @@ WARMUP_RUNS = 2
 
 
 def graphs_enabled(setting: bool | str, device: torch.device) -> bool:
-    """The `cuda_graphs` key on this device: `auto` is on for a CUDA device, off on a CPU."""
+    """The `cuda_graphs` key on this device. `auto` is off everywhere until the graphed path has run on a GPU and
+    been shown to write the eager path's logs (docs/PERFORMANCE.md); `true` turns it on, unverified."""
     if setting is True and device.type != "cuda":
         raise ValueError(f"cuda_graphs=true needs a CUDA device, not {device}")  # the config check refuses it first
-    return device.type == "cuda" if setting == "auto" else bool(setting)
+    return setting is True
 
 
 def rng_state(device: torch.device) -> torch.Tensor:
@@ -206,23 +209,30 @@ class GraphedSteps:
     same arguments and results; each graph is captured at its first use. The tensors returned are a graph's
     outputs: the next replay of that graph overwrites them, so use them (or queue their use) before then."""
 
-    def __init__(self, agent: SACAgent, replay_buffer: ReplayBuffer, reward_model: RewardModel) -> None:
+    def __init__(
+        self,
+        agent: SACAgent,
+        replay_buffer: ReplayBuffer,
+        reward_model: RewardModel,
+        draw: Callable[[bool], np.ndarray] | None = None,
+    ) -> None:
         if agent.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {agent.device}")
         self.agent = agent
         self.replay_buffer = replay_buffer
         self.reward_model = reward_model
+        self.draw = draw  # hybrid -> the replay slots of one batch, drawn as the eager sample draws them
         self.device = agent.device
         self.cache = GraphCache()
         if self.device.index is not None:  # a capture records the current device's random stream: make it this one
             torch.cuda.set_device(self.device)
 
-    @classmethod
-    def of(
-        cls, setting: bool | str, agent: SACAgent, replay_buffer: ReplayBuffer, reward_model: RewardModel
-    ) -> GraphedSteps | None:
-        """The graphed steps when the `cuda_graphs` key turns them on for the agent's device, else None."""
-        return cls(agent, replay_buffer, reward_model) if graphs_enabled(setting, agent.device) else None
+    def sac_update(self, hybrid: bool, step: int, gradient_update: int = 1) -> SacUpdate:
+        """`SACAgent.update` on batches of the slots `draw(hybrid)` returns (one call per batch, in order, before
+        the replay: the same host draws as an eager run's)."""
+        metrics = self.update(lambda: self.draw(hybrid), step, gradient_update)
+        last_slots = self.last_slots
+        return SacUpdate(metrics, lambda: self.replay_buffer.take(last_slots))
 
     def update(self, draw: Callable[[], np.ndarray], step: int, gradient_update: int = 1) -> Metrics:
         """`SACAgent.update` on batches of the slots `draw()` returns (one call per batch, in order, before the
@@ -234,8 +244,6 @@ class GraphedSteps:
             indices = torch.zeros((gradient_update, agent.batch_size), dtype=torch.int64, device=self.device)
             graph = self.cache.add(key, Graph(self.device, reads, indices))
             state = [*agent.critic.parameters(), *agent.critic_target.parameters(), *agent.actor.parameters()]
-            # agent.update is called here, not through a helper, so the optimiser steps stay <= 4 calls below
-            # Workspace.run (tests/test_structure.py), as in the eager path.
             with graph.warming_up(Snapshot(self.device, [*state, agent.log_alpha], optimizers(agent))):
                 for _ in range(WARMUP_RUNS):
                     agent.update(batches(buffer, indices), step, gradient_update)
@@ -244,6 +252,7 @@ class GraphedSteps:
         slots = np.concatenate([draw() for _ in range(gradient_update)])
         graph.inputs.copy_(pinned(slots, np.int64).view(graph.inputs.shape), non_blocking=True)
         graph.replay()
+        self.last_slots = graph.inputs[-1]
         return dict(graph.outputs)
 
     def act(self, obs: np.ndarray, sample: bool = False) -> np.ndarray:

@@ -1,20 +1,19 @@
-"""Preference feedback in the training loop (ALGORITHM.md §2): opening a query round, and what a method does once
-its labels are in, its `feedback_steps`: an ordered list of named steps in the method's config. QPA's and PEBBLE's
-are `[train_reward, relabel, reset_critic_after_first_round]`.
+"""Preference feedback in the training loop (ALGORITHM.md §2): opening a query round, what a method does once its
+labels are in (its `feedback_steps`), and the hooks through which a method's parts take part in the loop.
 
-A step is a function of the run and the round, registered under its config name, in this repository or in a module
-of yours named by the `imports` key:
+A feedback step is a function of the run and the round, registered under its config name (`register_step`, in this
+repository or in a module of yours named by the `imports` key); the config lists a method's steps in order (QPA's
+and PEBBLE's: `[train_reward, relabel, reset_critic_after_first_round]`):
 
     @register_step("reset_critic_every_round")
     def reset_critic_every_round(run: Run, query_round: QueryRound) -> None:
         run.agent.reset_critic()
 
 A step that keeps state, owns a model or watches training is a class instead, built with the run (`Step(run)`, its
-config is `run.cfg`): its instances are called the same way, and may have `after_update(run, metrics)` (called after
-every SAC update of the feedback phase, e.g. for a trigger on the critic's Q; it may set `run.updates_per_step`),
-`behaviour_action(run, obs)` (the training action after the seed phase, for an exploration policy of the method's
-own), and `state_dict` / `load_state_dict` (saved in the run's checkpoint). A query scheme finds the steps by name
-in its `QueryContext`.
+config is `run.cfg`), and is called the same way. An extension (`registry.register_extension`) is a class built
+with the run in every run whose switches turn it on, whatever its steps. Steps and extensions take part in the
+loop through the hooks they define (HOOKS), and `state_dict` / `load_state_dict` put their state in the checkpoint.
+A query scheme finds the steps by name in its `QueryContext`.
 """
 
 from __future__ import annotations
@@ -25,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from queries import QUERY_SCHEMES, QueryContext
-from reward_trainer import DMC_STOP_ACCURACY, METAWORLD_STOP_ACCURACY
+from queries import QueryContext
+from registry import FEEDBACK_STEPS, QUERY_SCHEMES, active_extensions, register_step
+from reward_trainer import DMC_STOP_ACCURACY, METAWORLD_STOP_ACCURACY, RewardSeeds
 from utils import NonFiniteError
 
 if TYPE_CHECKING:
@@ -66,8 +66,10 @@ class Run(Protocol):
     recent_returns: deque[float]  # the last training returns, which set the scripted teacher's thresholds
     logger: Logger
     update_metrics: dict[str, torch.Tensor]  # the last SAC update's, logged at the end of each episode
-    updates_per_step: int  # SAC updates per env step after the first round (gradient_update; PoLiCER raises it)
+    updates_per_step: int  # SAC updates per env step after the first round (gradient_update; a step may raise it)
     feedback_steps: dict[str, Any]  # the method's steps by name
+    extensions: dict[str, Any]  # the extensions the config turns on, by name
+    reward_seeds: RewardSeeds  # the seeds of reward learning's streams; `extension` is an extension's own
 
     def sample(self, hybrid: bool) -> Batch: ...
 
@@ -102,19 +104,19 @@ def log_query_alignment(run: Run, context: QueryContext, queried: SegmentPairs) 
 
 
 FeedbackStep = Callable[["Run", "QueryRound"], None]
-FEEDBACK_STEPS: dict[str, Any] = {}  # name -> the step function, or the class to build with the run
 
 
-def register_step(name: str) -> Callable[[Any], Any]:
-    """Add a feedback step (a function, or a class built with the run) to the registry under `name`."""
-
-    def add(step: Any) -> Any:
-        if name in FEEDBACK_STEPS:
-            raise ValueError(f"feedback step {name!r} is already registered")
-        FEEDBACK_STEPS[name] = step
-        return step
-
-    return add
+# The hooks a feedback step or an extension may define; the loop calls each that its parts have, in their order.
+HOOKS = {
+    "after_update": "(run, update: agent.sac.SacUpdate) after every SAC update of the feedback phase: a trigger "
+    "computes what it watches from the update's metrics, its last batch and the run; it may set run.updates_per_step",
+    "behaviour_action": "(run, obs) -> action: every training action after the seed phase (the first part that "
+    "defines it wins)",
+    "transform_batch": "(batch, step) -> batch: every SAC batch sampled on the learned reward; a method with one "
+    "runs its SAC updates eagerly (a CUDA graph would freeze the transform)",
+    "reward_loss_term": "an attribute: a reward_trainer.LossTerm added to every reward-training minibatch loss",
+    "needs_reward_std": "a class attribute, True: the replay buffer keeps the ensemble's std of r̂ beside r̂",
+}
 
 
 def build_steps(names: list[str], run: Run) -> dict[str, FeedbackStep]:
@@ -123,9 +125,14 @@ def build_steps(names: list[str], run: Run) -> dict[str, FeedbackStep]:
     return {name: step(run) if isinstance(step, type) else step for name, step in steps.items()}
 
 
-def hooks(steps: dict[str, FeedbackStep], name: str) -> list[Callable[..., Any]]:
-    """The steps' methods called `name` (`after_update`, `behaviour_action`), in the steps' order."""
-    return [getattr(step, name) for step in steps.values() if hasattr(step, name)]
+def build_extensions(run: Run) -> dict[str, Any]:
+    """The extensions the run's config turns on, built with the run, by name."""
+    return {name: extension.build(run) for name, extension in active_extensions(run.cfg).items()}
+
+
+def hooks(parts: dict[str, Any], name: str) -> list[Any]:
+    """The parts' hooks called `name` (HOOKS), in the parts' order."""
+    return [getattr(part, name) for part in parts.values() if hasattr(part, name)]
 
 
 @register_step("train_reward")

@@ -1,8 +1,9 @@
 """Query selection: which pairs of segments a query round puts to the teacher (ALGORITHM.md §5).
 
-Every scheme is one function registered under its config name (`query_scheme=<name>`); the CLI, the sweeps,
-`feed_type` and validation all read this registry, so a new scheme is one decorated function, in this repository or
-in a module of yours named by the `imports` key:
+Every scheme is one function registered under its config name (`query_scheme=<name>`) in registry.QUERY_SCHEMES;
+the CLI, the sweeps, `feed_type` and validation all read that registry, so a new scheme is one decorated function
+(`register` here is `registry.register_scheme`), in this repository or in a module of yours named by the `imports`
+key:
 
     @register("most_likely")
     def most_likely(ctx: QueryContext) -> SegmentPairs:
@@ -25,6 +26,7 @@ import torch
 
 import utils
 from episodes import Episode, EpisodeStore, SegmentPairs
+from registry import register_scheme as register
 
 if TYPE_CHECKING:
     from reward_model import RewardModel
@@ -54,7 +56,7 @@ class QueryContext:
     reward_model: RewardModel
     labelled_pairs: torch.Tensor  # [M, 2, S, ds + da]
     policy: Policy | None  # None outside a training run (the reward model's own tests)
-    cfg: Any = None  # the training config, for a scheme's own keys (PoLiCER's `policer_tau`)
+    cfg: Any = None  # the training config, for a scheme's own keys (declared in its method's module)
     feedback_steps: Mapping[str, Any] = field(default_factory=dict)  # the method's steps by their config names
 
     @property
@@ -89,40 +91,6 @@ class QueryContext:
         rows = torch.as_tensor(pairs.reshape(-1, pairs.shape[-1]), device=self.labelled_pairs.device)
         log_prob = self.policy.log_likelihood(rows[:, : self.obs_dim], rows[:, self.obs_dim :])
         return log_prob.view(pairs.shape[:3])
-
-
-@dataclass(frozen=True)
-class QueryScheme:
-    select: Selector
-    recent_only: bool  # draws only from the N most recent episodes, so the episode store keeps just those
-    uses_reward_model: bool  # scores candidates with the ensemble: meaningless before its first training
-    feed_type: int | None  # B-Pref's number for the scheme, for `feed_type=<n>`
-
-
-QUERY_SCHEMES: dict[str, QueryScheme] = {}
-
-
-def register(
-    name: str, *, recent_only: bool = False, uses_reward_model: bool = False, feed_type: int | None = None
-) -> Callable[[Selector], Selector]:
-    """Add a selector to the registry under `name`."""
-
-    def add(select: Selector) -> Selector:
-        if name in QUERY_SCHEMES:
-            raise ValueError(f"query scheme {name!r} is already registered")
-        QUERY_SCHEMES[name] = QueryScheme(select, recent_only, uses_reward_model, feed_type)
-        return select
-
-    return add
-
-
-def scheme_for_feed_type(feed_type: int) -> str:
-    """The scheme B-Pref numbers `feed_type` (0 uniform, 1 disagreement, ...)."""
-    return next(name for name, scheme in QUERY_SCHEMES.items() if scheme.feed_type == feed_type)
-
-
-def feed_types() -> dict[int, str]:
-    return {scheme.feed_type: name for name, scheme in QUERY_SCHEMES.items() if scheme.feed_type is not None}
 
 
 def top(score: torch.Tensor, num: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +23,22 @@ from reward_model import EnsembleMLP, RewardModel
 
 DMC_STOP_ACCURACY = 0.98
 METAWORLD_STOP_ACCURACY = 0.97
+
+
+class RewardSeeds(NamedTuple):
+    """The seeds of everything preference learning draws at random, each its own stream."""
+
+    net: int  # the ensemble's initial weights
+    queries: int  # query selection
+    training: int  # minibatch order and crops
+    teacher: int  # the scripted teacher's noise
+    extension: int  # an extension's own draws (SURF's unlabelled pairs)
+
+    @classmethod
+    def of(cls, net: int) -> RewardSeeds:
+        """The streams that follow from the seed of the ensemble's weights."""
+        queries, training, teacher, extension = (int(s) for s in np.random.SeedSequence(net).generate_state(4))
+        return cls(net, queries, training, teacher, extension)
 
 
 class LossTerm(Protocol):

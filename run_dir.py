@@ -20,7 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import utils
-from config_schema import ConfigError, plain_defaults
+from config_rules import ConfigError
+from config_schema import plain_defaults
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # The layout of checkpoint.pt (train_QPA.Workspace.checkpointed_parts); a file of another layout is refused in one

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from config_schema import ConfigError
+from config_rules import ConfigError
 from utils import WriteError
 
 LOCK_NAME = "run.lock"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +23,13 @@ from agent.state_entropy import RunningMeanStd, knn_distance
 from replay_buffer import Batch, ReplayBuffer
 
 Metrics = dict[str, torch.Tensor]
+
+
+class SacUpdate(NamedTuple):
+    """What one step's SAC update exposes (to a method's `after_update` hook, feedback.HOOKS)."""
+
+    metrics: Metrics  # the update's metrics, device tensors (e.g. `actor_q`, the actor's mean Q)
+    last_batch: Callable[[], Batch]  # the last batch it trained on, gathered when asked for
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:

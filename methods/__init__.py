@@ -1,6 +1,6 @@
-"""The parts of the methods beside QPA and PEBBLE that the core does not share, one small module each. Importing
-the package registers their query schemes and feedback steps."""
+"""The methods beside QPA and PEBBLE, one module each: its config keys, query schemes, feedback steps and
+extensions, registered as the package loads (registry.py); its preset is config/method/<name>.yaml."""
 
-from methods import policer, ppe
+from methods import policer, ppe, rune, surf
 
-__all__ = ["policer", "ppe"]
+__all__ = ["policer", "ppe", "rune", "surf"]

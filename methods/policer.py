@@ -16,6 +16,7 @@ model triggered by the critic's own Q (ALGORITHM.md §11). Read from the authors
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,11 +24,35 @@ import torch
 
 import feedback
 import queries
+import registry
+from config_rules import Int, Number, Section, key
 from episodes import SegmentPairs
 
 if TYPE_CHECKING:
+    from agent.sac import SacUpdate
     from feedback import Run
     from teacher import QueryRound
+
+@registry.register_keys
+@dataclass
+class PolicerKeys(Section):
+    """PoLiCER's keys: defaults from its public code and scripts/synthetic.sh (config/method/policer.yaml)."""
+
+    policer_tau: float = key(1.0, Number(0.0), "PoLiCER: query segments drawn with P ∝ (1/rank)^tau", switch=True)
+    policer_q_threshold: float = key(
+        25.0, Number(), "PoLiCER: first threshold on the highest mean Q(s, π(s)) that triggers a reset", switch=True
+    )
+    policer_q_increase: float = key(
+        5.0, Number(0.0, closed=True), "PoLiCER: threshold rise after a reset (DMC 5.0, Meta-World 7.5)", switch=True
+    )
+    policer_q_increase_decay: float = key(
+        0.9, Number(0.0, 1.0, closed=True), "PoLiCER: the rise is multiplied by this after each reset", switch=True
+    )
+    policer_q_threshold_max: float = key(100.0, Number(), "PoLiCER: the threshold rises to at most this", switch=True)
+    policer_max_replay_ratio: int = key(
+        4, Int(), "PoLiCER: SAC updates per env step rise by 1 per reset up to this, until the last round", switch=True
+    )
+
 
 # The code's value for "no Q seen yet": any mean Q passes it, so the first update after a reset sets the maximum.
 NO_Q_SEEN = -1e-6
@@ -94,10 +119,10 @@ class CriticTriggeredReset:
         self.increase *= self.decay
         self.raise_ratio = True
 
-    def after_update(self, run: Run, metrics: dict[str, torch.Tensor]) -> None:
+    def after_update(self, run: Run, update: SacUpdate) -> None:
         """Track the highest mean Q(s, π(s)); after a reset, forget it and raise the ratio; set the next step's."""
-        if "actor_q" in metrics:
-            q = metrics["actor_q"]
+        if "actor_q" in update.metrics:
+            q = update.metrics["actor_q"]
             self.best_q = q.clamp(min=self.best_q) if isinstance(self.best_q, float) else torch.maximum(self.best_q, q)
         if self.raise_ratio:
             self.best_q, self.raise_ratio = NO_Q_SEEN, False

@@ -19,6 +19,7 @@ No public code holds PPE; docs/ALGORITHM.md §12 lists the choices made here whe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,12 +28,43 @@ from torch import nn
 
 import feedback
 import queries
+import registry
 import utils
+from config_rules import Int, Number, Section, boolean, fail, key
 from episodes import SegmentPairs
 
 if TYPE_CHECKING:
     from feedback import Run
     from teacher import QueryRound
+
+
+@registry.register_keys
+@dataclass
+class PpeKeys(Section):
+    """PPE's keys (config/method/ppe.yaml; ALGORITHM.md §12)."""
+
+    ppe_extension: bool = key(
+        True, boolean, "PPE: explore with the proximal-policy extension of the policy (with ppe_morse)", switch=True
+    )
+    ppe_mixture_query: bool = key(
+        True, boolean, "PPE: query_scheme=ppe_mixture mixes OOD and in-distribution pairs; false: QPA's", switch=True
+    )
+    ppe_epsilon: float = key(0.01, Number(0.0), "PPE: KL(π_E ‖ π_T) bound of the exploration shift", switch=True)
+    ppe_kappa: float = key(
+        0.5, Number(0.0, 1.0, closed=True), "PPE: share of a round's queries chosen as out-of-distribution", switch=True
+    )
+    ppe_lambda: float = key(5.0, Number(0.0), "PPE: the Morse network's kernel M = exp(-λ/2 ‖f(s, a)‖²)", switch=True)
+    ppe_morse_hidden_dim: int = key(256, Int(), "PPE: Morse network MLP width", switch=True)
+    ppe_morse_hidden_depth: int = key(3, Int(), "PPE: Morse network MLP hidden layers", switch=True)
+    ppe_morse_updates: int = key(200, Int(), "PPE: Morse network Adam steps after each query round", switch=True)
+    ppe_morse_batch: int = key(256, Int(), "PPE: labelled state-actions per Morse network step", switch=True)
+    ppe_morse_lr: float = key(1e-3, Number(0.0), "PPE: Morse network Adam learning rate", switch=True)
+
+    def check_relations(self) -> None:
+        # Called on the whole config (TrainConfig.check_relations), so the core's keys are there too.
+        scheme, steps = self.scheme, self.feedback_steps  # type: ignore[attr-defined]
+        if scheme == "ppe_mixture" and "ppe_morse" not in steps:
+            fail("query_scheme", scheme, "needs the ppe_morse feedback step, which trains the Morse network")
 
 
 class MorseNetwork(nn.Module):

@@ -1,5 +1,5 @@
 """SURF (Park et al., ICLR 2022): semi-supervised reward learning, as a loss term the reward trainer adds
-(ALGORITHM.md §5).
+(ALGORITHM.md §5); on while `semi_supervised` is true (config/method/surf.yaml), with its keys below.
 
 Every training minibatch also draws `mu` x `reward_train_batch` unlabelled pairs of windows (`segment` +
 2 x `dataaug_window` steps) uniformly from the episode store, pseudo-labels those whose prediction on the central
@@ -9,16 +9,61 @@ Every training minibatch also draws `mu` x `reward_train_batch` unlabelled pairs
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import registry
 import utils
+from config_rules import Int, Number, Section, boolean, fail, key
 from episodes import EpisodeStore
 from preferences import crop_windows, window_sums
 from reward_model import EnsembleMLP
+
+if TYPE_CHECKING:
+    from feedback import Run
+
+
+@registry.register_keys
+@dataclass
+class SurfKeys(Section):
+    """SURF's keys (values and sources in config/method/surf.yaml)."""
+
+    semi_supervised: bool = key(
+        False, boolean, "SURF: pseudo-labelled unlabelled pairs in every minibatch", switch=True
+    )
+    threshold_u: float = key(
+        0.99, Number(0.5, 1.0, closed=True), "SURF τ: pseudo-label a pair when max P > τ", switch=True
+    )
+    mu: int = key(4, Int(), "SURF: unlabelled pairs per labelled pair in a minibatch", switch=True)
+    lambda_u: float = key(1.0, Number(0.0, closed=True), "SURF: weight of the pseudo-label loss", switch=True)
+    crop_range: int = key(5, Int(0), "SURF: unlabelled crops last U{segment ± crop_range} steps", switch=True)
+    dataaug_window: int = key(5, Int(0), "SURF: context steps on each side of an unlabelled segment", switch=True)
+
+    def check_relations(self) -> None:
+        # Called on the whole config (TrainConfig.check_relations), so the core's keys are there too.
+        if not self.semi_supervised:
+            return
+        env, segment = self.env, self.segment  # type: ignore[attr-defined]
+        steps = utils.episode_steps(env)
+        if self.crop_range >= segment:
+            fail("crop_range", self.crop_range, f"must be < segment ({segment}) so every crop keeps a step")
+        if self.crop_range > 2 * self.dataaug_window:
+            fail(
+                "crop_range",
+                self.crop_range,
+                f"must be <= 2 * dataaug_window ({2 * self.dataaug_window}): "
+                "a crop longer than the segment needs that much context",
+            )
+        if segment + 2 * self.dataaug_window > steps:
+            fail(
+                "dataaug_window",
+                self.dataaug_window,
+                f"segment + 2 * dataaug_window must be <= the episode length of {env} ({steps} steps)",
+            )
 
 
 def pseudo_labels(returns: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,3 +160,22 @@ class PseudoLabelLoss:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+def pseudo_label_term(cfg: Any, episodes: EpisodeStore, device: torch.device, seed: int) -> PseudoLabelLoss:
+    """SURF's term with the config's keys (`cfg`: the run's config, or the sections that hold them)."""
+    return PseudoLabelLoss(
+        episodes, segment=cfg.segment, dataaug_window=cfg.dataaug_window, crop_range=cfg.crop_range,
+        num_pairs=cfg.mu * cfg.reward_train_batch, threshold=cfg.threshold_u, weight=cfg.lambda_u,
+        generator=torch.Generator(device=device).manual_seed(seed),
+    )  # fmt: skip
+
+
+@registry.register_extension("surf_pseudo_labels", active=lambda cfg: cfg.semi_supervised)
+class SemiSupervisedReward:
+    """Adds the pseudo-label term to every reward-training minibatch (the `reward_loss_term` hook), drawing its
+    unlabelled pairs from the extension stream of the run's reward learning."""
+
+    def __init__(self, run: Run) -> None:
+        device, seed = run.reward_model.device, run.reward_seeds.extension
+        self.reward_loss_term = pseudo_label_term(run.cfg, run.episodes, device, seed)

@@ -184,8 +184,9 @@ def resolve_runs(runs: list[Run], launcher: str, root: Path | None, with_dirs: b
     sys.path.insert(0, str(REPO))
     from hydra import compose, initialize_config_dir
 
-    # check_config also registers the ${method_dir:} resolver of the run directories
-    from config_schema import check_config, import_modules, requested_imports
+    import run_naming  # noqa: F401 (the ${method_dir:} resolver of the run directories)
+    from command_line import import_modules, requested_imports
+    from config_schema import check_config
 
     groups: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:

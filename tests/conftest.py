@@ -4,6 +4,7 @@ SLURM tests on one pytest-xdist worker."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import shutil
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -36,20 +38,16 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import queries  # noqa: E402
+import registry  # noqa: E402
 import train_QPA  # noqa: E402
-from config_schema import (  # noqa: E402
-    ConfigError,
-    QueryConfig,
-    RewardConfig,
-    TeacherConfig,
-    TrainConfig,
-    check_config,
-    compose_checked,
-)
+from command_line import compose_checked  # noqa: E402
+from config_rules import ConfigError, default_of  # noqa: E402
+from config_schema import QueryConfig, RewardConfig, TeacherConfig, TrainConfig, check_config  # noqa: E402
 from episodes import EpisodeStore, SegmentPairs  # noqa: E402
+from methods.surf import SurfKeys, pseudo_label_term  # noqa: E402
 from preferences import PreferenceDataset  # noqa: E402
 from queries import QueryContext  # noqa: E402
+from reward_trainer import RewardSeeds  # noqa: E402
 from teacher import ScriptedTeacher  # noqa: E402
 
 # Columns that hold wall-clock figures, so two runs' logs differ in them and nowhere else.
@@ -173,19 +171,23 @@ class PreferenceLearner:
             section(**{name: value for name, value in keys.items() if name in section.__dataclass_fields__})
             for section in (RewardConfig, QueryConfig, TeacherConfig)
         ]
-        unknown = set(keys).difference(*(section.__dataclass_fields__ for section in sections))
+        unknown = set(keys).difference(*(section.__dataclass_fields__ for section in (*sections, SurfKeys)))
         if unknown:
             raise ConfigError(f"{sorted(unknown)[0]} is not a preference-learning config key")
         self.reward_cfg, self.query_cfg, teacher_cfg = sections
-        seeds = train_QPA.RewardSeeds.of(seed)
+        seeds = RewardSeeds.of(seed)
         self.device = torch.device(device)
         self.episodes = EpisodeStore(obs_dim, action_dim, self.query_cfg.history_size)
         self.preferences = PreferenceDataset(self.reward_cfg.segment, obs_dim + action_dim,
                                              self.query_cfg.max_feedback, self.device)  # fmt: skip
         self.model = train_QPA.make_reward_model(self.reward_cfg, obs_dim + action_dim, self.device, seeds.net)
-        self.trainer = train_QPA.make_reward_trainer(
-            self.reward_cfg, self.model, self.preferences, self.episodes, seeds
-        )
+        # SURF's term, as its extension adds it in a training run
+        surf = {item.name: keys.get(item.name, default_of(item)) for item in dataclasses.fields(SurfKeys)}
+        settings = SimpleNamespace(**vars(self.reward_cfg), **surf)
+        terms = []
+        if surf["semi_supervised"]:
+            terms.append(pseudo_label_term(settings, self.episodes, self.device, seeds.extension))
+        self.trainer = train_QPA.make_reward_trainer(self.reward_cfg, self.model, self.preferences, seeds, terms)
         self.rng = np.random.default_rng(seeds.queries)
         self.teacher = ScriptedTeacher(teacher_cfg.teacher_beta, teacher_cfg.teacher_gamma,
                                        teacher_cfg.teacher_eps_mistake, teacher_cfg.teacher_eps_skip,
@@ -201,7 +203,7 @@ class PreferenceLearner:
                             self.model, self.preferences.data()[0], policy=None)  # fmt: skip
 
     def select(self, scheme: str, num: int | None = None) -> SegmentPairs:
-        return queries.QUERY_SCHEMES[scheme].select(self.context(num))
+        return registry.QUERY_SCHEMES[scheme].select(self.context(num))
 
     def query(self, scheme: str = "policy_aligned", num: int | None = None) -> int:
         """One round with the scripted teacher: select, label, store; returns how many were labelled."""

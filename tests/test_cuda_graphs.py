@@ -1,7 +1,6 @@
 """cuda_graphs.py: on any machine, what decides a capture and a re-capture, the warm-up that leaves no trace, and
 the batches of a graph's index tensor; on a CUDA GPU (skipped elsewhere), the graphed update, action and r̂ against
-the eager code call for call, graphed training runs against eager ones, exact resume, and the optimiser steps'
-depth below Workspace.run with graphs on.
+the eager code call for call, graphed training runs against eager ones, and exact resume.
 """
 
 from __future__ import annotations
@@ -19,13 +18,14 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO_ROOT, SMALL_NETWORKS, TIME_COLUMNS, load_config
-from test_structure import optimiser_step_paths
 
 import cuda_graphs
 import train_QPA
 import utils
+from agent.sac import SacUpdate
 from bench.bench_sac import make_agent
 from cuda_graphs import GraphCache, GraphedSteps, Snapshot, batches, graphs_enabled, update_key, update_reads
+from per_step import EagerSteps, per_step_work
 from replay_buffer import ReplayBuffer
 from train_QPA import make_reward_model
 
@@ -67,14 +67,17 @@ def assert_same(first: list[torch.Tensor], second: list[torch.Tensor]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- any machine
-def test_cuda_graphs_key_turns_graphs_on_for_a_cuda_device_only() -> None:
+def test_cuda_graphs_are_on_only_when_asked_for_on_a_cuda_device() -> None:
+    """`auto` stays off until the graphed path has been shown equal to the eager one on a GPU (PERFORMANCE.md)."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert graphs_enabled("auto", cuda) and not graphs_enabled("auto", cpu)
+    assert not graphs_enabled("auto", cuda) and not graphs_enabled("auto", cpu)
     assert graphs_enabled(True, cuda) and not graphs_enabled(False, cuda) and not graphs_enabled(False, cpu)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         graphs_enabled(True, cpu)
     agent, buffer = small_agent(), filled_buffer("cpu")
-    assert GraphedSteps.of("auto", agent, buffer, None) is None and GraphedSteps.of(False, agent, buffer, None) is None
+    for setting in ("auto", False):
+        work = per_step_work(setting, agent, buffer, None, buffer.sample, buffer.uniform_indices, False)
+        assert isinstance(work, EagerSteps)
     with pytest.raises(ValueError, match="need a CUDA device"):
         GraphedSteps(agent, buffer, None)
 
@@ -83,7 +86,7 @@ def test_a_cpu_run_builds_no_graphs_and_true_is_refused_before_any_work(tmp_path
     cfg = load_config("env=walker_walk", "device=cpu", "num_threads=1", *SMALL_NETWORKS)
     assert cfg.cuda_graphs == "auto" and cfg.tf32 is False
     workspace = train_QPA.Workspace(cfg, tmp_path)
-    assert workspace.graphs is None
+    assert isinstance(workspace.steps, EagerSteps)
     with pytest.raises(train_QPA.ConfigError, match=r"^cuda_graphs=True is invalid: needs a CUDA GPU"):
         load_config("device=cpu", "cuda_graphs=true")
 
@@ -225,10 +228,12 @@ class EagerStandIn:
     def __init__(self, workspace: train_QPA.Workspace) -> None:
         self.workspace, self.calls = workspace, {"update": 0, "act": 0, "predict_step": 0}
 
-    def update(self, draw, step: int, gradient_update: int = 1):
+    def sac_update(self, hybrid: bool, step: int, gradient_update: int = 1) -> SacUpdate:
         self.calls["update"] += 1
-        buffer = self.workspace.replay_buffer
-        return self.workspace.agent.update(lambda: buffer.gather(draw()), step, gradient_update)
+        workspace = self.workspace
+        metrics = workspace.agent.update(lambda: workspace.replay_buffer.gather(workspace.draw(hybrid)), step,
+                                         gradient_update)  # fmt: skip
+        return SacUpdate(metrics, lambda: None)
 
     def act(self, obs: np.ndarray, sample: bool = False) -> np.ndarray:
         self.calls["act"] += 1
@@ -253,7 +258,6 @@ STAND_IN_TINY = [
         ["method=qpa", "max_feedback=20"],
         ["method=policer", "max_feedback=40", "policer_q_threshold=-1000"],  # resets, replay ratios 2 and 3
         ["method=sac_true"],
-        ["method=rune", "max_feedback=20"],  # eager updates (RUNE's bonus), the rest through the stand-in
     ],
     ids=lambda overrides: overrides[0],
 )
@@ -262,15 +266,15 @@ def test_the_loop_through_the_graphed_interface_is_the_eager_loop(tmp_path: Path
     logs = {}
     for name in ("eager", "stand_in"):
         workspace = train_QPA.Workspace(cfg, tmp_path / name)
-        assert workspace.graphs is None
+        assert isinstance(workspace.steps, EagerSteps)
         if name == "stand_in":
-            workspace.graphs = stand_in = EagerStandIn(workspace)
+            workspace.steps = stand_in = EagerStandIn(workspace)
         workspace.run()
         logs[name] = read_logs(tmp_path / name)
     for log, frame in logs["eager"].items():
         pd.testing.assert_frame_equal(logs["stand_in"][log], frame, check_exact=True, obj=log)
     learned = cfg.reward_source == "learned"
-    updates = 0 if cfg.rune_beta_init > 0 else 1400 - (1100 if learned else 300) - learned
+    updates = 1400 - (1100 if learned else 300) - learned
     assert stand_in.calls["update"] == updates
     assert stand_in.calls["predict_step"] == (1400 if learned else 0)
     assert (
@@ -348,7 +352,7 @@ GPU_RUNS = {
     # a reset of the critic at every round after the first (threshold below any Q) and replay ratios 2 and 3
     "policer": ["method=policer", "max_feedback=40", "num_train_steps=2000", "policer_q_threshold=-1000"],
     "sac_true": ["method=sac_true", "max_feedback=20", "num_train_steps=2000"],
-    "rune": ["method=rune", "max_feedback=20", "num_train_steps=2000"],  # eager updates, graphed act and r̂ + std
+    "rune": ["method=rune", "max_feedback=20", "num_train_steps=2000"],  # a batch transform: all eager
 }
 
 
@@ -403,18 +407,3 @@ def test_a_resumed_graphed_run_continues_exactly_on_the_gpu(gpu_runs: Path) -> N
     result = run(train_command(gpu_runs / "qpa_resumed", *GPU_RUNS["qpa"], "cuda_graphs=true"))
     assert "resumed from" in result.stderr
     assert_same_logs(gpu_runs / "qpa_true", gpu_runs / "qpa_resumed")
-
-
-@requires_cuda
-@pytest.mark.slow
-def test_with_graphs_every_optimiser_step_is_still_at_most_four_calls_below_workspace_run_on_the_gpu(
-    tmp_path: Path,
-) -> None:
-    """tests/test_structure.py's trace, on a graphed run: the captures call SACAgent.update from
-    GraphedSteps.update, and replays call no optimiser step at all."""
-    cfg = load_config(*GPU_TINY, "max_feedback=20", "num_train_steps=1300", "cuda_graphs=true")
-    workspace = train_QPA.Workspace(cfg, tmp_path)
-    assert workspace.graphs is not None
-    depths = optimiser_step_paths(workspace)
-    assert "Workspace.run -> Workspace.update_agent -> GraphedSteps.update -> SACAgent.update -> step" in depths
-    assert max(depths.values()) <= 4, depths

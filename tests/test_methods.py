@@ -34,14 +34,15 @@ from conftest import (
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import queries
+import registry
 import train_QPA
-from config_schema import METHOD_SWITCHES, ConfigError, TrainConfig, default_of, method_preset
-from methods.rune import RuneBonus
+from config_rules import ConfigError, default_of
+from config_schema import method_switches, schema
 from methods.surf import PseudoLabelLoss, pseudo_labels
 from plot import main as plot_main
 from preferences import crop_windows, window_sums
 from replay_buffer import ReplayBuffer
+from run_naming import method_preset
 from schedule import Phase
 
 METHODS = ("qpa", "pebble", "surf", "rune", "sac_true")
@@ -64,12 +65,12 @@ RUN_100 = "maxFeedback100_numInteract20000_seed1"
 def test_presets_list_only_switches_and_only_what_they_change() -> None:
     qpa = yaml.safe_load((REPO_ROOT / "config" / "method" / "qpa.yaml").read_text())
     assert qpa == {"method": "qpa", "experiment": "QPA"}  # QPA's switch values are the schema's defaults
-    schema_defaults = {item.name: default_of(item) for item in dataclasses.fields(TrainConfig)}
-    assert {name: schema_defaults[name] for name in METHOD_SWITCHES} == method_preset("qpa")
+    schema_defaults = {item.name: default_of(item) for item in dataclasses.fields(schema())}
+    assert {name: schema_defaults[name] for name in method_switches()} == method_preset("qpa")
     for method in METHODS[1:]:
         preset = yaml.safe_load((REPO_ROOT / "config" / "method" / f"{method}.yaml").read_text())
         base = preset.pop("defaults")[0]
-        assert preset.pop("method") == method and set(preset) <= {"experiment", *METHOD_SWITCHES}, method
+        assert preset.pop("method") == method and set(preset) <= {"experiment", *method_switches()}, method
         inherited = {**method_preset(base), "experiment": compose_config(f"method={base}").experiment}
         assert all(preset[key] != inherited[key] for key in preset), (method, base)
     pebble = compose_config("method=pebble")
@@ -91,7 +92,7 @@ def test_presets_list_only_switches_and_only_what_they_change() -> None:
 )  # fmt: skip
 def test_feed_type_aliases_follow_bpref(feed_type: int, scheme: str) -> None:
     assert load_config(f"feed_type={feed_type}").scheme == scheme
-    assert queries.QUERY_SCHEMES[scheme].feed_type == feed_type
+    assert registry.QUERY_SCHEMES[scheme].feed_type == feed_type
 
 
 def test_bad_switch_values_are_one_line_errors() -> None:
@@ -158,7 +159,7 @@ def test_sweep_tables_keep_qpa_identical_and_change_one_thing_per_ablation() -> 
             assert resolved == reference[task], task  # the same runs (and run directories) as run_QPA.sh
         else:
             differing = {key for key in resolved if resolved[key] != reference[task][key]}
-            assert differing <= {*METHOD_SWITCHES, "method", "experiment", "run_label"}, (task, method, differing)
+            assert differing <= {*method_switches(), "method", "experiment", "run_label"}, (task, method, differing)
             assert resolved["run_label"] == method
     expected_change = {
         "no_policy_aligned": {"query_scheme": "uniform"}, "no_hybrid_replay": {"hybrid_replay": False},
@@ -364,7 +365,7 @@ def test_rune_workspace_stores_the_ensemble_std_and_decays_beta(tmp_path) -> Non
     assert torch.equal(mean, expected_mean) and torch.equal(std, expected_std) and float(std) > 0
     fill(buffer, np.random.default_rng(3))
     buffer.reward_std[: len(buffer)] = 2.0
-    (bonus,) = workspace.batch_transforms
+    bonus = workspace.extensions["rune_bonus"]
     betas, added = [], []
     for step in (0, 100_000, 300_000):
         workspace.step = step
@@ -485,7 +486,7 @@ def row_index(sampled_obs: torch.Tensor, stored_obs: torch.Tensor) -> torch.Tens
     return (sampled_obs[:, None, :] == stored_obs[None]).all(-1).float().argmax(1)
 
 
-def test_rune_bonus_is_beta_times_the_ensemble_std() -> None:
+def test_rune_bonus_is_beta_times_the_ensemble_std(tmp_path) -> None:
     model = make_reward_model(24, 6, ensemble_size=3, reward_hidden_dim=32, seed=5).model
     buffer = ReplayBuffer((24,), (6,), 1000, "cpu", store_reward_std=True, seed=6)
     plain = ReplayBuffer((24,), (6,), 1000, "cpu", seed=6)
@@ -497,10 +498,11 @@ def test_rune_bonus_is_beta_times_the_ensemble_std() -> None:
     mean, std = members.mean(0), members.std(0, correction=0)
     assert torch.allclose(buffer.reward[:300], mean) and torch.allclose(buffer.reward_std[:300], std)
     assert float(std.min()) > 0
-    for beta in (0.05, 0.05 * (1 - 1e-5) ** 200_000, 0.0):
-        bonus = RuneBonus(beta, 0.0)
+    for beta in (0.05, 0.05 * (1 - 1e-5) ** 200_000):
+        rune = make_workspace(tmp_path / str(beta), "method=rune", f"rune_beta_init={beta}", "rune_beta_decay=0")
+        bonus = rune.extensions["rune_bonus"]
         for batch in (buffer.sample(64), buffer.sample_hybrid(64, 1, 0.5), buffer.sample_onpolicy(64, 1)):
-            batch = bonus(batch, step=123)
+            batch = bonus.transform_batch(batch, step=123)
             index = row_index(batch.obs, buffer.obs[:300])
             assert torch.allclose(batch.reward, mean[index] + beta * std[index], atol=1e-6)
         batch = plain.sample(64)  # no std column: plain r̂, as every method without RUNE trains on

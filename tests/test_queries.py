@@ -16,6 +16,7 @@ from conftest import REPO_ROOT, load_config
 from test_train import TINY
 
 import queries
+import registry
 from config_schema import ConfigError
 from episodes import SegmentPairs
 from queries import QueryContext
@@ -42,8 +43,8 @@ def test_a_registered_scheme_is_a_valid_config_value_and_the_rest_are_not() -> N
 
 
 def test_every_builtin_scheme_keeps_its_bpref_feed_type() -> None:
-    builtin = {name: scheme for name, scheme in queries.QUERY_SCHEMES.items() if scheme.select.__module__ == "queries"}
-    assert {number: name for number, name in queries.feed_types().items() if name in builtin} == {
+    builtin = {name: scheme for name, scheme in registry.QUERY_SCHEMES.items() if scheme.select.__module__ == "queries"}
+    assert {number: name for number, name in registry.feed_types().items() if name in builtin} == {
         0: "uniform", 1: "disagreement", 2: "entropy", 3: "kcenter", 4: "kcenter_disagree", 5: "kcenter_entropy"
     }  # fmt: skip
     assert {name for name, scheme in builtin.items() if scheme.recent_only} == {"policy_aligned"}

@@ -22,6 +22,7 @@ from test_methods import fill, make_workspace
 from test_train import TINY
 
 import queries
+from agent.sac import SacUpdate
 from bench.bench_sac import make_agent
 from episodes import EpisodeStore
 from methods.policer import NO_Q_SEEN, CriticTriggeredReset, policy_likelihood, rank_probabilities
@@ -135,31 +136,31 @@ def test_the_critic_triggered_reset_fires_above_the_threshold_and_raises_it_and_
     step: CriticTriggeredReset = workspace.feedback_steps["critic_triggered_reset"]
     assert (step.threshold, step.increase, step.replay_ratio, step.last_round_step) == (25.0, 5.0, 1, 1000 + 3 * 1000)
     workspace.step = 2000
-    step.after_update(workspace, {"actor_q": torch.tensor(20.0)})
+    step.after_update(workspace, SacUpdate({"actor_q": torch.tensor(20.0)}, lambda: None))
     step(workspace, a_round(1))  # 20 does not pass 25: nothing happens
     assert step.resets == 0 and float(step.best_q) == 20.0
     critic = workspace.agent.critic.state_dict()
     reward_net = {name: value.clone() for name, value in workspace.reward_model.net.state_dict().items()}
-    step.after_update(workspace, {"actor_q": torch.tensor(30.0)})
+    step.after_update(workspace, SacUpdate({"actor_q": torch.tensor(30.0)}, lambda: None))
     step(workspace, a_round(2))
     assert step.resets == 1 and (step.threshold, step.increase) == (30.0, pytest.approx(4.5))
     assert not torch.equal(workspace.agent.critic.state_dict()["Q1.0.weight"], critic["Q1.0.weight"])
     assert not torch.equal(workspace.reward_model.net.state_dict()["weights.0"], reward_net["weights.0"])
     assert step.replay_ratio == 1  # the update of the reset's own step still runs at the old ratio
-    step.after_update(workspace, {"actor_q": torch.tensor(50.0)})
+    step.after_update(workspace, SacUpdate({"actor_q": torch.tensor(50.0)}, lambda: None))
     assert step.replay_ratio == 2 and step.best_q == NO_Q_SEEN and workspace.updates_per_step == 2
     for expected_threshold in (34.5, 38.55):  # the rise shrinks by 0.9 every time
-        step.after_update(workspace, {"actor_q": torch.tensor(1e3)})
+        step.after_update(workspace, SacUpdate({"actor_q": torch.tensor(1e3)}, lambda: None))
         step(workspace, a_round(3))
-        step.after_update(workspace, {"actor_q": torch.tensor(0.0)})
+        step.after_update(workspace, SacUpdate({"actor_q": torch.tensor(0.0)}, lambda: None))
         assert step.threshold == pytest.approx(expected_threshold)
     assert step.replay_ratio == 4 and step.resets == 3
     step.threshold = 99.0
-    step.after_update(workspace, {"actor_q": torch.tensor(1e3)})
+    step.after_update(workspace, SacUpdate({"actor_q": torch.tensor(1e3)}, lambda: None))
     step(workspace, a_round(4))
     assert step.threshold == 100.0 and step.replay_ratio == 4  # both capped
     workspace.step = 4000  # after the last round's step: one update per step again
-    step.after_update(workspace, {"actor_q": torch.tensor(0.0)})
+    step.after_update(workspace, SacUpdate({"actor_q": torch.tensor(0.0)}, lambda: None))
     assert workspace.updates_per_step == 1
     step(workspace, a_round(0))  # the first round forgets the Q the pre-training critic saw
     assert step.best_q == NO_Q_SEEN
