@@ -23,7 +23,7 @@ demo: install
 	$(PY) -m plot curves $(DEMO_RUN) --phases --random-baseline --band range --out $(DEMO_FIGURE) \
 		--reference figure/reference/compare_quick.csv --reference-methods qpa pebble sac_true
 	$(PY) -m plot still $(DEMO_RUN) --out $(DEMO_STILL)
-	$(PY) -m plot summary $(DEMO_RUN) --figure $(DEMO_FIGURE) --still $(DEMO_STILL) \
+	$(PY) -m plot summary $(DEMO_RUN) --figure $(DEMO_FIGURE) --still $(DEMO_STILL) --after-run \
 		--reference figure/reference/compare_quick.csv
 
 test: install

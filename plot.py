@@ -852,6 +852,11 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--figure", help="a figure drawn from the run")
     summary.add_argument("--still", help="a still frame of its video")
     summary.add_argument("--reference", help="a reference CSV: say where the run ends against its method's runs")
+    summary.add_argument(
+        "--after-run",
+        action="store_true",
+        help="only what the training run's own summary lacks: the figures and the reference line",
+    )
     return parser
 
 
@@ -869,9 +874,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(still_frame(args.path, args.out, args.frames))
             return 0
         if args.subcommand == "summary":
-            from run_summary import summarise_run
+            from run_summary import figures_line, summarise_run
 
-            print(summarise_run(args.path, figure=args.figure, still=args.still))
+            if args.after_run:
+                print(figures_line(args.figure, args.still))
+            else:
+                print(summarise_run(args.path, figure=args.figure, still=args.still))
             if args.reference:
                 print(reference_band(args.path, load_reference(args.reference)))
             return 0

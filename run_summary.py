@@ -77,6 +77,11 @@ def run_videos(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("video/eval_*.mp4"), key=lambda path: int(path.stem.removeprefix("eval_")))
 
 
+def figures_line(figure: str | Path, still: str | Path | None = None) -> str:
+    """The summary's line naming the figures drawn from the run."""
+    return f"  figure: {_shown(Path(figure))}" + (f", still frame: {_shown(Path(still))}" if still else "")
+
+
 def summarise_run(
     run_dir: str | Path,
     wall_time: float | None = None,
@@ -122,7 +127,7 @@ def summarise_run(
                      f" {rate:.1f} environment steps/s")  # fmt: skip
 
     if figure is not None:
-        lines.append(f"  figure: {_shown(Path(figure))}" + (f", still frame: {_shown(Path(still))}" if still else ""))
+        lines.append(figures_line(figure, still))
     else:
         lines.append(f"  figure: none yet; python -m plot curves {_shown(run_dir)} --phases --random-baseline "
                      f"--out {_shown(run_dir / 'curves.png')}")  # fmt: skip
