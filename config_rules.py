@@ -146,7 +146,6 @@ def optional(rule: Callable[[Any], str | None], word: str = "null") -> Callable[
     return check
 
 
-
 def key(default: Any, rule: Callable[[Any], str | None] | None, doc: str, switch: bool = False) -> Any:
     """A config key: its default, its rule, its one-line help; `switch` marks a method switch."""
     metadata = {"rule": rule, "doc": doc, "switch": switch}
@@ -209,4 +208,3 @@ class Section:
     def of(cls: type[Section_], cfg: Any) -> Section_:
         """This section's keys of a full config (a TrainConfig or a DictConfig)."""
         return cls(**{item.name: getattr(cfg, item.name) for item in fields(cls)})
-

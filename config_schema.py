@@ -225,9 +225,7 @@ class QueryConfig(Section):
     query_scheme: str = key("policy_aligned", SchemeName(), "the query-selection scheme (queries.py)", switch=True)
     feed_type: int | None = key(
         None,
-        optional(
-            Choice(lambda: tuple(registry.feed_types()), builtin_feed_types)
-        ),
+        optional(Choice(lambda: tuple(registry.feed_types()), builtin_feed_types)),
         "B-Pref's number for query_scheme; wins over it when set",
     )
     max_reward_buffer_size: int = key(
@@ -280,6 +278,7 @@ class RewardConfig(Section):
     reward_hidden_depth: int = key(3, Int(0), "reward MLP hidden layers")
     label_margin: float = key(0.0, Number(0.0, 0.5, closed=True, high_open=True), "label smoothing: y -> y(1-2m)+m")
     data_aug_ratio: int = key(20, Int(0), "temporal-cropping copies per labelled pair; 0 = off", switch=True)
+
     def check_relations(self) -> None:
         longest_cut = QPA_CROP_SHRINK[1]
         if self.data_aug_ratio > 0 and self.segment <= longest_cut:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from feedback import Run
     from teacher import QueryRound
 
+
 @registry.register_keys
 @dataclass
 class PolicerKeys(Section):
