@@ -47,7 +47,7 @@ NAME_CHARACTERS = r"[^/\\#?%:\s]+"  # W&B refuses these characters in a project 
 
 
 class EnvName:
-    text = "a DeepMind Control domain_task or metaworld_<task>-v3"
+    text = "a DeepMind Control domain_task, metaworld_<task>-v3 or a Gymnasium id (Box actions, flat observations)"
     names_the_value = True  # canonical_env_name's message is the whole line
 
     def __call__(self, value: Any) -> str | None:
@@ -143,7 +143,7 @@ class RunConfig(Section):
 
     method: str = key("qpa", None, "the method preset (config/method/ or one a module of yours stores); set by it")
     experiment: str = key("QPA", None, "the method's name in W&B run names; set by the method preset")
-    env: str = key("walker_walk", EnvName(), "the task; Meta-World's -v2 names map to -v3")
+    env: str = key("walker_walk", EnvName(), "the task; Meta-World's -v2 names map to -v3; HalfCheetah-v5: Gymnasium")
     seed: int = key(1, Int(0), "seeds the environments, networks, queries and teacher")
     device: str = key(
         "auto",
@@ -351,7 +351,7 @@ class LogConfig(Section):
 
 
 PRESETS = {"dmc": "quick", "metaworld": "quick_metaworld"}  # each family's CPU-scale preset (config/preset/)
-FAMILY_NAMES = {"dmc": "DeepMind Control", "metaworld": "Meta-World"}
+FAMILY_NAMES = {"dmc": "DeepMind Control", "metaworld": "Meta-World", "gymnasium": "a Gymnasium task"}
 CORE_SECTIONS = (RunConfig, ScheduleConfig, QueryConfig, RewardConfig, TeacherConfig, ReplayConfig, LogConfig)
 AGENT_SECTIONS = (SACParams, ActorParams, CriticParams)
 
@@ -368,11 +368,12 @@ class TrainConfig(LogConfig, ReplayConfig, TeacherConfig, RewardConfig, QueryCon
     def check_relations(self) -> None:
         for section in (*CORE_SECTIONS, *registry.KEY_SECTIONS):
             section.check_relations(self)  # type: ignore[arg-type]
-        family = "metaworld" if utils.is_metaworld(self.env) else "dmc"
+        family = utils.env_family(self.env)
         if self.preset_family and self.preset_family != family:
             made_for, other = FAMILY_NAMES[self.preset_family], FAMILY_NAMES[family]
+            instead = f"use +preset={PRESETS[family]}" if family in PRESETS else "no CPU-scale preset exists for it"
             fail("preset_family", self.preset_family, f"+preset={PRESETS[self.preset_family]} is made for {made_for} "
-                 f"tasks and env={self.env} is {other}; use +preset={PRESETS[family]}")  # fmt: skip
+                 f"tasks and env={self.env} is {other}; {instead}")  # fmt: skip
         steps = utils.episode_steps(self.env)
         if self.reward_source == "learned" and self.num_seed_steps + self.num_unsup_steps < steps:
             fail(

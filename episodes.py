@@ -47,15 +47,20 @@ class Episode:
 
 
 class EpisodeStore:
-    """The `max_episodes` most recent complete episodes (None: all), oldest first, and the one being collected.
+    """The `max_episodes` most recent complete episodes that can hold a segment (longer than `min_length` steps;
+    None: all), with any shorter ones among them, oldest first, and the one being collected. Where every episode is
+    long enough (DeepMind Control, Meta-World) that is the `max_episodes` newest; a task whose episodes can end early
+    (a Gymnasium hopper that falls) keeps as many usable ones.
 
     `closed` counts every episode ever completed, so a cache of the store knows when it is stale and an episode keeps
     its number when older ones are dropped.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, max_episodes: int | None) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, max_episodes: int | None, min_length: int = 0) -> None:
         self.obs_dim = obs_dim
-        self.episodes: deque[Episode] = deque(maxlen=max_episodes)
+        self.episodes: deque[Episode] = deque()
+        self.max_episodes = max_episodes
+        self.min_length = min_length
         self.closed = 0
         self._sa = np.empty((EPISODE_PREALLOC, obs_dim + action_dim), dtype=np.float32)
         self._reward = np.empty(EPISODE_PREALLOC, dtype=np.float32)
@@ -63,7 +68,20 @@ class EpisodeStore:
 
     @property
     def maxlen(self) -> int | None:
-        return self.episodes.maxlen
+        return self.max_episodes
+
+    def _keep(self, episode: Episode) -> None:
+        """Append `episode`, then drop the oldest until the store starts at its `max_episodes`-th usable episode
+        from the end."""
+        self.episodes.append(episode)
+        if self.max_episodes is None:
+            return
+        usable = sum(map(self._usable, self.episodes))
+        while usable > self.max_episodes or (usable == self.max_episodes and not self._usable(self.episodes[0])):
+            usable -= self._usable(self.episodes.popleft())
+
+    def _usable(self, episode: Episode) -> bool:
+        return len(episode.reward) > self.min_length
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -72,7 +90,8 @@ class EpisodeStore:
         return iter(self.episodes)
 
     def recent(self, num: int) -> list[Episode]:
-        return list(self.episodes)[-num:]
+        """The `num` most recent episodes that can hold a segment."""
+        return [episode for episode in self.episodes if self._usable(episode)][-num:]
 
     def episode(self, index: int) -> Episode:
         """The episode numbered `index`; KeyError once it is no longer kept."""
@@ -92,7 +111,7 @@ class EpisodeStore:
         self._reward[n] = reward
         self._length = n + 1
         if done:
-            self.episodes.append(Episode(self.closed, self._sa[: n + 1].copy(), self._reward[: n + 1].copy()))
+            self._keep(Episode(self.closed, self._sa[: n + 1].copy(), self._reward[: n + 1].copy()))
             self._length = 0
             self.closed += 1
 
@@ -146,7 +165,7 @@ class EpisodeStore:
         first = self.closed - len(lengths)
         self.episodes.clear()
         for offset, ((start, end), sim) in enumerate(zip(itertools.pairwise(np.cumsum([0, *lengths])), sims)):
-            self.episodes.append(Episode(first + offset, sa[start:end].copy(), reward[start:end].copy(), sim))
+            self._keep(Episode(first + offset, sa[start:end].copy(), reward[start:end].copy(), sim))
         self._length = len(state["open_reward"])
         capacity = max(EPISODE_PREALLOC, self._length)
         self._sa = np.empty((capacity, self._sa.shape[1]), dtype=np.float32)

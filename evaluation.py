@@ -1,5 +1,5 @@
 """Evaluation episodes of the deterministic policy (ALGORITHM.md §2): the true return, the return r̂ predicts for
-the same episodes, and Meta-World's success."""
+the same episodes, and the success rate where the task reports success (Meta-World, some Gymnasium tasks)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from video import VideoRecorder
 class Evaluation:
     episode_reward: float  # mean true return
     episode_reward_hat: float | None  # mean predicted return (None without a learned reward)
-    success_rate: float | None  # % of episodes that succeeded at some step (Meta-World only)
+    success_rate: float | None  # % of episodes that succeeded at some step (None: the task reports no success)
 
 
 def evaluate_policy(
@@ -29,7 +29,6 @@ def evaluate_policy(
     num_episodes: int,
     first_seed: int,
     reward_model: RewardModel | None,
-    metaworld: bool,
     recorder: VideoRecorder | None = None,
     step: int = 0,
     act: Callable[..., np.ndarray] | None = None,
@@ -44,7 +43,7 @@ def evaluate_policy(
         filming = recorder is not None and index == 0
         if filming:
             recorder.init(env)
-        done, length, episode_return, success = False, 0, 0.0, 0.0
+        done, length, episode_return, success = False, 0, 0.0, None
         while not done:
             with utils.eval_mode(agent.actor):
                 action = act(obs, sample=False)
@@ -55,8 +54,8 @@ def evaluate_policy(
             done = terminated or truncated
             episode_return += reward
             length += 1
-            if metaworld:
-                success = max(success, float(info["success"]))
+            if "success" in info:
+                success = max(success or 0.0, float(info["success"]))
         if filming:
             recorder.save(f"eval_{step}.mp4", step)
         returns.append(episode_return)
@@ -67,5 +66,5 @@ def evaluate_policy(
     return Evaluation(
         episode_reward=float(np.mean(returns)),
         episode_reward_hat=float(np.mean(returns_hat)) if reward_model is not None else None,
-        success_rate=100.0 * float(np.mean(successes)) if metaworld else None,
+        success_rate=None if None in successes else 100.0 * float(np.mean(successes)),
     )

@@ -126,19 +126,20 @@ def make_logger(cfg: TrainConfig, work_dir: Path, resume_step: int | None) -> Lo
 
 @dataclass
 class EpisodeStats:
-    """A training episode's figures as it runs: length, true and predicted return, Meta-World's success."""
+    """A training episode's figures as it runs: length, true and predicted return, success where the task reports it
+    (Meta-World, some Gymnasium tasks)."""
 
     return_hat: torch.Tensor  # summed on the device, so a step never waits for it
     length: int = 0
     reward: float = 0.0
-    success: float = 0.0
+    success: float | None = None
     start: float = field(default_factory=time.perf_counter)
 
     def add(self, reward: float, info: dict[str, Any]) -> None:
         self.reward += reward
         self.length += 1
-        if "success" in info:  # Meta-World: succeeded at some step
-            self.success = max(self.success, float(info["success"]))
+        if "success" in info:  # succeeded at some step
+            self.success = max(self.success or 0.0, float(info["success"]))
 
 
 def check_finite(metrics: dict[str, Any], step: int) -> None:
@@ -174,7 +175,7 @@ class Workspace:
         self.replay_buffer = ReplayBuffer((obs_dim,), (action_dim,), cfg.replay_buffer_capacity, self.device,
                                           max_episode_len=self.max_episode_steps, seed=replay_seed,
                                           store_reward_std=needs_reward_std)  # fmt: skip
-        self.episodes = EpisodeStore(obs_dim, action_dim, cfg.history_size)
+        self.episodes = EpisodeStore(obs_dim, action_dim, cfg.history_size, min_length=cfg.segment)
         self.preferences = PreferenceDataset(cfg.segment, obs_dim + action_dim, cfg.max_feedback, self.device)
         self.reward_model = make_reward_model(cfg, obs_dim + action_dim, self.device, seeds.net)
         self.extensions = build_extensions(self)  # the method's parts its switches turn on (feedback.HOOKS)
@@ -360,7 +361,7 @@ class Workspace:
             log("train/episode_reward_hat", stats.return_hat, step)
             log("train/total_feedback", schedule.total_feedback, step)
             log("train/labeled_feedback", schedule.labeled_feedback, step)
-        if self.is_metaworld:
+        if stats.success is not None:
             log("train/success_rate", 100.0 * stats.success, step)
         for name, value in self.update_metrics.items():
             log(f"train/{name}", value, step)
@@ -375,8 +376,7 @@ class Workspace:
         first_seed = cfg.seed * 100_003 + EVAL_SEED_OFFSET + self.step
         film = self.video_recorder.wants(self.step, self.last_eval_step, final=self.step >= cfg.num_train_steps)
         result = evaluate_policy(self.agent, self.eval_env, cfg.num_eval_episodes, first_seed, reward_model,
-                                 self.is_metaworld, self.video_recorder if film else None, self.step,
-                                 act=self.steps.act)  # fmt: skip
+                                 self.video_recorder if film else None, self.step, act=self.steps.act)  # fmt: skip
         log("eval/episode", self.episode, self.step)
         for name, value in dataclasses.asdict(result).items():
             if value is not None:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import gymnasium_env
+
 
 class NonFiniteError(RuntimeError):
     """A loss or predicted reward became NaN/inf; the run stops and keeps its last good checkpoint."""
@@ -277,9 +279,20 @@ def is_metaworld(name: str) -> bool:
     return isinstance(name, str) and name.startswith(METAWORLD_PREFIX)
 
 
+def env_family(name: str) -> str:
+    """`metaworld`, `gymnasium` (a registered Gymnasium id) or `dmc`, for a name `canonical_env_name` accepts."""
+    if is_metaworld(name):
+        return "metaworld"
+    return "gymnasium" if gymnasium_env.is_gymnasium(name) else "dmc"
+
+
 def episode_steps(name: str) -> int:
-    """Steps of an episode of the task: Meta-World's 500, DeepMind Control's 1000 (both end only at their limit)."""
-    return METAWORLD_EPISODE_STEPS if is_metaworld(name) else DMC_EPISODE_STEPS
+    """The most steps of an episode of the task: Meta-World's 500 and DeepMind Control's 1000 (their episodes end only
+    there), a Gymnasium task's time limit (its episodes may end before)."""
+    family = env_family(name)
+    if family == "gymnasium":
+        return gymnasium_env.episode_steps(name)
+    return METAWORLD_EPISODE_STEPS if family == "metaworld" else DMC_EPISODE_STEPS
 
 
 @functools.cache
@@ -301,9 +314,10 @@ def _metaworld_env_names() -> frozenset[str]:
 def canonical_env_name(name: str) -> str:
     """Validate an environment name and return the one `make_env` builds.
 
-    DMC names are `domain_task` (`walker_walk`, `ball_in_cup_catch`); Meta-World names are `metaworld_<task>-v3`.
-    The reference's `metaworld_<task>-v2` names map to their v3 task with a one-time notice. Anything else raises a
-    one-line ValueError naming the value and the closest valid names.
+    DMC names are `domain_task` (`walker_walk`, `ball_in_cup_catch`); Meta-World names are `metaworld_<task>-v3`;
+    any registered Gymnasium id with a flat continuous action space and a flat observation (`HalfCheetah-v5`). The
+    reference's `metaworld_<task>-v2` names map to their v3 task with a one-time notice. Anything else raises a
+    one-line ValueError naming the value and the closest valid names, or why a Gymnasium task cannot be trained.
     """
     if isinstance(name, str) and name in _dmc_env_names():
         return name
@@ -319,11 +333,16 @@ def canonical_env_name(name: str) -> str:
                     stacklevel=2,
                 )
             return wanted
+    elif gymnasium_env.is_gymnasium(wanted):
+        reason = gymnasium_env.unsupported_reason(wanted)
+        if reason:
+            raise ValueError(reason)
+        return wanted
     valid = sorted(_dmc_env_names() | _metaworld_env_names())
-    suggestions = difflib.get_close_matches(wanted, valid, n=3) or ["walker_walk", "metaworld_drawer-open-v3"]
+    suggestions = difflib.get_close_matches(wanted, valid, n=3) + gymnasium_env.close_ids(wanted)
     raise ValueError(
-        f"unknown environment {name!r}; valid names are DMC domain_task or metaworld_<task>-v3, "
-        f"closest: {', '.join(suggestions)}"
+        f"unknown environment {name!r}; valid names are DMC domain_task, metaworld_<task>-v3 or a Gymnasium id, "
+        f"closest: {', '.join(suggestions[:3] or ['walker_walk', 'metaworld_drawer-open-v3', 'HalfCheetah-v5'])}"
     )
 
 
@@ -411,11 +430,13 @@ class MetaWorldEnv(gym.Env):
 
 
 def make_env(name: str, seed: int) -> gym.Env:
-    """A seeded Gymnasium env for a DMC (`walker_walk`, 1000-step episodes) or Meta-World (`metaworld_<task>-v3`,
-    500-step episodes) name; see `canonical_env_name` for the accepted names."""
+    """A seeded Gymnasium env for a DMC (`walker_walk`, 1000-step episodes), Meta-World (`metaworld_<task>-v3`,
+    500-step episodes) or Gymnasium (`HalfCheetah-v5`) name; see `canonical_env_name` for the accepted names."""
     name = canonical_env_name(name)
     if is_metaworld(name):
         return MetaWorldEnv(name.removeprefix(METAWORLD_PREFIX), seed)
+    if gymnasium_env.is_gymnasium(name):
+        return gymnasium_env.GymnasiumEnv(name, seed)
     import dmc2gym
 
     from custom_dmcontrol import split_task_name

@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env
 import custom_dmcontrol
 import utils
 from custom_dmcontrol import versions
+from gymnasium_env import GymnasiumEnv
 
 DMC_TASKS = [
     "walker_walk",
@@ -325,3 +326,64 @@ def test_bad_names_get_one_line_errors_with_suggestions(bad, suggestion):
     assert "\n" not in message
     with pytest.raises(ValueError, match="closest:"):
         utils.make_env(bad, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Gymnasium tasks by id
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_gymnasium_task_has_actions_in_the_unit_box_float32_observations_and_its_time_limit():
+    env = utils.make_env("Humanoid-v5", seed=0)  # action bounds ±0.4: rescaled to ±1
+    assert (env.action_space.low == -1).all() and (env.action_space.high == 1).all()
+    assert env.max_episode_steps == 1000 == utils.episode_steps("Humanoid-v5")
+    obs, _ = env.reset(seed=3)
+    again, _ = utils.make_env("Humanoid-v5", seed=0).reset(seed=3)
+    assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape and np.array_equal(obs, again)
+    check_env(env, skip_render_check=True)
+    env.close()
+
+
+def episode_end(env, action: np.ndarray) -> tuple[int, bool, bool]:
+    """(steps, terminated, truncated) of an episode of a constant action."""
+    env.reset(seed=0)
+    steps, terminated, truncated = 0, False, False
+    while not (terminated or truncated):
+        _, _, terminated, truncated, _ = env.step(action)
+        steps += 1
+    return steps, terminated, truncated
+
+
+def test_a_gymnasium_task_ends_where_gymnasium_ends_it():
+    """A falling hopper terminates (no bootstrap past it); a half-cheetah runs to its time limit, truncated."""
+    steps, terminated, truncated = episode_end(utils.make_env("Hopper-v5", seed=0), np.ones(3, dtype=np.float32))
+    assert terminated and not truncated and steps < 1000
+    cheetah = utils.make_env("HalfCheetah-v5", seed=0)
+    assert episode_end(cheetah, np.zeros(6, dtype=np.float32)) == (1000, False, True)
+    assert cheetah.max_episode_steps == 1000
+
+
+def test_a_gymnasium_task_renders_at_the_size_asked_for_and_names_success_as_meta_world_does():
+    render_or_skip()
+    env = utils.make_env("HalfCheetah-v5", seed=0)
+    env.reset(seed=0)
+    frame = env.render(height=64, width=96)
+    assert frame.shape == (64, 96, 3) and frame.dtype == np.uint8 and frame.std() > 0
+    model, data = env.sim
+    assert model.nq == data.qpos.shape[0]
+    env.close()
+    assert GymnasiumEnv._with_success({"is_success": True}) == {"is_success": True, "success": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("HalfCheeta-v5", "unknown environment 'HalfCheeta-v5'; valid names are DMC domain_task, metaworld_<task>-v3 "
+         "or a Gymnasium id, closest: HalfCheetah-v5"),
+        ("CartPole-v1", "env=CartPole-v1 is not supported: its action space Discrete(2) is not a flat continuous Box"),
+    ],
+)  # fmt: skip
+def test_an_unknown_or_unsupported_gymnasium_id_is_refused_in_one_line(bad, message):
+    with pytest.raises(ValueError) as error:
+        utils.canonical_env_name(bad)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)

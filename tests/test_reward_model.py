@@ -14,6 +14,7 @@ from conftest import PreferenceLearner, make_reward_model
 import queries
 import utils
 from config_schema import ConfigError
+from episodes import EpisodeStore
 from preferences import crop_windows, qpa_crop_lengths, window_sums
 
 DS, DA = 3, 1
@@ -278,6 +279,20 @@ def test_history_size_keeps_a_fifo_and_variable_lengths_work():
     feed_numbered_episodes(empty, [10, 12])
     with pytest.raises(ValueError, match="segment=20"):
         empty.query("policy_aligned")
+
+
+def test_a_store_of_episodes_that_end_early_keeps_as_many_usable_ones_and_numbers_them_in_order():
+    """Episodes of at most `min_length` steps cannot hold a segment: the store keeps its `max_episodes` newest
+    usable episodes and those among them, so a task whose episodes end early still has N to query from."""
+    store = EpisodeStore(2, 1, max_episodes=2, min_length=5)
+    for length in (10, 3, 10, 2, 4, 10):
+        for t in range(length):
+            store.add(np.zeros(2), np.zeros(1), 0.0, t == length - 1)
+    assert [episode.index for episode in store] == [2, 3, 4, 5]  # from the 2nd newest usable episode on
+    assert [episode.index for episode in store.recent(2)] == [2, 5] and store.episode(4).index == 4
+    restored = EpisodeStore(2, 1, max_episodes=2, min_length=5)
+    restored.load_state_dict(store.state_dict())
+    assert [episode.index for episode in restored] == [2, 3, 4, 5]
 
 
 def test_disagreement_picks_top_variance_candidates():

@@ -110,6 +110,22 @@ def test_each_familys_cpu_preset_composes_over_a_paper_task_and_trains(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["qpa", "pebble"])
+def test_a_gymnasium_mujoco_task_trains_from_the_command_line(tmp_path, method):
+    """Hopper-v5: its episodes end where the hopper falls (terminated, shorter than the 1000-step limit), and the
+    scripted teacher labels by the task's own reward."""
+    run_dir = tmp_path / "hopper"
+    train(run_dir, "env=Hopper-v5", f"method={method}", *TINY)
+    evals, trains = pd.read_csv(run_dir / "eval.csv"), pd.read_csv(run_dir / "train.csv")
+    # evaluated at the first episode end at least 1000 steps after the last evaluation, and at the end
+    assert len(evals) == 3 and 1000 <= evals.step[1] < 1100 and evals.step[2] == 2000
+    assert evals.total_feedback.iloc[-1] == 20
+    lengths = trains.step.diff().dropna()
+    assert (lengths < 1000).all() and lengths.nunique() > 1  # episodes of many lengths, none at the time limit
+    assert OmegaConf.load(run_dir / "config.yaml").env == "Hopper-v5"
+
+
+@pytest.mark.slow
 def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path):
     """The walker_walk line of the reference's run_QPA.sh with its step counts shrunk (seed, unsupervised, reset,
     eval and buffer budgets appended); wandb runs offline and device='cuda' falls back to the CPU."""
@@ -135,6 +151,8 @@ def test_reference_command_line_runs_unchanged_with_shrunk_step_budgets(tmp_path
 BAD_VALUES = [
     ("env=walker_wlak", "walker_walk"),
     ("env=metaworld_nope-v2", "metaworld_nope-v2"),
+    ("env=HalfCheeta-v5", "closest: HalfCheetah-v5"),
+    ("env=CartPole-v1", "env=CartPole-v1 is not supported: its action space Discrete(2) is not a flat continuous Box"),
     ("num_train_steps=-5", "num_train_steps=-5"),
     ("max_feedback=0", "max_feedback=0"),
     ("agent.params.batch_size=0", "agent.params.batch_size=0"),
