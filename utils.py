@@ -127,12 +127,14 @@ def soft_update_params(net: nn.Module, target_net: nn.Module, tau: float) -> Non
     torch._foreach_lerp_(target_params, list(net.parameters()), tau)
 
 
-def adam(params: Iterable[torch.Tensor], lr: float, betas: tuple[float, ...] = (0.9, 0.999)) -> torch.optim.Adam:
+def adam(
+    params: Iterable[torch.Tensor], lr: float, betas: tuple[float, ...] = (0.9, 0.999), weight_decay: float = 0.0
+) -> torch.optim.Adam:
     """Adam with the fused kernel, for every optimiser of a run. On a CPU the default kernel takes the square root
     of the second moment with torch.sqrt, which calls MKL's vector math library, and that picks its code by
     processor: an AMD EPYC and an Intel Xeon round the same input differently (docs/TESTING.md). The fused kernel
     uses the IEEE square-root instruction, exact on every processor; it is also the faster one on a CPU."""
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
 
 
 def weight_init(module: nn.Module) -> None:

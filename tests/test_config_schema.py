@@ -59,7 +59,7 @@ schema, builder = Path("config_schema.py"), Path("train_QPA.py")
 anchor = 'data_aug_ratio: int = key(20, Int(0), "temporal-cropping copies per labelled pair; 0 = off", switch=True)\\n'
 field = 'reward_weight_decay: float = key(0.0, Number(0.0, closed=True), "L2 weight decay", switch=True)\\n'
 schema.write_text(schema.read_text().replace(anchor, anchor + "    " + field))
-optimiser = "torch.optim.Adam(model.net.parameters(), lr=cfg.reward_lr"
+optimiser = "utils.adam(model.net.parameters(), lr=cfg.reward_lr"
 builder.write_text(builder.read_text().replace(optimiser, optimiser + ", weight_decay=cfg.reward_weight_decay"))
 preset = ["# @package _global_", "defaults:", "  - qpa", "  - _self_", "method: qpa_wd", "experiment: QPA-WD",
           "reward_weight_decay: 1.0e-4"]
