@@ -148,6 +148,17 @@ class Pixels:
         return None if ok and value % 16 == 0 else f"must be a multiple of 16 from {self.low} to {self.high}"
 
 
+@dataclass(frozen=True)
+class Text:
+    """One line of text, as a person reads it (a quoted value on the command line)."""
+
+    maximum: int
+
+    def __call__(self, value: Any) -> str | None:
+        ok = isinstance(value, str) and len(value) <= self.maximum and not any(c in value for c in "\r\n")
+        return None if ok else f"must be one line of text of at most {self.maximum} characters (quote it)"
+
+
 def boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
@@ -509,6 +520,16 @@ class TeacherConfig(Section):
     human_host: str = key("127.0.0.1", Name(r"[\w.:-]+", "a host name or address"), "human: the page's bind address")
     human_port: int = key(8765, Int(0, 65535), "human: the page's port; 0: any free port")
     human_timeout: float = key(300.0, Number(0.0), "human: seconds before an unanswered query goes back to the pool")
+    human_undo_window: float = key(
+        5.0,
+        Number(0.0, closed=True),
+        "human: seconds a fully answered round stays open, so that its last answer can still be undone; 0: none",
+    )
+    human_instruction: Any = key(  # Any, not str: a bare `true` must be refused, not turned into the text 'True'
+        "",
+        Text(300),
+        "human: the page's instruction to labellers in place of the task's goal (task_goals.py); empty: the goal",
+    )
 
     def check_relations(self) -> None:
         if self.teacher_type == "replay" and (self.labels_from is None or not Path(str(self.labels_from)).is_file()):

@@ -58,6 +58,7 @@ RESUME_MUTABLE_KEYS = (
     "human_host",
     "human_port",
     "human_timeout",
+    "human_undo_window",
 )
 
 
