@@ -367,7 +367,7 @@ class Workspace:
             ask_queries(self)
         answers = self.teacher.answers(self.step)
         if answers is None and self.cfg.human_mode == "sync":
-            answers = wait_for_answers(self.teacher, self.step, self.progress)
+            answers = wait_for_answers(self.teacher, self.step, self.progress, lambda shown: report_wait(self, shown))
         if answers is None:  # a person is still answering (human_mode=async)
             if self.schedule.open_round.opened_step == self.step:
                 tqdm.write(f"step {self.step}: waiting for labels ({self.teacher.progress()}); training goes on "
@@ -578,6 +578,13 @@ def follow_steps(workspace: Workspace) -> None:
     """A person's page shows the run's current step, also between query rounds."""
     if isinstance(workspace.teacher, HumanTeacher):
         workspace.teacher.step_source = lambda: workspace.step
+
+
+def report_wait(workspace: Workspace, progress: str | None) -> None:
+    """status.json says that the run waits for a person's labels, at which step and how far they are (`progress`);
+    None: it waits no more."""
+    waiting = None if progress is None else {"current_step": workspace.step, "waiting_for_labels": progress}
+    write_status(workspace.work_dir, "running", workspace.checkpointed_step or 0, waiting=waiting)
 
 
 def stop_labelling_page(workspace: Workspace | None) -> None:

@@ -268,8 +268,11 @@ def test_a_run_killed_in_the_middle_of_a_round_asks_only_the_unanswered_queries(
         run.answer(query, "left")
         first_answers[query["query"]] = query["round"]
     before = answers_in(tmp_path)
-    status = json.loads((tmp_path / "status.json").read_text())
-    assert status["labelling_url_file"] == str(tmp_path / URL_NAME)
+    # status.json says where the run waits and how far the round is (its step stays the checkpoint's, to resume from)
+    waiting = "round 1, 4 of 10 answered"
+    status = wait_for_status(tmp_path, lambda status: status.get("waiting_for_labels") == waiting)
+    assert status == {"state": "running", "step": 1000, "error": None, "current_step": 1100,
+                      "waiting_for_labels": waiting, "labelling_url_file": str(tmp_path / URL_NAME)}  # fmt: skip
     assert (tmp_path / URL_NAME).read_text() == f"{run.url()}\n"
     second = subprocess.run([sys.executable, "train_QPA.py", *HUMAN, f"hydra.run.dir={tmp_path}"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -292,6 +295,16 @@ def test_a_run_killed_in_the_middle_of_a_round_asks_only_the_unanswered_queries(
     after = answers_in(tmp_path)
     assert [row for row in after if row[2] == "left"] == [row for row in before if row[2] == "left"]
     assert len(after) == ROUNDS * QUERIES and all(answer is not None for _, _, answer, _ in after)
+    assert json.loads((tmp_path / "status.json").read_text()) == {"state": "finished", "step": 2000, "error": None}
+
+
+def wait_for_status(run_dir: Path, condition, timeout: float = 60) -> dict:
+    """status.json once `condition` holds for it (the run writes it from its own thread)."""
+    deadline = time.monotonic() + timeout
+    while not condition(status := json.loads((run_dir / "status.json").read_text())):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    return status
 
 
 def test_async_mode_trains_on_while_a_round_is_open(tmp_path):
@@ -390,6 +403,8 @@ def test_a_full_disk_while_a_person_labels_stops_the_run_in_one_line_and_keeps_e
         for _ in range(4):
             run.answer(run.next_query(), "left")
         query = run.next_query()
+        # The run has written how far the round is to status.json: the next write to fail is the answer's
+        wait_for_status(run_dir, lambda status: status.get("waiting_for_labels") == "round 1, 4 of 10 answered")
         if root:
             filler = fill(filesystem)
         else:
@@ -444,7 +459,8 @@ def test_a_run_whose_directory_was_taken_over_stops_and_leaves_it_alone(tmp_path
     """Another node's process took the lock over (this run's heartbeat had stopped for STALE_S, as a suspended job's
     does): within a heartbeat the run stops in one line, and its status.json stays as the new holder will write it."""
     run = HumanRun(tmp_path, *HUMAN)
-    run.next_query()  # the run waits for its person
+    run.next_query()  # the run waits for its person, and has said so in status.json
+    wait_for_status(tmp_path, lambda status: status.get("waiting_for_labels") == "round 1, 0 of 10 answered")
     status = (tmp_path / "status.json").read_bytes()
     taker = Holder("node-elsewhere", 4242, time.time(), time.time(), "0123456789abcdef")
     fd = os.open(tmp_path / LOCK_NAME, os.O_WRONLY)  # written in place, as RunLock writes it
