@@ -289,6 +289,12 @@ def _metaworld_env_names() -> frozenset[str]:
     return frozenset(METAWORLD_PREFIX + task for task in tasks)
 
 
+def env_names() -> frozenset[str]:
+    """Every environment name `canonical_env_name` accepts as it is (not counting Meta-World's v2 aliases): a new
+    family of tasks adds its names here, and the labelling page's goal table (task_goals.py) must cover them all."""
+    return _dmc_env_names() | _metaworld_env_names()
+
+
 def canonical_env_name(name: str) -> str:
     """Validate an environment name and return the one `make_env` builds.
 
@@ -310,7 +316,7 @@ def canonical_env_name(name: str) -> str:
                     stacklevel=2,
                 )
             return wanted
-    valid = sorted(_dmc_env_names() | _metaworld_env_names())
+    valid = sorted(env_names())
     suggestions = difflib.get_close_matches(wanted, valid, n=3) or ["walker_walk", "metaworld_drawer-open-v3"]
     raise ValueError(
         f"unknown environment {name!r}; valid names are DMC domain_task or metaworld_<task>-v3, "

@@ -36,6 +36,7 @@ from human_teacher import (
 )
 from labelling_app import MAX_BODY_BYTES
 from run_dir import URL_NAME
+from task_goals import TASK_GOALS, describe_task
 from teacher import QueryRound, TeacherError
 from utils import WriteError
 
@@ -339,6 +340,16 @@ def test_oversized_chunked_bodies_unknown_queries_and_second_answers_are_refused
     console = capfd.readouterr().err
     assert "Traceback" not in console and len(console.splitlines()) <= 4  # 413, 400, 405 only
     assert '<link rel="icon" href="data:,">' in get(open_teacher.url)[1].decode()  # no request for /favicon.ico
+
+
+def test_every_task_the_project_accepts_has_a_goal_a_person_can_read():
+    # A family of tasks added to utils later cannot reach the labelling page without its goals
+    assert set(TASK_GOALS) == set(utils.env_names())
+    for name, goal in TASK_GOALS.items():
+        assert goal[0].isupper() and goal.endswith(".") and "\n" not in goal and len(goal) <= 110, name
+    with pytest.warns(UserWarning, match="running metaworld_drawer-open-v3"):
+        task = describe_task("metaworld_drawer-open-v2")
+    assert task == ("metaworld_drawer-open-v3", "Meta-World", "Pull the drawer open by its handle.")
 
 
 def all_rendered(teacher: HumanTeacher) -> None:
