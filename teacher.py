@@ -39,6 +39,12 @@ class QueryRound:
     feedback_budget: int  # max_feedback
     first: bool  # the run's first round, after which the critic restarts
 
+    @property
+    def number(self) -> int:
+        """The round's number wherever a person reads it (the labelling page, the console, labels.sqlite): 1 for
+        the first."""
+        return self.index + 1
+
 
 class TeacherError(RuntimeError):
     """A teacher that cannot answer (recorded labels that do not fit this run, a segment that does not render):

@@ -280,10 +280,9 @@ class Workspace:
                 if self.schedule.feedback_due(self.step):
                     self.feedback()
                 self.update_agent(phase)
-                if self.recorder is not None:
-                    self.recorder.record()
 
-                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                # A person's run keeps the simulator states of each step, for the videos of its queries
+                next_obs, reward, terminated, truncated, info = (self.recorder or self.env).step(action)
                 done = terminated or truncated
                 # dm_control and Meta-World episodes end only at the time limit: bootstrap through it
                 done_no_max = float(terminated)
