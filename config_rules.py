@@ -126,6 +126,17 @@ class Pixels:
         return None if ok and value % 16 == 0 else f"must be a multiple of 16 from {self.low} to {self.high}"
 
 
+@dataclass(frozen=True)
+class Text:
+    """One line of text, as a person reads it (a quoted value on the command line)."""
+
+    maximum: int
+
+    def __call__(self, value: Any) -> str | None:
+        ok = isinstance(value, str) and len(value) <= self.maximum and not any(c in value for c in "\r\n")
+        return None if ok else f"must be one line of text of at most {self.maximum} characters (quote it)"
+
+
 def boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 

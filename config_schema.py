@@ -34,6 +34,7 @@ from config_rules import (
     Pair,
     Pixels,
     Section,
+    Text,
     auto_or_boolean,
     boolean,
     default_of,
@@ -305,6 +306,16 @@ class TeacherConfig(Section):
     human_host: str = key("127.0.0.1", Name(r"[\w.:-]+", "a host name or address"), "human: the page's bind address")
     human_port: int = key(8765, Int(0, 65535), "human: the page's port; 0: any free port")
     human_timeout: float = key(300.0, Number(0.0), "human: seconds before an unanswered query goes back to the pool")
+    human_undo_window: float = key(
+        5.0,
+        Number(0.0, closed=True),
+        "human: seconds a fully answered round stays open, so that its last answer can still be undone; 0: none",
+    )
+    human_instruction: Any = key(  # Any, not str: a bare `true` must be refused, not turned into the text 'True'
+        "",
+        Text(300),
+        "human: the page's instruction to labellers in place of the task's goal (task_goals.py); empty: the goal",
+    )
 
     def check_relations(self) -> None:
         if self.teacher_type == "replay" and (self.labels_from is None or not Path(str(self.labels_from)).is_file()):

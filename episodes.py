@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 EPISODE_PREALLOC = 1000  # rows preallocated for the episode being collected; doubled when a longer one shows up
-SimStates = tuple[dict[str, np.ndarray], np.ndarray]  # an episode's layout and its per-step simulator states
+# An episode's layout, its per-step simulator states and the success each step reported (None where the
+# environment reports none)
+SimStates = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]
 
 
 class SegmentPairs(NamedTuple):

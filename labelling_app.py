@@ -1,10 +1,12 @@
 """The labelling page of `teacher=human`: a Starlette app served by uvicorn from a thread of the training process.
 
 Every request must carry the run's random token (`?token=` or an `X-Token` header), else 403: on a shared
-machine, others can reach 127.0.0.1 too. The page (labelling_page.html, plain HTML and JS) asks `/api/next` for a
-query (or, when there is none, for the reason), plays its two segments from `/api/video/...` side by side, posts
-the answer to `/api/answer`, and gives its query back through `/api/release` when its tab closes; while it shows a
-query it asks `/api/state`, so that it notices the run finishing or going away.
+machine, others can reach 127.0.0.1 too. The page (labelling_page.html, plain HTML and JS) asks `/api/task` what
+the task is and what makes a segment better, asks `/api/next` for a query (or, when there is none, for the reason),
+plays its two segments from `/api/video/...` side by side, posts the answer to `/api/answer` (and may take its last
+one back through `/api/undo` while the round is open), and gives its query back through `/api/release` when its
+tab closes; while it shows a query it asks `/api/state`, so that it notices another tab taking the query over or
+the run finishing or going away. Rounds and queries are numbered from 1, as the page shows them.
 
 A request the page would never send gets a 4xx with a one-line JSON error and one line on the run's console, never
 a 500 or a traceback: a body over MAX_BODY_BYTES is 413; one that is not UTF-8 JSON, not an object or holds a value
@@ -82,10 +84,11 @@ async def json_object(request: Request) -> dict[str, Any]:
     return value
 
 
-def index(body: dict[str, Any], key: str) -> int:
+def number(body: dict[str, Any], key: str) -> int:
+    """A round or query number (from 1)."""
     value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
-        raise HTTPException(400, f"{key}={json.dumps(value)[:40]} is invalid: allowed: an integer >= 0")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+        raise HTTPException(400, f"{key}={json.dumps(value)[:40]} is invalid: allowed: an integer >= 1")
     return value
 
 
@@ -99,24 +102,34 @@ def text(body: dict[str, Any], key: str) -> str:
 class LabellingSource(Protocol):
     """What the page serves and records: human_teacher.HumanTeacher."""
 
-    def claim(self, tab: str = "", take_over: bool = False) -> dict[str, Any] | None: ...
-    def page_state(self, tab: str = "") -> dict[str, Any]: ...
-    def video(self, round_index: int, query: int, side: int) -> bytes | None: ...
-    def answer(self, round_index: int, query: int, answer: str, labeller: str) -> str: ...
-    def release(self, round_index: int, query: int, tab: str) -> bool: ...
+    def task(self) -> dict[str, str]: ...
+    def claim(self, tab: str = "", take_over: bool = False, name: str = "") -> dict[str, Any] | None: ...
+    def page_state(self, tab: str = "", name: str = "") -> dict[str, Any]: ...
+    def video(self, round_number: int, query: int, side: int) -> bytes | None: ...
+    def answer(self, round_number: int, query: int, answer: str, labeller: str, tab: str = "") -> str: ...
+    def undo(self, round_number: int, query: int, tab: str) -> tuple[str, dict[str, Any] | None]: ...
+    def release(self, round_number: int, query: int, tab: str) -> bool: ...
+
+
+def tab_and_name(request: Request) -> tuple[str, str]:
+    """The asking tab's id and the name typed in it."""
+    return request.query_params.get("tab", "")[:MAX_TEXT], request.query_params.get("name", "")[:MAX_TEXT]
 
 
 def make_app(teacher: LabellingSource, token: str) -> Starlette:
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE.read_text())
 
+    async def task(request: Request) -> JSONResponse:
+        return JSONResponse(teacher.task())
+
     async def next_query(request: Request) -> JSONResponse:
-        tab = request.query_params.get("tab", "")[:MAX_TEXT]
-        query = teacher.claim(tab, take_over=request.query_params.get("take_over") == "1")
-        return JSONResponse(query or teacher.page_state(tab))
+        tab, name = tab_and_name(request)
+        query = teacher.claim(tab, take_over=request.query_params.get("take_over") == "1", name=name)
+        return JSONResponse(query or teacher.page_state(tab, name))
 
     async def state(request: Request) -> JSONResponse:
-        return JSONResponse(teacher.page_state(request.query_params.get("tab", "")[:MAX_TEXT]))
+        return JSONResponse(teacher.page_state(*tab_and_name(request)))
 
     async def video(request: Request) -> Response:
         params = request.path_params
@@ -131,20 +144,39 @@ def make_app(teacher: LabellingSource, token: str) -> Starlette:
         if not isinstance(choice, str) or choice not in ANSWER_LABELS:
             allowed = ", ".join(ANSWER_LABELS)
             raise HTTPException(400, f"answer={json.dumps(choice)[:40]} is invalid: allowed: {allowed}")
-        round_index, query, labeller = index(body, "round"), index(body, "query"), text(body, "labeller")
+        round_number, query, labeller = number(body, "round"), number(body, "query"), text(body, "labeller")
         try:
-            outcome = teacher.answer(round_index, query, choice, labeller)
+            outcome = teacher.answer(round_number, query, choice, labeller, text(body, "tab"))
         except WriteError as error:  # the training thread stops the run with the same line
             return JSONResponse({"error": f"not recorded: {error}; the run stops"}, 503)
         if outcome == "missing":
-            return refused(request, 404, f"round {round_index} has no query {query}")
+            return refused(request, 404, f"round {round_number} has no query {query}")
         if outcome == "answered":
-            return refused(request, 409, "this query is already answered or no longer open")
+            return refused(request, 409, f"query {query} of round {round_number} was already answered in another "
+                                         "tab; that answer stays")  # fmt: skip
+        if outcome == "closed":
+            return refused(request, 409, f"round {round_number} is closed: the run has all its answers")
         return JSONResponse({"recorded": True})
+
+    async def undo(request: Request) -> JSONResponse:
+        body = await json_object(request)
+        round_number, query = number(body, "round"), number(body, "query")
+        try:
+            outcome, query_again = teacher.undo(round_number, query, text(body, "tab"))
+        except WriteError as error:
+            return JSONResponse({"error": f"not undone: {error}; the run stops"}, 503)
+        if outcome == "missing":
+            return refused(request, 404, f"round {round_number} has no query {query}")
+        if outcome == "closed":
+            return refused(request, 409, f"not undone: the run has already learnt from round {round_number}")
+        if outcome == "not last":
+            return refused(request, 409, f"not undone: query {query} of round {round_number} is not this tab's "
+                                         "last answer")  # fmt: skip
+        return JSONResponse(query_again)
 
     async def release(request: Request) -> JSONResponse:
         body = await json_object(request)
-        released = teacher.release(index(body, "round"), index(body, "query"), text(body, "tab"))
+        released = teacher.release(number(body, "round"), number(body, "query"), text(body, "tab"))
         return JSONResponse({"released": released})
 
     async def http_error(request: Request, error: Exception) -> Response:
@@ -153,10 +185,12 @@ def make_app(teacher: LabellingSource, token: str) -> Starlette:
 
     routes = [
         Route("/", page),
+        Route("/api/task", task),
         Route("/api/next", next_query),
         Route("/api/state", state),
         Route("/api/video/{round:int}/{query:int}/{side:int}", video),
         Route("/api/answer", answer, methods=["POST"]),
+        Route("/api/undo", undo, methods=["POST"]),
         Route("/api/release", release, methods=["POST"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(TokenRequired, token=token)],

@@ -31,8 +31,9 @@ CONFIG_NAME = "config.yaml"
 LABELS_NAME = "labels.sqlite"  # a person's answers (human_teacher.py)
 URL_NAME = "labelling_url.txt"  # the labelling page's URL with its token, while the page is up (teacher=human)
 # status.json: {"state": running | finished | failed | interrupted, "step": last checkpoint, "error": ...}, and
-# "labelling_url_file" while a labelling page is up
+# "labelling_url_file" while a labelling page is up; WAITING_KEYS while a run waits for a person's labels
 STATUS_NAME = "status.json"
+WAITING_KEYS = ("current_step", "waiting_for_labels")  # the step the run waits at, and how far the round is
 RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, STATUS_NAME, "train.csv", "eval.csv")
 # Keys a resumed run may change: the step budget (and the buffer sized from it) and where/how it runs (`tf32` too,
 # like `device`: both change the float rounding, and a run cut off on one machine may go on on another).
@@ -59,6 +60,7 @@ RESUME_MUTABLE_KEYS = (
     "human_host",
     "human_port",
     "human_timeout",
+    "human_undo_window",
 )
 
 
@@ -216,16 +218,23 @@ def logged_steps(csv_path: Path) -> set[int]:
     return steps
 
 
-def status_bytes(work_dir: Path, state: str, step: int, error: str | None) -> bytes:
+def status_bytes(
+    work_dir: Path, state: str, step: int, error: str | None, waiting: dict[str, Any] | None = None
+) -> bytes:
     status: dict[str, Any] = {"state": state, "step": step, "error": error}
-    if state == "running" and (work_dir / URL_NAME).exists():
-        status["labelling_url_file"] = str(work_dir / URL_NAME)
+    if state == "running":
+        status.update(waiting or {})
+        if (work_dir / URL_NAME).exists():
+            status["labelling_url_file"] = str(work_dir / URL_NAME)
     return json.dumps(status).encode()
 
 
-def write_status(work_dir: Path, state: str, step: int, error: str | None = None) -> None:
-    """status.json, atomically; WriteError when it cannot be written."""
-    utils.atomic_write_bytes(work_dir / STATUS_NAME, status_bytes(work_dir, state, step, error))
+def write_status(
+    work_dir: Path, state: str, step: int, error: str | None = None, waiting: dict[str, Any] | None = None
+) -> None:
+    """status.json, atomically; WriteError when it cannot be written. `waiting`: the WAITING_KEYS of a run that
+    waits for a person's labels."""
+    utils.atomic_write_bytes(work_dir / STATUS_NAME, status_bytes(work_dir, state, step, error, waiting))
 
 
 def write_final_status(work_dir: Path, state: str, step: int, error: str) -> None:
@@ -256,7 +265,8 @@ def publish_url(work_dir: Path, url: str) -> Path:
     status_path = work_dir / STATUS_NAME
     if status_path.exists():
         status = json.loads(status_path.read_text())
-        write_status(work_dir, status["state"], status["step"], status["error"])
+        waiting = {key: status[key] for key in WAITING_KEYS if key in status}
+        write_status(work_dir, status["state"], status["step"], status["error"], waiting)
     return path
 
 

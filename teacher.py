@@ -14,6 +14,7 @@ mistakes flip the preference; "equal" overrides everything, so an equal label is
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +39,12 @@ class QueryRound:
     feedback_budget: int  # max_feedback
     first: bool  # the run's first round, after which the critic restarts
 
+    @property
+    def number(self) -> int:
+        """The round's number wherever a person reads it (the labelling page, the console, labels.sqlite): 1 for
+        the first."""
+        return self.index + 1
+
 
 class TeacherError(RuntimeError):
     """A teacher that cannot answer (recorded labels that do not fit this run, a segment that does not render):
@@ -57,16 +64,21 @@ class Teacher(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def wait_for_answers(teacher: Teacher, step: int, progress: Any) -> Answers:
+def wait_for_answers(teacher: Teacher, step: int, progress: Any, report: Callable[[str | None], None]) -> Answers:
     """Wait until a person has answered the open round (human_mode=sync), showing how far they are on the tqdm bar
-    `progress`."""
+    `progress` and telling `report` whenever that changes (status.json), then `report(None)` once the wait ends."""
     tqdm.write(f"step {step}: waiting for labels ({teacher.progress()})", file=sys.stderr)
+    reported = None
     answers = teacher.answers(step)
     while answers is None:
-        progress.set_description(f"waiting for labels: {teacher.progress()}", refresh=True)
+        if (now := teacher.progress()) != reported:
+            report(reported := now)
+        progress.set_description(f"waiting for labels: {now}", refresh=True)
         teacher.wait(1.0)
         answers = teacher.answers(step)
     progress.set_description("")
+    if reported is not None:
+        report(None)
     return answers
 
 

@@ -232,10 +232,9 @@ class Workspace:
                 if self.schedule.feedback_due(self.step):
                     self.feedback()
                 self.update_agent(phase)
-                if self.recorder is not None:
-                    self.recorder.record()
 
-                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                # A person's run keeps the simulator states of each step, for the videos of its queries
+                next_obs, reward, terminated, truncated, info = (self.recorder or self.env).step(action)
                 done = terminated or truncated
                 # dm_control and Meta-World episodes end only at the time limit: bootstrap through it
                 done_no_max = float(terminated)
@@ -317,7 +316,7 @@ class Workspace:
             ask_queries(self)
         answers = self.teacher.answers(self.step)
         if answers is None and self.cfg.human_mode == "sync":
-            answers = wait_for_answers(self.teacher, self.step, self.progress)
+            answers = wait_for_answers(self.teacher, self.step, self.progress, self.report_wait)
         if answers is None:  # a person is still answering (human_mode=async)
             if self.schedule.open_round.opened_step == self.step:
                 tqdm.write(f"step {self.step}: waiting for labels ({self.teacher.progress()}); training goes on "
@@ -413,6 +412,12 @@ class Workspace:
         save_checkpoint(self.work_dir / CHECKPOINT_NAME, counters, self.checkpointed_parts())
         self.checkpointed_step = self.step
         write_status(self.work_dir, "running", self.step)
+
+    def report_wait(self, progress: str | None) -> None:
+        """status.json says that the run waits for a person's labels, at which step and how far they are
+        (`progress`); None: it waits no more."""
+        waiting = None if progress is None else {"current_step": self.step, "waiting_for_labels": progress}
+        write_status(self.work_dir, "running", self.checkpointed_step or 0, waiting=waiting)
 
     def abort(self) -> None:
         """However the run ends, stop a person's page and its render thread now: that thread's OpenGL context must

@@ -311,6 +311,13 @@ def _metaworld_env_names() -> frozenset[str]:
     return frozenset(METAWORLD_PREFIX + task for task in tasks)
 
 
+def env_names() -> frozenset[str]:
+    """Every DeepMind Control and Meta-World name `canonical_env_name` accepts as it is (not counting Meta-World's v2
+    aliases); Gymnasium's ids are its registry's. The labelling page's goal table (task_goals.py) covers them all,
+    and Gymnasium's MuJoCo tasks."""
+    return _dmc_env_names() | _metaworld_env_names()
+
+
 def canonical_env_name(name: str) -> str:
     """Validate an environment name and return the one `make_env` builds.
 
@@ -338,7 +345,7 @@ def canonical_env_name(name: str) -> str:
         if reason:
             raise ValueError(reason)
         return wanted
-    valid = sorted(_dmc_env_names() | _metaworld_env_names())
+    valid = sorted(env_names())
     suggestions = difflib.get_close_matches(wanted, valid, n=3) + gymnasium_env.close_ids(wanted)
     raise ValueError(
         f"unknown environment {name!r}; valid names are DMC domain_task, metaworld_<task>-v3 or a Gymnasium id, "

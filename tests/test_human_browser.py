@@ -1,7 +1,9 @@
 """`teacher=human` end to end: tiny walker_walk runs whose queries are answered in a real headless Chromium (Debian's
-chromium and chromedriver, driven by Selenium) or over the page's HTTP API; then resuming a run killed in the middle
-of a round, one writer per run directory, what the page says about other tabs, a finished and a stopped run, a full
-disk while a person labels, replaying a human run's labels, and human_mode=async.
+chromium and chromedriver, driven by Selenium) or over the page's HTTP API; what the page tells a first-time labeller
+(the task's goal, the progress bars, each answer's confirmation, undo, nothing to press without a query); then
+resuming a run killed in the middle of a round, status.json while a run waits, one writer per run directory, what the
+page says about other tabs (a query taken over), a finished and a stopped run, a full disk while a person labels,
+replaying a human run's labels, and human_mode=async.
 
 `.ci/run` installs the browser; elsewhere these tests are skipped when /usr/bin/chromium is missing. With
 QPA_SAVE_SCREENSHOT=1 the page's screenshot is also written to figure/human_feedback_page.png for the README.
@@ -24,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import closing, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -43,6 +45,7 @@ pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 HUMAN = [*TINY, "env=walker_walk", "teacher=human", "human_port=0", "seed=5", "num_threads=1", "device=cpu"]
 ROUNDS, QUERIES = 2, 10  # TINY asks max_feedback=20 in rounds of reward_batch=10
+STUDY_INSTRUCTION = "Prefer the clip in which the walker moves more naturally whatever its speed."
 
 
 class HumanRun:
@@ -139,7 +142,7 @@ def browser():
     options.binary_location = CHROMIUM
     for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=900,700"]:  # fmt: skip
+                 "--window-size=900,820"]:  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for driver.get_log
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -164,14 +167,51 @@ def errors_in_console(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
+QUERY_LINE = re.compile(r"round (\d+), query (\d+) of 10")
+WORDS = {"left": "left is better", "right": "right is better", "equal": "equally good", "skip": "can't tell (skipped)"}
+# What the page shows, read in one script so that it is one moment's view (the run moves on meanwhile)
+SNAPSHOT = """
+const text = (id) => document.getElementById(id).textContent;
+const answers = [...document.querySelectorAll('#answers button')];
+return {progress: text('progress'), recorded: text('recorded-text'), status: text('status'),
+        round: text('round-text'), budget: text('budget-text'),
+        answers_disabled: answers.map((button) => button.disabled),
+        answers_opacity: answers.map((button) => Number(getComputedStyle(button).opacity)),
+        undo_disabled: document.getElementById('undo').disabled,
+        left_pixel: [...document.getElementById('left').getContext('2d').getImageData(160, 60, 1, 1).data]};
+"""
+
+
+BETWEEN_ROUNDS = ("round 1, 10 of 10 answered", "no queries open")  # the undo window, then the run trains
+
+
+def snapshot(driver) -> dict:
+    return driver.execute_script(SNAPSHOT)
+
+
+@dataclass
+class Session:
+    """A tiny walker run labelled in the browser: its directory, the answers given (by (round, query)), what the page
+    showed at the moments the tests look at, and the errors in the page's console over the whole session."""
+
+    run_dir: Path
+    given: dict[tuple[int, int], str]
+    first_query: dict  # the first query on screen, with the task's name and goal
+    recorded: list[tuple[str, str]]  # per answer: the confirmation expected, and what the page showed at the next query
+    undone: dict  # after the undo of the fourth answer
+    between_rounds: dict  # the first moment after round 1's last answer
+    round_2: dict  # round 2's first query on screen
+    end: str  # the whole page once the run finished
+    console_errors: list[str]
+
+
 @pytest.fixture(scope="module")
-def human_run(browser, tmp_path_factory) -> tuple[Path, dict[tuple[int, int], str], str, list[str]]:
-    """A tiny walker run labelled in the browser, by keys and by clicks; returns its dir, the answers given, what the
-    page says once the run has finished, and the errors in the page's console over the whole session."""
+def human_run(browser, tmp_path_factory) -> Session:
+    """A tiny walker run labelled in the browser, by keys and by clicks, with one answer undone and given again."""
     return built_once(tmp_path_factory, "human", lambda root: label_in_the_browser(browser, root / "run"))
 
 
-def label_in_the_browser(browser, run_dir: Path) -> tuple[Path, dict[tuple[int, int], str], str, list[str]]:
+def label_in_the_browser(browser, run_dir: Path) -> Session:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -183,63 +223,144 @@ def label_in_the_browser(browser, run_dir: Path) -> tuple[Path, dict[tuple[int, 
             ("#answer-right", "right"), ("#answer-left", "left"), ("#answer-equal", "equal"),
             ("#answer-skip", "skip"), ("2", "right")]  # fmt: skip
     given: dict[tuple[int, int], str] = {}
+    seen: dict[str, dict] = {}
+    recorded: list[tuple[str, str]] = []
+    expected = ""
     for number in range(ROUNDS * QUERIES):
-        WebDriverWait(browser, 300).until(lambda driver: progress(driver).startswith("query"))
-        shown = progress(browser)
-        query, _, round_number = map(
-            int, re.match(r"query (\d+) of (\d+), round (\d+), \d+ of 20 used", shown).groups()
-        )
+        WebDriverWait(browser, 300).until(lambda driver: QUERY_LINE.fullmatch(progress(driver)))
+        shown = snapshot(browser)
+        round_number, query = map(int, QUERY_LINE.fullmatch(shown["progress"]).groups())
+        if number:
+            recorded.append((expected, shown["recorded"]))
         if number == 0:
-            # The progress line can show before the first frames are drawn (seen under load with two test workers):
-            # wait until both canvases hold a picture, not one flat colour, then until the left one changes.
-            WebDriverWait(browser, 60).until(
-                lambda driver: min(canvas_pixels(driver, side).std() for side in ("left", "right")) > 1.0
-            )
+            seen["first_query"] = {**shown, "task": browser.find_element("id", "task").text,
+                                   "goal": browser.find_element("id", "goal").text}  # fmt: skip
+            WebDriverWait(browser, 60).until(query_on_screen)
             first = canvas_pixels(browser, "left")
             WebDriverWait(browser, 10, poll_frequency=0.3).until(  # the video plays
                 lambda driver, first=first: np.abs(first - canvas_pixels(driver, "left")).mean() > 0.5
             )
             later, right = canvas_pixels(browser, "left"), canvas_pixels(browser, "right")
             assert np.abs(later - right).mean() > 0.5  # the two sides show different segments
+        if number == 1:  # the figure of docs/HUMAN_FEEDBACK.md: a query, and the first answer's confirmation
+            WebDriverWait(browser, 60).until(query_on_screen)
             browser.save_screenshot(str(run_dir / "page.png"))
             if os.environ.get("QPA_SAVE_SCREENSHOT"):
                 shutil.copy(run_dir / "page.png", REPO_ROOT / "figure" / "human_feedback_page.png")
+        if number == QUERIES:
+            seen["round_2"] = shown
         way, answer = ways[number % len(ways)]
         if way.startswith("#"):
             browser.find_element("css selector", way).click()
         else:
             ActionChains(browser).send_keys(way).perform()
-        given[(round_number - 1, query - 1)] = answer
-        WebDriverWait(browser, 60).until(lambda driver, shown=shown: progress(driver) != shown)
+        expected = f"Recorded: {WORDS[answer]} (round {round_number}, query {query})."
+        WebDriverWait(browser, 60).until(lambda driver, expected=expected: recorded_text(driver) == expected)
+        if number == 3:  # the skip is taken back and the query answered again
+            browser.find_element("id", "undo").click()
+            seen["undone"] = WebDriverWait(browser, 60).until(
+                lambda driver, shown=shown: (
+                    (view := snapshot(driver))["recorded"].startswith("Undone")
+                    and view["progress"] == shown["progress"]
+                    and not any(view["answers_disabled"])
+                    and view
+                )
+            )
+            ActionChains(browser).send_keys("1").perform()
+            answer = "left"
+            expected = f"Recorded: {WORDS[answer]} (round {round_number}, query {query})."
+            WebDriverWait(browser, 60).until(lambda driver, expected=expected: recorded_text(driver) == expected)
+        given[(round_number, query)] = answer
+        if number == QUERIES - 1:
+            seen["between_rounds"] = WebDriverWait(browser, 60).until(
+                lambda driver: (view := snapshot(driver))["progress"].startswith(BETWEEN_ROUNDS) and view
+            )
+        else:
+            WebDriverWait(browser, 60).until(lambda driver, shown=shown: progress(driver) != shown["progress"])
     run.finish()
-    return run_dir, given, text_once_settled(browser, "training finished"), errors_in_console(browser)
+    text_once_settled(browser, "training finished")
+    end = browser.find_element("tag name", "body").text
+    return Session(run_dir, given, seen["first_query"], recorded, seen["undone"], seen["between_rounds"],
+                   seen["round_2"], end, errors_in_console(browser))  # fmt: skip
+
+
+def recorded_text(driver) -> str:
+    return driver.find_element("id", "recorded-text").text
+
+
+def query_on_screen(driver) -> bool:
+    """A query's frames are drawn: the page enables its answer buttons only then."""
+    return driver.execute_script("return !document.getElementById('answer-left').disabled")
 
 
 def test_a_person_labels_a_run_in_the_browser_and_the_run_learns_from_exactly_those_labels(human_run):
-    run_dir, given, _, _ = human_run
+    run_dir, given = human_run.run_dir, human_run.given
     labels = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
     recorded = answers_in(run_dir)
-    assert [(round_index, query, answer) for round_index, query, answer, _ in recorded] == [
-        (round_index, query, given[(round_index, query)]) for round_index in range(ROUNDS) for query in range(QUERIES)
+    # Rounds and queries are numbered from 1 in labels.sqlite, as on the page
+    assert [(round_number, query, answer) for round_number, query, answer, _ in recorded] == [
+        (round_number, query, given[(round_number, query)])
+        for round_number in range(1, ROUNDS + 1)
+        for query in range(1, QUERIES + 1)
     ]
     assert [label for *_, label in recorded] == [labels[given[key]] for key in sorted(given)]
     assert stored_labels(run_dir) == [labels[given[key]] for key in sorted(given) if given[key] != "skip"]
     train = pd.read_csv(run_dir / "train.csv")
-    assert train["labeled_feedback"].iloc[-1] == 16  # 20 asked, 4 skipped
+    assert train["labeled_feedback"].iloc[-1] == 17  # 20 asked, 3 skipped
     assert (run_dir / "page.png").stat().st_size > 10_000
 
 
+def test_the_page_says_what_better_means_and_how_far_the_round_and_the_budget_are(human_run):
+    first = human_run.first_query
+    assert first["task"] == "Task: walker_walk (DeepMind Control)"
+    assert first["goal"] == "Goal: Walk forward (to the right) at a steady pace while staying upright."
+    assert (first["progress"], first["round"], first["budget"]) == (
+        "round 1, query 1 of 10", "round 1: 0 of 10 answered", "0 of the run's 20 queries answered"
+    )  # fmt: skip
+    assert (human_run.round_2["round"], human_run.round_2["budget"]) == (
+        "round 2: 0 of 10 answered", "10 of the run's 20 queries answered"
+    )  # fmt: skip
+
+
+def test_each_answer_stays_confirmed_until_the_next_and_the_last_one_can_be_undone(human_run):
+    for expected, shown_at_the_next_query in human_run.recorded:
+        assert shown_at_the_next_query == expected
+    undone = human_run.undone
+    assert re.fullmatch(r"Undone: round 1, query \d+ is back on screen; answer it again\.", undone["recorded"])
+    assert undone["round"] == "round 1: 3 of 10 answered" and not any(undone["answers_disabled"])
+    assert undone["undo_disabled"]  # nothing more to undo
+    with closing(sqlite3.connect(human_run.run_dir / "labels.sqlite")) as db:
+        undone_rows = db.execute("SELECT round, query, answer FROM undone").fetchall()
+    assert len(undone_rows) == 1 and undone_rows[0][2] == "skip" and human_run.given[undone_rows[0][:2]] == "left"
+    # Once the run has learnt from round 1, its answers cannot be undone: the button says so by being disabled
+    assert human_run.round_2["recorded"] == "Recorded: right is better (round 1, query 10)."
+    assert human_run.round_2["undo_disabled"]
+
+
+def test_with_no_query_on_screen_nothing_can_be_answered(human_run):
+    view = human_run.between_rounds
+    assert all(view["answers_disabled"]) and max(view["answers_opacity"]) < 0.5, view
+    assert view["left_pixel"][:3] == [68, 68, 68]  # the grey "no query on screen" canvas, not a black one
+    if view["progress"].startswith("round 1, 10 of 10 answered"):  # the round's undo window: the run waits
+        assert "all answered; the run takes them in" in view["progress"] and not view["undo_disabled"]
+    else:
+        assert view["undo_disabled"]
+
+
 def test_the_page_says_the_run_finished_and_logs_no_error_over_a_whole_session(human_run):
-    run_dir, _, said_at_the_end, console_errors = human_run
-    assert said_at_the_end == "training finished at step 2000; you can close this page"
-    assert console_errors == []  # no uncaught error, no failed request (not even /favicon.ico)
+    # Only the run's end and the answers given, and nothing else: no earlier line that could suggest lost work
+    ended = "training finished at step 2000: 20 queries answered (17 labels, 3 skipped); you can close this page"
+    assert human_run.end == ended
+    assert human_run.console_errors == []  # no uncaught error, no failed request (not even /favicon.ico)
+    run_dir = human_run.run_dir
     assert not (run_dir / URL_NAME).exists() and "labelling_url_file" not in json.loads(
         (run_dir / "status.json").read_text()
     )
 
 
 def test_replay_retrains_a_human_run_exactly(human_run, tmp_path):
-    run_dir, *_ = human_run
+    """With an answer undone and given again: the replay gets the answer that stayed."""
+    run_dir = human_run.run_dir
     replay = [*HUMAN, "teacher=replay", f"labels_from={run_dir / 'labels.sqlite'}"]
     result = subprocess.run([sys.executable, "train_QPA.py", *replay, f"hydra.run.dir={tmp_path}"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -249,12 +370,12 @@ def test_replay_retrains_a_human_run_exactly(human_run, tmp_path):
 
 
 def test_replay_of_other_queries_is_refused_naming_the_first_differing_one(human_run, tmp_path):
-    run_dir, *_ = human_run
+    run_dir = human_run.run_dir
     other_seed = [*HUMAN, "seed=6", "teacher=replay", f"labels_from={run_dir / 'labels.sqlite'}"]
     result = subprocess.run([sys.executable, "train_QPA.py", *other_seed, f"hydra.run.dir={tmp_path}"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode != 0
-    assert re.search(r"round 0 query 0 is episode \d+ step \d+ vs episode \d+ step \d+ in this run but episode",
+    assert re.search(r"round 1 query 1 is episode \d+ step \d+ vs episode \d+ step \d+ in this run but episode",
                      result.stderr)  # fmt: skip
 
 
@@ -268,8 +389,11 @@ def test_a_run_killed_in_the_middle_of_a_round_asks_only_the_unanswered_queries(
         run.answer(query, "left")
         first_answers[query["query"]] = query["round"]
     before = answers_in(tmp_path)
-    status = json.loads((tmp_path / "status.json").read_text())
-    assert status["labelling_url_file"] == str(tmp_path / URL_NAME)
+    # status.json says where the run waits and how far the round is (its step stays the checkpoint's, to resume from)
+    waiting = "round 1, 4 of 10 answered"
+    status = wait_for_status(tmp_path, lambda status: status.get("waiting_for_labels") == waiting)
+    assert status == {"state": "running", "step": 1000, "error": None, "current_step": 1100,
+                      "waiting_for_labels": waiting, "labelling_url_file": str(tmp_path / URL_NAME)}  # fmt: skip
     assert (tmp_path / URL_NAME).read_text() == f"{run.url()}\n"
     second = subprocess.run([sys.executable, "train_QPA.py", *HUMAN, f"hydra.run.dir={tmp_path}"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -277,7 +401,7 @@ def test_a_run_killed_in_the_middle_of_a_round_asks_only_the_unanswered_queries(
     assert second.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} is in use by another run: PID "
                                                               f"{run.process.pid} on host ")  # fmt: skip
     assert json.loads((tmp_path / "status.json").read_text()) == status
-    assert run.next_query()["round"] == 0  # the first run's page, still serving
+    assert run.next_query()["round"] == 1  # the first run's page, still serving
     run.process.send_signal(signal.SIGKILL)
     run.process.wait(60)
 
@@ -292,6 +416,16 @@ def test_a_run_killed_in_the_middle_of_a_round_asks_only_the_unanswered_queries(
     after = answers_in(tmp_path)
     assert [row for row in after if row[2] == "left"] == [row for row in before if row[2] == "left"]
     assert len(after) == ROUNDS * QUERIES and all(answer is not None for _, _, answer, _ in after)
+    assert json.loads((tmp_path / "status.json").read_text()) == {"state": "finished", "step": 2000, "error": None}
+
+
+def wait_for_status(run_dir: Path, condition, timeout: float = 60) -> dict:
+    """status.json once `condition` holds for it (the run writes it from its own thread)."""
+    deadline = time.monotonic() + timeout
+    while not condition(status := json.loads((run_dir / "status.json").read_text())):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    return status
 
 
 def test_async_mode_trains_on_while_a_round_is_open(tmp_path):
@@ -321,15 +455,20 @@ def test_async_mode_trains_on_while_a_round_is_open(tmp_path):
 
 
 def test_the_page_says_when_other_tabs_hold_the_queries_and_when_the_run_stopped(browser, tmp_path):
-    """Another tab holds every other query: the page says so and takes one over; a tab that closes gives its query
-    back at once; the run is killed while a query is on screen, then started again (a new port and token)."""
+    """Another tab takes over the query on screen: the page stops it at once and says where it went; other tabs hold
+    every query: the page says so, answers nothing and takes one over; a tab that closes gives its query back at
+    once; the run is killed while a query is on screen, then started again (a new port and token). The run has a
+    study's own instruction."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import WebDriverWait
 
-    run = HumanRun(tmp_path, *HUMAN)
+    study = [*HUMAN, f"human_instruction={STUDY_INSTRUCTION}"]
+    run = HumanRun(tmp_path, *study)
     errors_in_console(browser)
     browser.get(run.url())
-    WebDriverWait(browser, 300).until(lambda driver: progress(driver).startswith("query"))
+    WebDriverWait(browser, 300).until(query_on_screen)
+    assert browser.find_element("id", "goal").text == f"Goal: {STUDY_INSTRUCTION}"
+    on_screen = int(QUERY_LINE.fullmatch(progress(browser))[2])
     others: dict[int, str] = {}  # query -> the tab (an API client with its own id) that holds it
     deadline = time.monotonic() + 300
     while len(others) < QUERIES - 1 and time.monotonic() < deadline:
@@ -339,16 +478,28 @@ def test_the_page_says_when_other_tabs_hold_the_queries_and_when_the_run_stopped
             others[query["query"]] = tab
         else:
             time.sleep(0.2)
-    ActionChains(browser).send_keys("1").perform()
-    WebDriverWait(browser, 30).until(lambda driver: "9 open in another tab" in progress(driver))
-    assert progress(browser).startswith("round 1, 1 of 10 answered, step 1100: 9 open in another tab (or in a closed")
-    assert progress(browser).endswith("or take one over; the run waits for them")
+    assert run.api("/api/next?tab=bobs&name=Bob&take_over=1")["query"] == on_screen  # the query held longest
+    view = WebDriverWait(browser, 30).until(lambda driver: (view := snapshot(driver))["status"] and view)
+    assert view["status"] == f"query {on_screen} of round 1 was taken over by another tab (Bob), which answers it " \
+                             "now; this tab stopped showing it"  # fmt: skip
+    assert all(view["answers_disabled"]) and view["left_pixel"][:3] == [68, 68, 68]
+    view = WebDriverWait(browser, 30).until(lambda driver: "open in other" in (view := snapshot(driver))["progress"]
+                                            and view)  # fmt: skip
+    assert view["progress"].startswith(
+        "round 1, 0 of 10 answered, step 1100: 10 open in other tabs (or in closed ones:"
+    )
+    assert view["progress"].endswith("or take one over; the run waits for them")
+    assert all(view["answers_disabled"]) and view["undo_disabled"]
+    ActionChains(browser).send_keys("1").send_keys("u").perform()  # no query, no answer: neither key does anything
     take_over = browser.find_element("id", "take-over")
     assert take_over.is_displayed()
     take_over.click()
-    WebDriverWait(browser, 30).until(lambda driver: progress(driver).startswith("query"))
-    taken = int(re.match(r"query (\d+)", progress(browser))[1]) - 1
+    WebDriverWait(browser, 30).until(query_on_screen)
+    taken = int(QUERY_LINE.fullmatch(progress(browser))[2])
     assert taken == next(iter(others))  # the query held longest
+    notice = run.api(f"/api/state?tab={others[taken]}")["taken"]  # what the page it was taken from is told
+    assert notice["message"] == f"query {taken} of round 1 was taken over by another tab, which answers it now; " \
+                                "this tab stopped showing it"  # fmt: skip
 
     browser.get("about:blank")  # the tab closes: its query goes back to the pool now, not after human_timeout
     deadline = time.monotonic() + 10
@@ -357,21 +508,23 @@ def test_the_page_says_when_other_tabs_hold_the_queries_and_when_the_run_stopped
     assert query["query"] == taken
 
     browser.get(run.url())
-    WebDriverWait(browser, 30).until(lambda driver: "open in another tab" in progress(driver))
+    WebDriverWait(browser, 30).until(lambda driver: "open in other tabs" in progress(driver))
     browser.find_element("id", "take-over").click()
-    WebDriverWait(browser, 30).until(lambda driver: progress(driver).startswith("query"))
+    WebDriverWait(browser, 30).until(query_on_screen)
     old_url = run.url()
     run.kill()  # with a query on screen
-    stopped = "this run stopped; if it was started again, open the URL the new run printed"
-    WebDriverWait(browser, 30).until(lambda driver: progress(driver).startswith(stopped))
+    stopped = "this run stopped; every answer recorded so far is kept in its labels.sqlite; if it was started again, " \
+              "open the URL the new run printed (also in labelling_url.txt in its run directory)"  # fmt: skip
+    WebDriverWait(browser, 30).until(lambda driver: progress(driver) == stopped)
     ActionChains(browser).send_keys("1").perform()  # nothing to answer, and the page still says why
-    restarted = HumanRun(tmp_path, *HUMAN)
+    restarted = HumanRun(tmp_path, *study)
     assert restarted.url() != old_url
-    assert progress(browser).startswith(stopped)
+    assert browser.find_element("tag name", "body").text == stopped  # that, and nothing else
     browser.get(restarted.url())
-    WebDriverWait(browser, 300).until(lambda driver: progress(driver).startswith("query"))
+    WebDriverWait(browser, 300).until(query_on_screen)
     restarted_url = restarted.url()
     restarted.kill()
+    assert not any(answer for *_, answer, _ in answers_in(tmp_path))  # no key pressed without a query answered one
     # Only requests to the two killed runs failed (refused, or reset when a kill cut one short); no script error
     killed_runs = tuple(url.split("/?")[0] for url in (old_url, restarted_url))  # http://127.0.0.1:<port>
     cut_off = re.compile(r"Failed to load resource: net::ERR_CONNECTION_(REFUSED|RESET)")
@@ -390,6 +543,8 @@ def test_a_full_disk_while_a_person_labels_stops_the_run_in_one_line_and_keeps_e
         for _ in range(4):
             run.answer(run.next_query(), "left")
         query = run.next_query()
+        # The run has written how far the round is to status.json: the next write to fail is the answer's
+        wait_for_status(run_dir, lambda status: status.get("waiting_for_labels") == "round 1, 4 of 10 answered")
         if root:
             filler = fill(filesystem)
         else:
@@ -444,7 +599,8 @@ def test_a_run_whose_directory_was_taken_over_stops_and_leaves_it_alone(tmp_path
     """Another node's process took the lock over (this run's heartbeat had stopped for STALE_S, as a suspended job's
     does): within a heartbeat the run stops in one line, and its status.json stays as the new holder will write it."""
     run = HumanRun(tmp_path, *HUMAN)
-    run.next_query()  # the run waits for its person
+    run.next_query()  # the run waits for its person, and has said so in status.json
+    wait_for_status(tmp_path, lambda status: status.get("waiting_for_labels") == "round 1, 0 of 10 answered")
     status = (tmp_path / "status.json").read_bytes()
     taker = Holder("node-elsewhere", 4242, time.time(), time.time(), "0123456789abcdef")
     fd = os.open(tmp_path / LOCK_NAME, os.O_WRONLY)  # written in place, as RunLock writes it
