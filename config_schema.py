@@ -279,6 +279,9 @@ class RewardConfig(Section):
     reward_hidden_depth: int = key(3, Int(0), "reward MLP hidden layers")
     label_margin: float = key(0.0, Number(0.0, 0.5, closed=True, high_open=True), "label smoothing: y -> y(1-2m)+m")
     data_aug_ratio: int = key(20, Int(0), "temporal-cropping copies per labelled pair; 0 = off", switch=True)
+    metaworld_crop: bool = key(
+        False, boolean, "Meta-World: train r̂ on the temporal crops too, not on whole segments", switch=True
+    )
 
     def check_relations(self) -> None:
         longest_cut = QPA_CROP_SHRINK[1]

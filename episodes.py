@@ -134,16 +134,19 @@ class EpisodeStore:
         lengths = np.array([len(episode.reward) for episode in eligible])
         episode_index = rng.integers(len(eligible), size=(num, 2))
         starts = rng.integers(0, lengths[episode_index] - length)
+        indices = np.array([episode.index for episode in eligible])[episode_index]
+        return self.segment_pairs(np.stack([indices, starts], axis=-1), length)
+
+    def segment_pairs(self, origins: np.ndarray, length: int) -> SegmentPairs:
+        """The pairs of `length`-step segments that start at `origins`, (episode, step) [num, 2, 2]."""
+        num = len(origins)
         pairs = np.empty((num, 2, length, self._sa.shape[1]), dtype=np.float32)
         rewards = np.empty((num, 2, length), dtype=np.float32)
-        origins = np.empty((num, 2, 2), dtype=np.int64)
         for query, side in np.ndindex(num, 2):
-            episode = eligible[episode_index[query, side]]
-            start = starts[query, side]
+            episode, start = self.episode(int(origins[query, side, 0])), int(origins[query, side, 1])
             pairs[query, side] = episode.sa[start : start + length]
             rewards[query, side] = episode.reward[start : start + length]
-            origins[query, side] = episode.index, start
-        return SegmentPairs(pairs, rewards, origins)
+        return SegmentPairs(pairs, rewards, origins.astype(np.int64))
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors, so that a store without simulator states loads with torch.load(weights_only=True)."""

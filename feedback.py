@@ -89,18 +89,26 @@ def ask_queries(run: Run) -> None:
                            run.agent, cfg, run.feedback_steps)  # fmt: skip
     queried = scheme.select(context)
     log_query_alignment(run, context, queried)
+    for name, value in context.metrics.items():
+        run.logger.log(f"train/{name}", value, run.step)
     run.teacher.ask(run.schedule.open(queried, size, run.step))
 
 
 def log_query_alignment(run: Run, context: QueryContext, queried: SegmentPairs) -> None:
-    """Query-policy alignment (the QPA paper's Figure 11): the mean per-step log π(a|s) under the current policy of
-    the segments just queried, and of as many `segment`-step windows drawn uniformly from the replay history."""
+    """Query-policy alignment (the QPA paper's Figure 11): the per-step log π(a|s) under the current policy of the
+    segments just queried, and of as many `segment`-step windows drawn uniformly from the replay history, each as a
+    mean and as a median. A few steps the policy finds very unlikely pull a mean far down, so the two can rank
+    methods differently; the median is what the typical queried step looks like."""
     if len(queried.pairs) == 0:
         return
-    run.logger.log("train/query_log_likelihood", float(context.log_likelihood(queried).mean()), run.step)
+    queried_steps = context.log_likelihood(queried)
+    run.logger.log("train/query_log_likelihood", float(queried_steps.mean()), run.step)
+    run.logger.log("train/query_log_likelihood_median", float(queried_steps.median()), run.step)
     if len(run.replay_buffer) >= run.cfg.segment:
         windows = run.replay_buffer.sample_windows(2 * len(queried.pairs), run.cfg.segment, run.rngs.diagnostic)
-        run.logger.log("train/history_log_likelihood", float(run.agent.log_likelihood(*windows).mean()), run.step)
+        history_steps = run.agent.log_likelihood(*windows)
+        run.logger.log("train/history_log_likelihood", float(history_steps.mean()), run.step)
+        run.logger.log("train/history_log_likelihood_median", float(history_steps.median()), run.step)
 
 
 FeedbackStep = Callable[["Run", "QueryRound"], None]
@@ -139,13 +147,13 @@ def hooks(parts: dict[str, Any], name: str) -> list[Any]:
 def train_reward(run: Run, query_round: QueryRound) -> None:
     """Train r̂ on every label so far: the original release's DMC rule (a running-accuracy stop within
     ceil(reward_update x labels / reward_train_batch) steps, with cropping), or Meta-World's (whole epochs until
-    one's accuracy passes 0.97, at most reward_update)."""
+    one's accuracy passes 0.97, at most reward_update; on whole segments, or on crops with `metaworld_crop`)."""
     cfg, trainer = run.cfg, run.reward_trainer
     if run.schedule.labeled_feedback == 0:  # the teacher skipped every query so far
         return
     if run.is_metaworld:
         for _ in range(cfg.reward_update):
-            accuracy, loss = trainer.fit(trainer.epoch(), augment=False)
+            accuracy, loss = trainer.fit(trainer.epoch(), augment=cfg.metaworld_crop)
             if np.mean(accuracy) > METAWORLD_STOP_ACCURACY:
                 break
     else:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import utils
+from agent.actor import ACTION_BOUND
 from episodes import Episode, EpisodeStore, SegmentPairs
 from registry import register_scheme as register
 
@@ -37,7 +38,7 @@ LABELLED_PER_DISTANCE = 512  # labelled pairs per k-center distance matrix, to b
 
 
 class Policy(Protocol):
-    def log_likelihood(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor: ...
+    def log_likelihood(self, obs: torch.Tensor, action: torch.Tensor, bound: float = ...) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class QueryContext:
     policy: Policy | None  # None outside a training run (the reward model's own tests)
     cfg: Any = None  # the training config, for a scheme's own keys (declared in its method's module)
     feedback_steps: Mapping[str, Any] = field(default_factory=dict)  # the method's steps by their config names
+    metrics: dict[str, float] = field(default_factory=dict)  # what the scheme reports about its selection
 
     @property
     def obs_dim(self) -> int:
@@ -83,14 +85,19 @@ class QueryContext:
         """Bradley-Terry entropy averaged over the ensemble, per pair [num]."""
         return self.reward_model.entropy(candidates.pairs)
 
-    def log_likelihood(self, candidates: SegmentPairs) -> torch.Tensor:
-        """log π(a|s) of every step of every segment under the current policy: [num, 2, S]."""
+    def log_likelihood(self, candidates: SegmentPairs, bound: float = ACTION_BOUND) -> torch.Tensor:
+        """log π(a|s) of every step of every segment under the current policy, actions clamped to ±`bound`:
+        [num, 2, S]."""
         if self.policy is None:
             raise ValueError("policy=None: this selection has no policy; allowed: schemes that do not use one")
         pairs = candidates.pairs
         rows = torch.as_tensor(pairs.reshape(-1, pairs.shape[-1]), device=self.labelled_pairs.device)
-        log_prob = self.policy.log_likelihood(rows[:, : self.obs_dim], rows[:, self.obs_dim :])
+        log_prob = self.policy.log_likelihood(rows[:, : self.obs_dim], rows[:, self.obs_dim :], bound)
         return log_prob.view(pairs.shape[:3])
+
+    def report(self, name: str, value: float) -> None:
+        """A figure about this round's selection, logged as train/<name> with the round (e.g. a rank percentile)."""
+        self.metrics[name] = value
 
 
 def top(score: torch.Tensor, num: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import utils
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
-_ACTION_BOUND = 1.0 - 1e-6  # atanh(±1) is infinite; uniform seed-phase actions can sit on the bounds
+ACTION_BOUND = 1.0 - 1e-6  # atanh(±1) is infinite; uniform seed-phase actions can sit on the bounds
 # In-place ReLU: one allocation fewer per layer (autograd needs only the ReLU's output), ~5% of an update.
 _RELU_INPLACE = functools.partial(nn.ReLU, inplace=True)
 
@@ -44,9 +44,10 @@ class SquashedNormal:
         pre_tanh = torch.addcmul(self.mu, self.std, noise)
         return torch.tanh(pre_tanh), self._log_density(pre_tanh, noise)
 
-    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
-        """Log-density [B, 1] of actions [B, A] in [-1, 1]; actions on the bounds are moved just inside them."""
-        pre_tanh = torch.atanh(action.clamp(-_ACTION_BOUND, _ACTION_BOUND))
+    def log_prob(self, action: torch.Tensor, bound: float = ACTION_BOUND) -> torch.Tensor:
+        """Log-density [B, 1] of actions [B, A] in [-1, 1]; actions beyond ±`bound` are moved to it (atanh(±1) is
+        infinite)."""
+        pre_tanh = torch.atanh(action.clamp(-bound, bound))
         return self._log_density(pre_tanh, (pre_tanh - self.mu) / self.std)
 
     def _log_density(self, pre_tanh: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

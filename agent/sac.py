@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from agent.actor import DiagGaussianActor
+from agent.actor import ACTION_BOUND, DiagGaussianActor
 from agent.critic import DoubleQCritic
 from agent.state_entropy import RunningMeanStd, knn_distance
 from replay_buffer import Batch, ReplayBuffer
@@ -129,9 +129,9 @@ class SACAgent:
         return action.clamp_(*self.action_range)
 
     @torch.inference_mode()
-    def log_likelihood(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """log π(a|s) [N, 1] of state-action rows under the current stochastic policy."""
-        return self.actor(obs.to(self.device)).log_prob(action.to(self.device))
+    def log_likelihood(self, obs: torch.Tensor, action: torch.Tensor, bound: float = ACTION_BOUND) -> torch.Tensor:
+        """log π(a|s) [N, 1] of state-action rows under the current stochastic policy, actions clamped to ±`bound`."""
+        return self.actor(obs.to(self.device)).log_prob(action.to(self.device), bound)
 
     # ------------------------------------------------------------------ learning
     def critic_loss(self, batch: Batch) -> torch.Tensor:

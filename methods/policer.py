@@ -55,6 +55,8 @@ class PolicerKeys(Section):
     )
 
 
+# The code's clamp of actions before atanh in its likelihood score (pls_reward_model.py: EPSILON = 1e-4).
+ACTION_BOUND = 1.0 - 1e-4
 # The code's value for "no Q seen yet": any mean Q passes it, so the first update after a reset sets the maximum.
 NO_Q_SEEN = -1e-6
 
@@ -72,10 +74,12 @@ def policy_likelihood(ctx: queries.QueryContext) -> SegmentPairs:
     """PoLiCER's policy-likelihood sampling (see the module docstring)."""
     candidates = ctx.sample_pairs(2 * ctx.num * ctx.large_batch, ctx.history())
     segments = SegmentPairs(*(array.reshape(-1, *array.shape[2:]) for array in candidates))  # [2n, ...] one each
-    score = ctx.log_likelihood(candidates).mean(-1).reshape(-1)  # mean per-step log π of each segment
+    score = ctx.log_likelihood(candidates, ACTION_BOUND).mean(-1).reshape(-1)  # mean per-step log π of each segment
     probabilities = rank_probabilities(score.cpu().numpy(), ctx.cfg.policer_tau)
     chosen = ctx.rng.choice(len(score), size=2 * ctx.num, replace=False, p=probabilities)
     ctx.rng.shuffle(chosen)
+    ranks = np.argsort(np.argsort(-score.cpu().numpy(), kind="stable"), kind="stable")  # 0: the likeliest
+    ctx.report("query_rank_percentile", float(100.0 * ranks[chosen].mean() / max(len(score) - 1, 1)))
     first, second = segments.take(chosen[: ctx.num]), segments.take(chosen[ctx.num :])
     return SegmentPairs(*(np.stack(sides, axis=1) for sides in zip(first, second, strict=True)))
 

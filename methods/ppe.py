@@ -1,19 +1,23 @@
 """PPE (Zhu et al., NeurIPS 2025, "Improving Reward Models with Proximal Policy Exploration for Preference-Based
 Reinforcement Learning"): QPA plus a Morse network that tells how well the labelled preferences cover a
-state-action, which steers both exploration and query selection toward what they cover less (ALGORITHM.md §12).
-No public code holds PPE; docs/ALGORITHM.md §12 lists the choices made here where its description leaves one open.
+state-action, which steers both exploration and query selection toward what they cover less (ALGORITHM.md §12,
+with the paper's section for every choice). No public code holds PPE.
 
-- Morse network M_φ(s, a) = exp(−λ/2 ‖f_φ(s, a)‖²) ∈ (0, 1] (Dherin et al., 2023): f_φ an MLP, λ = `ppe_lambda`.
-  After each query round it takes `ppe_morse_updates` Adam steps on the state-actions of the labelled pairs against
-  the same states with uniformly drawn actions, minimising E_labelled[−log M] + E_uniform[M], so that M is near 1
-  where the preferences cover and near 0 where they do not; 1 − M is a state-action's out-of-distribution degree.
-- Proximal-policy extension (`ppe_extension`): the behaviour policy keeps the target policy's pre-tanh covariance Σ
-  and moves its mean by the step that raises the out-of-distribution degree most to first order within
-  KL(π_E ‖ π_T) ≤ ε (`ppe_epsilon`): μ_E = μ_T + sqrt(2ε) Σ g / sqrt(gᵀ Σ g), g = ∇_μ (1 − M_φ(s, tanh μ)) at μ_T
-  (the construction of Optimistic Actor-Critic's exploration policy, Ciosek et al. 2019).
-- Mixture distribution query (`ppe_mixture_query`, scheme `ppe_mixture`): of `reward_batch` x `large_batch`
-  candidate pairs from QPA's window of the N newest episodes, κ·b (κ = `ppe_kappa`) with the highest
-  out-of-distribution degree and the rest with the lowest.
+- Morse network (§3.2, Eq. 1–2, Appendix B): f_φ(s, a) is a perturbation model that outputs an action, and
+  K_φ(s, a) = exp(−λ/2 ‖f_φ(s, a) − a‖²) ∈ (0, 1] (λ = `ppe_lambda`) is near 1 only where f_φ returns the action
+  itself, which training makes it do on the labelled state-actions; the paper's M_φ = 1 − K_φ is the
+  out-of-distribution degree. After each query round `ppe_morse_updates` Adam steps (Appendix F.2: 200) minimise
+  E_labelled[−log K] + E_uniform[K], uniform actions at the labelled states (the KL of Eq. 2). Its initial weights
+  come from its own seeded stream, so a PPE run is QPA's run until PPE first acts.
+- Proximal-policy extension (`ppe_extension`, Eq. 3–4, Appendix D): every training action after the first round
+  (Algorithm 2, line 3: a ~ π_E at every step after pre-training; the network is first trained at the first round)
+  comes from π_E, which keeps the target policy's pre-tanh covariance Σ and moves its mean by the step that raises
+  M_φ most to first order within KL(π_E ‖ π_T) ≤ ε (`ppe_epsilon`): μ_E = μ_T + sqrt(2ε) Σ g / sqrt(gᵀ Σ g),
+  g = ∇_μ M_φ(s, tanh μ) at μ_T.
+- Mixture distribution query (`ppe_mixture_query`, scheme `ppe_mixture`, Algorithm 1, Eq. 5–6): over every segment
+  of the N newest episodes (QPA's policy-aligned set D_cp), each segment's out-of-distribution degree (the mean of
+  M_φ over its steps); 2κb segments (κ = `ppe_kappa`, b the round's size) drawn without replacement with
+  probability ∝ that degree (P_out) and 2(1 − κ)b of the rest ∝ 1 − the degree (P_in), paired in order of drawing.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import queries
 import registry
 import utils
 from config_rules import Int, Number, Section, boolean, fail, key
-from episodes import SegmentPairs
+from episodes import Episode, SegmentPairs
 
 if TYPE_CHECKING:
     from feedback import Run
@@ -68,16 +72,19 @@ class PpeKeys(Section):
 
 
 class MorseNetwork(nn.Module):
-    """M_φ(s, a) = exp(−λ/2 ‖f_φ(s, a)‖²): an MLP f_φ into R^`embedding_dim` and a Gaussian kernel around 0."""
+    """K_φ(s, a) = exp(−λ/2 ‖f_φ(s, a) − a‖²): an MLP f_φ from a state-action to an action, and a Gaussian kernel
+    between its output and the action itself."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, hidden_depth: int, embedding_dim: int, kernel_lambda: float):
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int, hidden_depth: int, kernel_lambda: float):
         super().__init__()
+        self.action_dim = action_dim
         self.kernel_lambda = kernel_lambda
-        self.embedding = utils.mlp(input_dim, hidden_dim, embedding_dim, hidden_depth)
+        self.perturbation = utils.mlp(obs_dim + action_dim, hidden_dim, action_dim, hidden_depth)
 
     def half_sq_distance(self, obs_action: torch.Tensor) -> torch.Tensor:
-        """λ/2 ‖f_φ(s, a)‖² = −log M_φ(s, a), per row [N]."""
-        return 0.5 * self.kernel_lambda * self.embedding(obs_action).square().sum(-1)
+        """λ/2 ‖f_φ(s, a) − a‖² = −log K_φ(s, a), per row [N]."""
+        action = obs_action[..., -self.action_dim :]
+        return 0.5 * self.kernel_lambda * (self.perturbation(obs_action) - action).square().sum(-1)
 
     def forward(self, obs_action: torch.Tensor) -> torch.Tensor:
         return torch.exp(-self.half_sq_distance(obs_action))
@@ -93,8 +100,11 @@ class ProximalPolicyExploration:
         self.cfg = cfg
         self.device = agent.device
         self.obs_dim, self.action_dim = agent.obs_dim, agent.action_dim
-        self.net = MorseNetwork(agent.obs_dim + agent.action_dim, cfg.ppe_morse_hidden_dim, cfg.ppe_morse_hidden_depth,
-                                agent.action_dim, cfg.ppe_lambda).to(self.device)  # fmt: skip
+        # Its initial weights from its own seeded stream: the global one stays where QPA's run has it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed * 100_003 + 11)
+            self.net = MorseNetwork(agent.obs_dim, agent.action_dim, cfg.ppe_morse_hidden_dim,
+                                    cfg.ppe_morse_hidden_depth, cfg.ppe_lambda).to(self.device)  # fmt: skip
         self.opt = utils.adam(self.net.parameters(), lr=cfg.ppe_morse_lr)
         # Its own stream for minibatches and uniform actions: every other draw of the run stays as it was.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + 7)
@@ -121,9 +131,9 @@ class ProximalPolicyExploration:
 
     # ---------------------------------------------------------------- the behaviour policy
     def behaviour_action(self, run: Run, obs: np.ndarray) -> np.ndarray:
-        """A training action: from the target policy, or with `ppe_extension` (once the network is trained and
-        while feedback remains) from the behaviour policy π_E."""
-        if not (self.cfg.ppe_extension and self.trained and run.schedule.budget_left):
+        """A training action: with `ppe_extension`, from the behaviour policy π_E once the network has been trained
+        (from the first round to the end of the run); else, and before, from the target policy."""
+        if not (self.cfg.ppe_extension and self.trained):
             return run.agent.act(obs, sample=True)
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None]
         with torch.no_grad():
@@ -160,11 +170,25 @@ def exploration_shift(gradient: torch.Tensor, variance: torch.Tensor, epsilon: f
     return torch.where(squared_scale > 0, math.sqrt(2.0 * epsilon) * variance * gradient * inverse_scale, 0.0)
 
 
-def out_of_distribution_degree(net: MorseNetwork, pairs: np.ndarray, device: torch.device) -> torch.Tensor:
-    """1 − M_φ averaged over every state-action of each pair [num]."""
-    rows = torch.as_tensor(pairs, device=device).reshape(-1, pairs.shape[-1])
+def segment_degrees(net: MorseNetwork, episodes: list[Episode], length: int, device: torch.device) -> np.ndarray:
+    """The out-of-distribution degree (mean of M_φ = 1 − K_φ over its steps) of every `length`-step segment of
+    `episodes`, rows (episode index, start, degree), starts 0 … len − length − 1 as the store draws them."""
+    rows = []
     with torch.no_grad():
-        return 1.0 - net(rows).reshape(len(pairs), -1).mean(1)
+        for episode in episodes:
+            degree = 1.0 - net(torch.as_tensor(episode.sa, device=device)).double()
+            cumulative = torch.nn.functional.pad(degree.cumsum(0), (1, 0))
+            starts = torch.arange(len(episode.sa) - length, device=device)
+            means = (cumulative[starts + length] - cumulative[starts]) / length
+            rows.append(np.stack([np.full(len(starts), episode.index), utils.to_np(starts), utils.to_np(means)], 1))
+    return np.concatenate(rows)
+
+
+def draw(rng: np.random.Generator, weights: np.ndarray, num: int, available: np.ndarray) -> np.ndarray:
+    """`num` distinct indices of the `available` ones, drawn one after another with probability ∝ `weights` (a tiny
+    floor keeps every segment drawable, so there are always enough)."""
+    weights = weights[available] + 1e-12
+    return available[rng.choice(len(available), size=num, replace=False, p=weights / weights.sum())]
 
 
 @queries.register("ppe_mixture", recent_only=True)
@@ -174,8 +198,11 @@ def ppe_mixture(ctx: queries.QueryContext) -> SegmentPairs:
     morse = ctx.feedback_steps.get("ppe_morse")
     if not ctx.cfg.ppe_mixture_query or morse is None or not morse.trained:
         return queries.policy_aligned(ctx)
-    candidates = ctx.sample_pairs(ctx.num * ctx.large_batch, ctx.recent_episodes())
-    order = torch.argsort(out_of_distribution_degree(morse.net, candidates.pairs, morse.device), descending=True)
+    segments = segment_degrees(morse.net, ctx.recent_episodes(), ctx.segment, morse.device)
+    degree = np.clip(segments[:, 2], 0.0, 1.0)
     num_out = round(ctx.cfg.ppe_kappa * ctx.num)
-    chosen = torch.cat([order[:num_out], order.flip(0)[: ctx.num - num_out]])
-    return candidates.take(utils.to_np(chosen))
+    outside = draw(ctx.rng, degree, 2 * num_out, np.arange(len(segments)))
+    rest = np.setdiff1d(np.arange(len(segments)), outside)
+    inside = draw(ctx.rng, 1.0 - degree, 2 * (ctx.num - num_out), rest)
+    origins = segments[np.concatenate([outside, inside]), :2].astype(np.int64).reshape(-1, 2, 2)
+    return ctx.episodes.segment_pairs(origins, ctx.segment)

@@ -25,8 +25,10 @@ import queries
 from agent.sac import SacUpdate
 from bench.bench_sac import make_agent
 from episodes import EpisodeStore
+from feedback import train_reward
 from methods.policer import NO_Q_SEEN, CriticTriggeredReset, policy_likelihood, rank_probabilities
 from methods.ppe import MorseNetwork, exploration_shift, ppe_mixture
+from preferences import crop_windows, qpa_crop_lengths
 from teacher import QueryRound
 
 OBS, ACT, SEGMENT = 24, 6, 10
@@ -51,9 +53,10 @@ class Config:
     ppe_kappa = 0.5
 
 
-def log_likelihood(actor: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """log π(a|s) of rows [N, obs + action] from torch.distributions (independent of agent/actor.py)."""
-    obs, action = rows[:, :OBS], rows[:, OBS:].clamp(-1 + 1e-6, 1 - 1e-6)
+def log_likelihood(actor: torch.nn.Module, rows: torch.Tensor, bound: float = 1 - 1e-4) -> torch.Tensor:
+    """log π(a|s) of rows [N, obs + action] from torch.distributions (independent of agent/actor.py), actions
+    clamped to ±`bound` (PoLiCER's code: 1 − 1e-4)."""
+    obs, action = rows[:, :OBS], rows[:, OBS:].clamp(-bound, bound)
     with torch.no_grad():
         dist = actor(obs)
         squashed = torch.distributions.TransformedDistribution(torch.distributions.Normal(dist.mu, dist.std),
@@ -101,8 +104,13 @@ def test_policy_likelihood_sampling_draws_by_rank_of_the_policy_likelihood() -> 
     store = seeded_store()
     num, top_half = 4, []
     for seed in range(30):
-        chosen = policy_likelihood(context(store, num, agent, seed=seed))
+        ctx = context(store, num, agent, seed=seed)
+        chosen = policy_likelihood(ctx)
         segments, ranks, picked = redo_policy_likelihood(store, agent, num, seed)
+        # The robust diagnostic: where the picks sit in the ranking, 0% the likeliest, 100% the least likely.
+        assert ctx.metrics["query_rank_percentile"] == pytest.approx(
+            100 * np.mean((ranks[picked] - 1) / (len(ranks) - 1))
+        )
         np.testing.assert_array_equal(chosen.pairs[:, 0], segments[picked[:num]])  # σ0: the first half drawn
         np.testing.assert_array_equal(chosen.pairs[:, 1], segments[picked[num:]])
         top_half += (ranks[picked] <= len(ranks) / 2).tolist()
@@ -184,7 +192,7 @@ def test_the_exploration_shift_spends_exactly_the_kl_budget_along_the_gradient()
 def trained_morse(store: EpisodeStore) -> MorseNetwork:
     """A Morse network fitted, as methods/ppe.py fits it, to the state-actions of the store's first half."""
     torch.manual_seed(0)
-    net = MorseNetwork(OBS + ACT, 64, 2, ACT, 5.0)
+    net = MorseNetwork(OBS, ACT, 64, 2, 5.0)
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
     covered = torch.as_tensor(np.concatenate([episode.sa for episode in list(store)[:3]]))
     for _ in range(300):
@@ -204,21 +212,47 @@ class FittedMorse:
         self.net, self.device, self.trained = net, torch.device("cpu"), True
 
 
-def test_the_mixture_query_takes_kappa_of_the_most_and_the_rest_of_the_least_out_of_distribution() -> None:
+def redo_mixture_query(store: EpisodeStore, net: MorseNetwork, num: int, kappa: float, seed: int) -> np.ndarray:
+    """Algorithm 1 redone here: every segment of the N = 4 newest episodes, its out-of-distribution degree (the mean
+    of 1 − K over its steps, one segment at a time), 2κb of them drawn by P_out ∝ degree and 2(1 − κ)b of the rest
+    by P_in ∝ 1 − degree, without replacement, paired in drawing order. The origins [num, 2, 2]."""
+    origins, degrees = [], []
+    for episode in store.recent(4):
+        for start in range(len(episode.sa) - SEGMENT):
+            with torch.no_grad():
+                kernel = net(torch.as_tensor(episode.sa[start : start + SEGMENT])).double()
+            origins.append((episode.index, start))
+            degrees.append(float((1.0 - kernel).mean()))
+    degree, rng, num_out = np.array(degrees), np.random.default_rng(seed), round(kappa * num)
+    p_out = (degree + 1e-12) / (degree + 1e-12).sum()
+    outside = rng.choice(len(degree), size=2 * num_out, replace=False, p=p_out)
+    rest = np.setdiff1d(np.arange(len(degree)), outside)
+    p_in = (1.0 - degree[rest] + 1e-12) / (1.0 - degree[rest] + 1e-12).sum()
+    inside = rest[rng.choice(len(rest), size=2 * (num - num_out), replace=False, p=p_in)]
+    return np.array(origins)[np.concatenate([outside, inside])].reshape(num, 2, 2)
+
+
+def test_the_mixture_query_draws_kappa_b_pairs_by_their_out_of_distribution_degree_and_the_rest_by_its_inverse() -> (
+    None
+):
     store = seeded_store(episodes=8)
     net = trained_morse(store)
-    num, kappa = 6, 0.5
-    chosen = ppe_mixture(context(store, num, steps={"ppe_morse": FittedMorse(net)}, seed=5, ppe_kappa=kappa))
-    candidates = store.sample_segment_pairs(num * 5, store.recent(4), SEGMENT, np.random.default_rng(5))
-    with torch.no_grad():
-        degree = np.array([1.0 - float(net(torch.as_tensor(pair.reshape(-1, OBS + ACT))).mean())
-                           for pair in candidates.pairs])  # fmt: skip
-    order = np.argsort(-degree)
-    expected = [*order[: round(kappa * num)], *order[::-1][: num - round(kappa * num)]]
-    np.testing.assert_array_equal(chosen.pairs, candidates.pairs[expected])
-    for share, num_out in ((0.0, 0), (1.0, num), (0.34, 2)):
-        picked = ppe_mixture(context(store, num, steps={"ppe_morse": FittedMorse(net)}, seed=5, ppe_kappa=share))
-        assert {bytes(pair) for pair in picked.pairs[:num_out]} == {bytes(candidates.pairs[i]) for i in order[:num_out]}
+    num = 6
+    for kappa in (0.5, 0.0, 1.0, 0.34):
+        chosen = ppe_mixture(context(store, num, steps={"ppe_morse": FittedMorse(net)}, seed=5, ppe_kappa=kappa))
+        np.testing.assert_array_equal(chosen.origins, redo_mixture_query(store, net, num, kappa, seed=5))
+        np.testing.assert_array_equal(chosen.pairs, store.segment_pairs(chosen.origins, SEGMENT).pairs)
+    # Drawn, not sorted: over seeds the out-of-distribution picks have a higher degree than the others on average,
+    # yet the likeliest segment of P_out is not the one always picked.
+    out_degree, in_degree, firsts = [], [], set()
+    for seed in range(40):
+        chosen = ppe_mixture(context(store, num, steps={"ppe_morse": FittedMorse(net)}, seed=seed, ppe_kappa=0.5))
+        with torch.no_grad():
+            degree = 1.0 - net(torch.as_tensor(chosen.pairs.reshape(-1, OBS + ACT))).reshape(num, -1).mean(1)
+        out_degree.append(float(degree[:3].mean()))
+        in_degree.append(float(degree[3:].mean()))
+        firsts.add(tuple(chosen.origins[0, 0]))
+    assert np.mean(out_degree) > np.mean(in_degree) and len(firsts) > 10
     # Untrained network, or the switch off: QPA's policy-aligned selection.
     untrained = FittedMorse(net)
     untrained.trained = False
@@ -247,6 +281,49 @@ def test_the_morse_network_says_which_state_actions_the_labels_cover_and_the_shi
     assert (after < before).float().mean() > 0.95
 
 
+def test_the_extension_chooses_every_training_action_once_the_network_is_trained_budget_spent_or_not(tmp_path) -> None:
+    """Algorithm 2, line 3: a ~ π_E at every step after pre-training. Same noise, same state: π_E's action differs
+    from the target policy's once the Morse network has been trained, whatever budget is left; before, and with
+    ppe_extension=false, it is the target policy's."""
+    obs = np.random.default_rng(0).normal(size=24).astype(np.float32)
+    for extension in (True, False):
+        workspace = make_workspace(tmp_path / str(extension), "method=ppe", f"ppe_extension={str(extension).lower()}")
+        step = workspace.feedback_steps["ppe_morse"]
+        actions = {}
+        for trained, budget_left in ((False, True), (True, True), (True, False)):
+            step.trained = trained
+            workspace.schedule.total_feedback = 0 if budget_left else workspace.cfg.max_feedback
+            assert workspace.schedule.budget_left == budget_left
+            torch.manual_seed(1)
+            behaviour = workspace.behaviour(workspace, obs)
+            torch.manual_seed(1)
+            target = workspace.agent.act(obs, sample=True)
+            actions[(trained, budget_left)] = not np.array_equal(behaviour, target)
+        assert actions == {(False, True): False, (True, True): extension, (True, False): extension}
+
+
+def test_policer_trains_on_crops_of_45_to_55_steps_of_its_60_step_windows_on_dmc_and_on_meta_world(tmp_path) -> None:
+    """use_crop_aug: windows of segment + 2 x dataaug_window = 60 steps, crops U{45 ... 55} shared by a pair, each
+    window's start its own; Meta-World crops too (metaworld_crop)."""
+    cfg = load_config("method=policer")
+    assert cfg.segment == 60 and cfg.data_aug_ratio == 20 and cfg.metaworld_crop
+    starts, lengths = crop_windows((4, 500), cfg.segment, qpa_crop_lengths(cfg.segment), cfg.data_aug_ratio,
+                                   torch.Generator().manual_seed(0), torch.device("cpu"))  # fmt: skip
+    assert set(lengths.unique().tolist()) == set(range(45, 56)) and lengths.shape[-2] == 1  # one length per pair
+    assert bool((starts + lengths <= 60).all()) and (starts[..., 0, :] != starts[..., 1, :]).any()
+    # Meta-World: the same labels trained with and without crops end in different reward models
+    weights = {}
+    for crop in (True, False):
+        workspace = make_workspace(tmp_path / str(crop), "method=policer", "env=metaworld_drawer-open-v3",
+                                   "segment=35", f"metaworld_crop={str(crop).lower()}", "reward_update=3")  # fmt: skip
+        pairs = np.random.default_rng(1).normal(size=(10, 2, 35, 43)).astype(np.float32)
+        workspace.preferences.add(pairs, np.tile([0.0, 1.0], 5))
+        workspace.schedule.labeled_feedback = 10
+        train_reward(workspace, a_round(0))
+        weights[crop] = [p.detach().clone() for p in workspace.reward_model.net.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(weights[True], weights[False], strict=True))
+
+
 # ---------------------------------------------------------------------------------------------- runs
 # Three rounds, at steps 1100, 1700 and 2300, so the step-2000 checkpoint holds a method's state between two of them.
 TINY_SUCCESSOR = [*(item for item in TINY if not item.startswith(("num_train_steps", "num_interact", "max_feedback"))),
@@ -254,6 +331,21 @@ TINY_SUCCESSOR = [*(item for item in TINY if not item.startswith(("num_train_ste
                   "device=cpu"]  # fmt: skip
 ROUNDS, QUERIES = 3, 10  # max_feedback=30 in rounds of TINY's reward_batch=10
 TRIGGER = "policer_q_threshold=-1000"  # every round after the first resets: the whole path runs in a tiny run
+
+
+@pytest.mark.slow
+def test_a_ppe_run_is_qpas_run_until_ppe_first_acts(tmp_path) -> None:
+    """The Morse network draws its initial weights from its own stream and the first round's queries are QPA's, so
+    up to the first query round (step 1100 here) a PPE run writes QPA's logs."""
+    schedule = [item for item in TINY_SUCCESSOR if not item.startswith("num_train_steps")]
+    logs = {}
+    for method in ("qpa", "ppe"):
+        train(tmp_path / method, *schedule, "num_train_steps=1100", f"method={method}")
+        logs[method] = {name: pd.read_csv(tmp_path / method / name) for name in ("eval.csv", "train.csv")}
+    for name, frame in logs["qpa"].items():
+        columns = [column for column in frame.columns if column not in TIME_COLUMNS]
+        pd.testing.assert_frame_equal(logs["ppe"][name][columns], frame[columns], check_exact=True, obj=name)
+    assert list(logs["ppe"]["eval.csv"].step) == [0, 1000, 1100]
 
 
 def test_bad_values_of_the_successor_keys_are_one_line_errors() -> None:
@@ -273,22 +365,31 @@ def test_bad_values_of_the_successor_keys_are_one_line_errors() -> None:
 
 
 # Each paper's own settings where they differ from QPA's, written out here from PoLiCER's scripts/synthetic.sh and
-# PPE's Table 10 independently of scripts/sweeps/: task: {key: value} of the resolved config.
+# PPE's Table 10 independently of scripts/sweeps/: task: {key: value} of the resolved config. PoLiCER's segments are
+# its windows: the script's segment + 2 x dataaug_window (5).
 POLICER_RUNS = {
     "walker_walk": {"env": "walker_walk", "num_train_steps": 1_000_000, "max_feedback": 100, "reward_batch": 10,
-                    "num_interact": 20000, "segment": 50, "policer_q_increase": 5.0, "actor_lr": 5e-4},
+                    "num_interact": 20000, "segment": 60, "policer_q_increase": 5.0, "actor_lr": 5e-4},
     "cheetah_run": {"num_train_steps": 1_000_000, "max_feedback": 100, "policer_q_increase": 5.0},
     "humanoid_stand": {"num_train_steps": 2_000_000, "max_feedback": 10000, "reward_batch": 50,
                        "num_interact": 5000, "policer_q_increase": 1.43, "actor_lr": 1e-4},
-    "metaworld_drawer-open": {"max_feedback": 5000, "reward_batch": 50, "segment": 25, "actor_lr": 3e-4},
-    "metaworld_door-open": {"max_feedback": 4000, "reward_batch": 40, "segment": 25, "policer_q_increase": 7.5},
+    "metaworld_drawer-open": {"max_feedback": 5000, "reward_batch": 50, "segment": 35, "actor_lr": 3e-4},
+    "metaworld_door-open": {"max_feedback": 4000, "reward_batch": 40, "segment": 35, "policer_q_increase": 7.5},
     "metaworld_sweep-into": {"env": "metaworld_sweep-into-v3", "num_train_steps": 1_000_000, "max_feedback": 5000,
-                             "reward_batch": 50, "num_interact": 5000, "segment": 25, "critic_lr": 3e-4},
+                             "reward_batch": 50, "num_interact": 5000, "segment": 35, "critic_lr": 3e-4},
     "metaworld_hammer": {"env": "metaworld_hammer-v3", "num_train_steps": 2_000_000, "max_feedback": 10000,
-                         "reward_batch": 50, "segment": 25, "policer_q_increase": 7.5},
+                         "reward_batch": 50, "segment": 35, "policer_q_increase": 7.5},
 }  # fmt: skip
-PPE_BUDGETS = {"walker_walk": 100, "walker_run": 100, "cheetah_run": 100, "quadruped_walk": 1000,
-               "humanoid_stand": 10000, "metaworld_drawer-open": 4000}  # fmt: skip
+# PPE's Table 10: total queries, steps between rounds, queries per round, steps of the run.
+PPE_BUDGETS = {
+    "walker_walk": (100, 20000, 10, 500_000), "walker_run": (100, 20000, 10, 1_000_000),
+    "cheetah_run": (100, 20000, 10, 1_000_000), "quadruped_walk": (1000, 30000, 100, 1_000_000),
+    "quadruped_run": (1000, 30000, 100, 1_000_000), "humanoid_stand": (10000, 5000, 50, 2_000_000),
+    "metaworld_drawer-open": (4000, 5000, 20, 1_000_000), "metaworld_sweep-into": (10000, 5000, 50, 2_000_000),
+    "metaworld_hammer": (10000, 5000, 50, 2_000_000), "metaworld_door-open": (3000, 5000, 30, 1_000_000),
+    "metaworld_door-unlock": (3000, 5000, 30, 1_000_000), "metaworld_button-press": (2000, 5000, 25, 1_000_000),
+    "metaworld_window-open": (400, 5000, 10, 500_000),
+}  # fmt: skip
 
 
 def table_configs(name: str, methods: list[str] | None = None) -> dict[tuple[str, str], object]:
@@ -305,7 +406,7 @@ def test_the_policer_table_carries_its_scripts_settings_per_task() -> None:
     assert {task for task, _ in configs} == set(POLICER_RUNS)
     for (task, _), cfg in configs.items():
         assert cfg.method == "policer" and cfg.scheme == "policy_likelihood" and cfg.reward_update == 200
-        assert cfg.ensemble_size == 3 and cfg.data_aug_ratio == 20 and not cfg.hybrid_replay
+        assert cfg.ensemble_size == 3 and cfg.data_aug_ratio == 20 and cfg.metaworld_crop and not cfg.hybrid_replay
         params = cfg.agent.params
         for key, value in POLICER_RUNS[task].items():
             got = getattr(params, key) if key.endswith("_lr") else getattr(cfg, key)
@@ -314,8 +415,13 @@ def test_the_policer_table_carries_its_scripts_settings_per_task() -> None:
 
 def test_the_ppe_table_runs_qpa_settings_at_the_budgets_of_its_table_10() -> None:
     configs = table_configs("ppe", ["ppe", "ppe_extension_only", "ppe_mixture_only"])
+    assert {task for task, _ in configs} == set(PPE_BUDGETS)  # every task of its Table 1
     for (task, method), cfg in configs.items():
-        assert cfg.max_feedback == PPE_BUDGETS[task] and cfg.scheme == "ppe_mixture" and cfg.hybrid_replay
+        budget = (cfg.max_feedback, cfg.num_interact, cfg.reward_batch, cfg.num_train_steps)
+        assert budget == PPE_BUDGETS[task], task
+        assert cfg.max_reward_buffer_size == 10 and cfg.scheme == "ppe_mixture" and cfg.hybrid_replay  # Table 13
+        lr = 5e-4 if task in ("walker_walk", "walker_run", "cheetah_run") else 1e-4  # Table 12
+        assert cfg.agent.params.actor_lr == cfg.agent.params.critic_lr == lr, task
         assert cfg.run_label == method
         assert cfg.ppe_extension == (method != "ppe_mixture_only")
         assert cfg.ppe_mixture_query == (method != "ppe_extension_only")
