@@ -118,6 +118,9 @@ FeedbackStep = Callable[["Run", "QueryRound"], None]
 HOOKS = {
     "after_update": "(run, update: agent.sac.SacUpdate) after every SAC update of the feedback phase: a trigger "
     "computes what it watches from the update's metrics, its last batch and the run; it may set run.updates_per_step",
+    "after_pretraining_update": "(run) after every SAC update of PEBBLE's unsupervised pre-training",
+    "replace_update": "(run, hybrid) -> agent.sac.SacUpdate | None: at a step of the feedback phase, the method's own "
+    "SAC update in place of the loop's, or None for the loop's (the first part that returns one wins)",
     "behaviour_action": "(run, obs) -> action: every training action after the seed phase (the first part that "
     "defines it wins)",
     "transform_batch": "(batch, step) -> batch: every SAC batch sampled on the learned reward; a method with one "

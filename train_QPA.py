@@ -31,7 +31,7 @@ from tqdm import tqdm
 import methods  # noqa: F401 (the built-in methods register their keys, query schemes, steps and extensions)
 import run_naming  # noqa: F401 (the run directory's and run_label's resolvers)
 import utils
-from agent.sac import SACAgent
+from agent.sac import SACAgent, SacUpdate
 from command_line import check_overrides, import_modules, requested_imports
 from config_rules import ConfigError
 from config_schema import RewardConfig, TeacherConfig, TrainConfig, store_schema
@@ -194,6 +194,8 @@ class Workspace:
         self.feedback_steps = build_steps(cfg.feedback_steps, self)
         parts = {**self.extensions, **self.feedback_steps}
         self.update_hooks = hooks(parts, "after_update")
+        self.pretraining_hooks = hooks(parts, "after_pretraining_update")
+        self.update_replacements = hooks(parts, "replace_update")
         self.behaviour = next(iter(hooks(parts, "behaviour_action")), None)  # a method's own, else the policy's
         # seed-phase actions, query selection, and the history windows of log_query_alignment
         self.rngs = utils.RandomStreams(actions=np.random.default_rng(action_seed),
@@ -281,13 +283,25 @@ class Workspace:
         cfg, agent = self.cfg, self.agent
         if phase is Phase.UNSUPERVISED:
             self.update_metrics = agent.update_state_ent(self.replay_buffer, self.step, K=cfg.topK)
+            for hook in self.pretraining_hooks:
+                hook(self)
         elif phase in (Phase.FEEDBACK, Phase.TRUE_REWARD):  # sac_true: uniform batches, gradient_update of them
             hybrid = phase is Phase.FEEDBACK and cfg.hybrid_replay and self.schedule.budget_left
-            update = self.steps.sac_update(hybrid, self.step, self.updates_per_step)
+            update = self.replaced_update(hybrid) if phase is Phase.FEEDBACK else None
+            if update is None:
+                update = self.steps.sac_update(hybrid, self.step, self.updates_per_step)
             self.update_metrics = update.metrics
             if phase is Phase.FEEDBACK:
                 for hook in self.update_hooks:
                     hook(self, update)
+
+    def replaced_update(self, hybrid: bool) -> SacUpdate | None:
+        """The SAC update a method does itself at this step in place of the loop's (its `replace_update`), if any."""
+        for replace in self.update_replacements:
+            update = replace(self, hybrid)
+            if update is not None:
+                return update
+        return None
 
     def sample(self, hybrid: bool) -> Batch:
         """A SAC batch on the learned reward: QPA's hybrid replay (`her_ratio` of it from the N newest episodes) or

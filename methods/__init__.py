@@ -1,6 +1,6 @@
 """The methods beside QPA and PEBBLE, one module each: its config keys, query schemes, feedback steps and
 extensions, registered as the package loads (registry.py); its preset is config/method/<name>.yaml."""
 
-from methods import policer, ppe, rune, surf
+from methods import mrn, policer, ppe, rime, rune, surf
 
-__all__ = ["policer", "ppe", "rune", "surf"]
+__all__ = ["mrn", "policer", "ppe", "rime", "rune", "surf"]

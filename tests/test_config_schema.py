@@ -61,7 +61,9 @@ def test_method_switches_are_the_fields_marked_switch() -> None:
         "rune_beta_decay", "feedback_steps", "policer_tau", "policer_q_threshold", "policer_q_increase",
         "policer_q_increase_decay", "policer_q_threshold_max", "policer_max_replay_ratio", "ppe_extension",
         "ppe_mixture_query", "ppe_epsilon", "ppe_kappa", "ppe_lambda", "ppe_morse_hidden_dim", "ppe_morse_hidden_depth",
-        "ppe_morse_updates", "ppe_morse_batch", "ppe_morse_lr",
+        "ppe_morse_updates", "ppe_morse_batch", "ppe_morse_lr", "rime_alpha", "rime_beta_init", "rime_beta_min",
+        "rime_beta_decay_epochs", "rime_flip_probability", "rime_least_epochs", "rime_warm_start_steps",
+        "mrn_meta_steps", "mrn_outer_weight", "metaworld_crop",
     }  # fmt: skip
     assert method_preset("pebble")["ensemble_size"] == 3
     assert method_preset("surf")["semi_supervised"] is True  # surf inherits pebble, then qpa
