@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -34,25 +32,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.compare_quick import difference_ci  # noqa: E402
-from plot import (  # noqa: E402
-    REFERENCE_COLUMNS,
-    Run,
-    draw_curves,
-    final_scores,
-    find_run_dirs,
-    iqm_table,
-    load_reference,
-    load_run,
-    random_policy_scores,
-)
-from utils import atomic_write_bytes, is_metaworld  # noqa: E402
+from bench.exports import ALIGNMENT_COLUMNS, Exports, Planned, train_all  # noqa: E402
+from plot import Run, draw_curves, final_scores, iqm_table, load_reference, random_policy_scores  # noqa: E402
+from utils import is_metaworld  # noqa: E402
 
 TABLE = REPO / "scripts" / "sweeps" / "benchmark.yaml"
-REFERENCE = REPO / "figure" / "reference"
-EVALS_CSV = REFERENCE / "benchmark.csv"
-ALIGNMENT_CSV = REFERENCE / "benchmark_alignment.csv"
 OUT_DIR = REPO / "figure" / "benchmark"
-ALIGNMENT_COLUMNS = ("task", "method", "seed", "step", "query_log_likelihood", "history_log_likelihood")
 PREFERENCE_METHODS = ("qpa", "pebble")
 RANDOM_EPISODES = 10
 BOOTSTRAP_REPS = 10_000
@@ -63,109 +48,14 @@ def load_tasks(path: Path = TABLE) -> dict[str, list[str]]:
     return {name: shlex.split(text) for name, text in yaml.safe_load(path.read_text())["tasks"].items()}
 
 
-def planned(tasks: list[str], seeds: int, sac_seeds: int) -> list[tuple[str, str, int]]:
-    """(task, method, seed) in training order: seed by seed, so that partial results cover every task and method;
-    SAC's first seed first on each task, as the pilot that checks the task learns at this budget."""
-    runs = [(task, "sac_true", 1) for task in tasks if sac_seeds >= 1]
+def planned(tasks: list[str], seeds: int, sac_seeds: int) -> list[Planned]:
+    """The runs in training order: seed by seed, so that partial results cover every task and method; SAC's first
+    seed first on each task, as the pilot that checks the task learns at this budget."""
+    order = [(task, "sac_true", 1) for task in tasks if sac_seeds >= 1]
     for seed in range(1, seeds + 1):
-        runs += [(task, method, seed) for task in tasks for method in PREFERENCE_METHODS]
-        runs += [(task, "sac_true", seed) for task in tasks if 1 < seed <= sac_seeds]
-    return runs
-
-
-def finished_runs(root: Path) -> dict[tuple[str, str, int], Path]:
-    """(task, method, seed) -> run directory, for every run under `root` trained to its last step."""
-    found = {}
-    for run_dir in find_run_dirs(root) if root.exists() else ():
-        run = load_run(run_dir)
-        if run is not None and int(run.evals["step"].iloc[-1]) >= int(run.config["num_train_steps"]):
-            found[(run.task, run.method, run.seed)] = run_dir
-    return found
-
-
-def replace_rows(path: Path, rows: pd.DataFrame, columns: list[str]) -> None:
-    """Write `rows` into the CSV at `path` in place of any rows of the same (task, method, seed), atomically."""
-    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
-    keys = rows[["task", "method", "seed"]].drop_duplicates()
-    kept = old.merge(keys, on=["task", "method", "seed"], how="left", indicator=True)
-    kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
-    table = pd.concat([kept, rows], ignore_index=True).reindex(columns=columns)
-    table = table.sort_values(["task", "method", "seed", "step"], kind="stable")
-    atomic_write_bytes(path, table.to_csv(index=False).encode())
-
-
-def export(run_dir: Path, repo: Path) -> list[Path]:
-    """The run's evaluations and alignment log into the benchmark's reference CSVs of the checkout `repo`."""
-    run = load_run(run_dir)
-    assert run is not None
-    evals = run.evals.reindex(columns=["step", "total_feedback", "episode_reward", "success_rate"])
-    evals = evals.assign(task=run.task, method=run.method, seed=run.seed)
-    evals_csv, alignment_csv = (repo / path.relative_to(REPO) for path in (EVALS_CSV, ALIGNMENT_CSV))
-    replace_rows(evals_csv, evals, [*REFERENCE_COLUMNS, "success_rate"])
-    written = [evals_csv]
-    if "query_log_likelihood" in run.train:
-        rounds = run.train.dropna(subset=["query_log_likelihood"]).reindex(columns=list(ALIGNMENT_COLUMNS[3:]))
-        replace_rows(alignment_csv, rounds.assign(task=run.task, method=run.method, seed=run.seed),
-                     list(ALIGNMENT_COLUMNS))  # fmt: skip
-        written.append(alignment_csv)
-    return written
-
-
-def commit(paths: list[Path], repo: Path, message: str, lock: threading.Lock) -> None:
-    """Commit just these files; a commit that fails (another git process holds the index) leaves them exported,
-    for the next one or a person to commit."""
-    with lock:
-        added = subprocess.run(["git", "add", *map(str, paths)], cwd=repo)
-        done = added.returncode == 0 and subprocess.run(
-            ["git", "commit", "-q", "-m", message, "--", *map(str, paths)], cwd=repo).returncode == 0  # fmt: skip
-    if not done:
-        print(f"[benchmark] not committed (exported): {', '.join(map(str, paths))}", file=sys.stderr, flush=True)
-
-
-def train_all(
-    runs: list[tuple[str, str, int]], root: Path, jobs: int, extras: list[str], repo: Path, commit_exports: bool
-) -> list[tuple[str, str, int]]:
-    """Train the runs not finished yet, `jobs` at a time; export (and commit) each as it finishes. The failed."""
-    done = finished_runs(root)
-    pending = [run for run in runs if run not in done]
-    failed: list[tuple[str, str, int]] = []
-    take, git = threading.Lock(), threading.Lock()
-    evals_csv = repo / EVALS_CSV.relative_to(REPO)
-    exported = set()
-    if evals_csv.is_file():
-        exported = set(pd.read_csv(evals_csv)[["task", "method", "seed"]].itertuples(index=False, name=None))
-    for run, run_dir in done.items():  # finished while no export followed (a stopped benchmark)
-        if run in runs and run not in exported:
-            written = export(run_dir, repo)
-            if commit_exports:
-                commit(written, repo, f"benchmark: {' '.join(map(str, run))} exported from {run_dir}", git)
-
-    def worker() -> None:
-        while True:
-            with take:
-                if not pending:
-                    return
-                task, method, seed = pending.pop(0)
-            command = [sys.executable, str(REPO / "scripts" / "sweep.py"), str(TABLE), task, "--root", str(root),
-                       "--methods", method, "--seeds", str(seed), "--", *extras]  # fmt: skip
-            print(f"[benchmark] {task} {method} seed {seed}: {shlex.join(command)}", flush=True)
-            finished = subprocess.run(command, cwd=REPO).returncode == 0
-            run_dir = finished_runs(root).get((task, method, seed))
-            if not finished or run_dir is None:
-                failed.append((task, method, seed))
-                continue
-            written = export(run_dir, repo)
-            if commit_exports:
-                commit(written, repo, f"benchmark: {task} {method} seed {seed} finished (exported from {run_dir})", git)
-
-    threads = [threading.Thread(target=worker) for _ in range(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for task, method, seed in failed:
-        print(f"[benchmark] {task} {method} seed {seed} did not finish; see its run directory", file=sys.stderr)
-    return failed
+        order += [(task, method, seed) for task in tasks for method in PREFERENCE_METHODS]
+        order += [(task, "sac_true", seed) for task in tasks if 1 < seed <= sac_seeds]
+    return [Planned(task, method, seed, (task, method, seed)) for task, method, seed in order]
 
 
 # ---------------------------------------------------------------------------------------------------- the report
@@ -208,7 +98,8 @@ def normalised(scores: pd.DataFrame) -> pd.DataFrame:
 def report(repo: Path = REPO) -> str:
     """The benchmark's tables and figure from the exported CSVs of the checkout `repo`, into its figure/benchmark/;
     returns the Markdown written to results.md."""
-    evals_csv, alignment_csv, out_dir = (repo / path.relative_to(REPO) for path in (EVALS_CSV, ALIGNMENT_CSV, OUT_DIR))
+    exports, out_dir = Exports.named("benchmark", repo), repo / OUT_DIR.relative_to(REPO)
+    evals_csv, alignment_csv = exports.evals, exports.alignment
     runs: list[Run] = load_reference(evals_csv)
     scores = normalised(final_scores(runs))
     alignment = pd.read_csv(alignment_csv) if alignment_csv.is_file() else pd.DataFrame(columns=ALIGNMENT_COLUMNS)
@@ -276,8 +167,9 @@ def main(argv: list[str]) -> int:
         parser.error("needs --root, --jobs >= 1, --seeds >= 1 and --sac-seeds >= 0")
     metaworld = [task for task in args.tasks if is_metaworld(task)]
     print(f"[benchmark] tasks {args.tasks} ({len(metaworld)} Meta-World)", flush=True)
-    runs = planned(args.tasks, args.seeds, args.sac_seeds)
-    failed = train_all(runs, args.root, args.jobs, extras, args.repo.resolve(), args.commit)
+    repo = args.repo.resolve()
+    failed = train_all(planned(args.tasks, args.seeds, args.sac_seeds), TABLE, args.root, args.jobs, extras,
+                       Exports.named("benchmark", repo), repo if args.commit else None, "benchmark")  # fmt: skip
     return 1 if failed else 0
 
 

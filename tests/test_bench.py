@@ -1,0 +1,84 @@
+"""The long comparisons' runner (bench/exports.py, bench/comparison.py, bench/benchmark.py): each run trained through
+the sweep, exported into the checkout's figure/reference/ as it finishes, never trained twice, and the report made
+from the exports alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from conftest import REPO_ROOT
+
+from bench import benchmark
+from bench.comparison import planned
+
+SHORT = ["num_train_steps=2000", "num_seed_steps=300", "num_unsup_steps=700", "num_interact=500", "max_feedback=20",
+         "reward_batch=10", "segment=20", "reward_update=20", "num_eval_episodes=1",
+         "num_threads=1", "device=cpu"]  # fmt: skip
+
+
+def comparison(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "bench/comparison.py", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_a_comparison_trains_exports_each_run_and_reports_from_the_exports(tmp_path) -> None:
+    root, repo = tmp_path / "runs", tmp_path / "checkout"
+    trained = comparison("compare_quick", "--methods", "qpa", "sac_true", "--seeds", "2", "--root", str(root),
+                         "--jobs", "2", "--repo", str(repo), "--", *SHORT)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    exported = pd.read_csv(repo / "figure" / "reference" / "compare_quick.csv")
+    assert set(exported[["method", "seed"]].itertuples(index=False, name=None)) == {
+        ("qpa", 1), ("qpa", 2), ("sac_true", 1), ("sac_true", 2)}  # fmt: skip
+    assert (exported.groupby(["method", "seed"]).step.max() == 2000).all()
+    alignment = pd.read_csv(repo / "figure" / "reference" / "compare_quick_alignment.csv")
+    assert set(alignment.method) == {"qpa"} and alignment.query_log_likelihood.notna().all()
+    # A second call finds every run finished: nothing is trained again.
+    again = comparison("compare_quick", "--methods", "qpa", "sac_true", "--seeds", "2", "--root", str(root),
+                       "--jobs", "1", "--repo", str(repo), "--", *SHORT)  # fmt: skip
+    assert again.returncode == 0 and "train_QPA.py" not in again.stdout
+    reported = comparison("compare_quick", "--report", "--against", "sac_true:qpa", "--repo", str(repo))
+    assert reported.returncode == 0, reported.stderr
+    finals = exported[exported.step == 2000].groupby("method").episode_reward.mean()
+    difference = finals["sac_true"] - finals["qpa"]
+    assert f"| sac_true - qpa | {difference:+.1f} |" in reported.stdout
+    assert (repo / "figure" / "compare_quick" / "walker_walk.png").is_file()
+    # Runs of another schedule are refused in one line, not averaged with these.
+    mixed = comparison("compare_quick", "--report", "--repo", str(repo),
+                       "--with", f"{REPO_ROOT}/figure/reference/compare_quick.csv:pebble")  # fmt: skip
+    assert mixed.returncode == 2 and "end at different steps [2000, 60000]" in mixed.stderr
+
+
+def test_a_table_row_with_a_run_label_is_planned_under_that_label() -> None:
+    runs = planned("noisy_teachers", "walker_walk", ["rime_mistake", "mrn"], 2)
+    assert [run.key for run in runs] == [("walker_walk", "rime_mistake", 1), ("walker_walk", "mrn", 1),
+                                         ("walker_walk", "rime_mistake", 2), ("walker_walk", "mrn", 2)]  # fmt: skip
+    assert "run_label=rime_mistake" in subprocess.run(
+        [sys.executable, "scripts/sweep.py", "noisy_teachers", "walker_walk", "--methods", "rime_mistake", "--dry-run"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+
+
+def test_the_benchmark_plans_sac_first_then_seed_by_seed() -> None:
+    keys = [run.key for run in benchmark.planned(["walker_walk", "cheetah_run"], seeds=2, sac_seeds=2)]
+    assert keys[:2] == [("walker_walk", "sac_true", 1), ("cheetah_run", "sac_true", 1)]
+    assert keys[2:6] == [("walker_walk", "qpa", 1), ("walker_walk", "pebble", 1), ("cheetah_run", "qpa", 1),
+                         ("cheetah_run", "pebble", 1)]  # fmt: skip
+    assert ("walker_walk", "sac_true", 2) in keys[6:] and len(keys) == 12
+
+
+def test_the_benchmark_report_is_made_from_its_exports_alone(tmp_path: Path) -> None:
+    """The shipped exports (figure/reference/benchmark.csv) copied into an empty checkout give the report."""
+    reference = tmp_path / "figure" / "reference"
+    reference.mkdir(parents=True)
+    shipped = pd.read_csv(REPO_ROOT / "figure" / "reference" / "benchmark.csv")
+    task = shipped.task.iloc[0]
+    runs = shipped[shipped.task == task]
+    # Two seeds of SAC and of a second method, so that every column of the report has something to show.
+    table = pd.concat([runs.assign(seed=runs.seed + offset, method=method) for offset in (0, 10)
+                       for method in ("sac_true", "qpa")], ignore_index=True)  # fmt: skip
+    table.to_csv(reference / "benchmark.csv", index=False)
+    text = benchmark.report(tmp_path)
+    assert f"| {task} | return | qpa | 2 |" in text and "IQM of normalised scores, qpa" in text
+    assert (tmp_path / "figure" / "benchmark" / "benchmark.png").is_file()
