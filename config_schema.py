@@ -84,7 +84,7 @@ class SchemeName:
 
 @dataclass
 class SACParams(Section):
-    """`agent.params`: SAC's hyper-parameters (ALGORITHM.md §6; PEBBLE / B-Pref defaults)."""
+    """`agent.params`: SAC's hyper-parameters (ALGORITHM.md §6; B-Pref's defaults)."""
 
     path: ClassVar[str] = "agent.params."
 
@@ -101,7 +101,7 @@ class SACParams(Section):
     critic_target_update_frequency: int = key(2, Int(), "target critic update every this many critic updates")
     batch_size: int = key(1024, Int(), "SAC minibatch size")
     learnable_temperature: bool = key(True, boolean, "learn α towards the target entropy -|A|")
-    normalize_state_entropy: bool = key(True, boolean, "normalise PEBBLE's k-NN state entropy by its running std")
+    normalize_state_entropy: bool = key(True, boolean, "normalise the unsupervised phase's k-NN state entropy by its running std")
 
 
 @dataclass
@@ -190,7 +190,7 @@ class ScheduleConfig(Section):
 
     num_train_steps: int = key(1_000_000, Int(), "environment steps of the run")
     num_seed_steps: int = key(1000, Int(0), "uniform random actions at the start")
-    num_unsup_steps: int = key(9000, Int(0), "PEBBLE state-entropy pre-training steps after the seed steps")
+    num_unsup_steps: int = key(9000, Int(0), "unsupervised state-entropy pre-training steps after the seed steps")
     replay_buffer_capacity: int = key(II("num_train_steps"), Int(), "transitions the replay buffer holds")
     gradient_update: int = key(1, Int(), "SAC updates per environment step")
     reset_update: int = key(100, Int(0), "SAC updates right after the critic reset at the first feedback")

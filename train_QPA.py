@@ -5,7 +5,7 @@
     python train_QPA.py +preset=quick env=walker_walk        # a complete scaled-down run on a CPU
 
 Per env step: evaluate/reset at episode ends, act (random during the seed phase), ask the teacher when a round is
-due and run the method's feedback steps once its labels are in, update SAC (state entropy while PEBBLE pre-trains,
+due and run the method's feedback steps once its labels are in, update SAC (state entropy during unsupervised pre-training,
 then r̂ with hybrid replay while feedback remains), step the env and store the transition.
 """
 
@@ -278,7 +278,7 @@ class Workspace:
 
     # ------------------------------------------------------------------ learning
     def update_agent(self, phase: Phase) -> None:
-        """This step's SAC update: on PEBBLE's state entropy while it pre-trains, on r̂ after the first round (hybrid
+        """This step's SAC update: on the state entropy during unsupervised pre-training, on r̂ after the first round (hybrid
         replay while feedback remains: QPA), on the environment's reward for method=sac_true."""
         cfg, agent = self.cfg, self.agent
         if phase is Phase.UNSUPERVISED:
@@ -325,7 +325,7 @@ class Workspace:
 
     def feedback(self) -> None:
         """A query round when one is due; once its labels are in, store them and run the method's feedback steps
-        (QPA, PEBBLE: train r̂, relabel the buffer, restart the critic after the first round)."""
+        (by default: train r̂, relabel the buffer, restart the critic after the first round)."""
         if self.schedule.open_round is None:
             ask_queries(self)
         answers = self.teacher.answers(self.step)
