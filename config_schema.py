@@ -101,7 +101,9 @@ class SACParams(Section):
     critic_target_update_frequency: int = key(2, Int(), "target critic update every this many critic updates")
     batch_size: int = key(1024, Int(), "SAC minibatch size")
     learnable_temperature: bool = key(True, boolean, "learn α towards the target entropy -|A|")
-    normalize_state_entropy: bool = key(True, boolean, "normalise the unsupervised phase's k-NN state entropy by its running std")
+    normalize_state_entropy: bool = key(
+        True, boolean, "normalise the unsupervised phase's k-NN state entropy by its running std"
+    )
 
 
 @dataclass

@@ -5,8 +5,8 @@
     python train_QPA.py +preset=quick env=walker_walk        # a complete scaled-down run on a CPU
 
 Per env step: evaluate/reset at episode ends, act (random during the seed phase), ask the teacher when a round is
-due and run the method's feedback steps once its labels are in, update SAC (state entropy during unsupervised pre-training,
-then r̂ with hybrid replay while feedback remains), step the env and store the transition.
+due and run the method's feedback steps once its labels are in, update SAC (state entropy during unsupervised
+pre-training, then r̂ with hybrid replay while feedback remains), step the env and store the transition.
 """
 
 from __future__ import annotations
@@ -278,8 +278,8 @@ class Workspace:
 
     # ------------------------------------------------------------------ learning
     def update_agent(self, phase: Phase) -> None:
-        """This step's SAC update: on the state entropy during unsupervised pre-training, on r̂ after the first round (hybrid
-        replay while feedback remains: QPA), on the environment's reward for method=sac_true."""
+        """This step's SAC update: on the state entropy during unsupervised pre-training, on r̂ after the first round
+        (hybrid replay while feedback remains: QPA), on the environment's reward for method=sac_true."""
         cfg, agent = self.cfg, self.agent
         if phase is Phase.UNSUPERVISED:
             self.update_metrics = agent.update_state_ent(self.replay_buffer, self.step, K=cfg.topK)

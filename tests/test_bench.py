@@ -14,7 +14,7 @@ from conftest import REPO_ROOT
 from bench import benchmark
 from bench.comparison import planned
 
-SHORT = ["num_train_steps=2000", "num_seed_steps=300", "num_unsup_steps=700", "num_interact=500", "max_feedback=20",
+SHORT = ["num_train_steps=1400", "num_seed_steps=300", "num_unsup_steps=700", "num_interact=300", "max_feedback=20",
          "reward_batch=10", "segment=20", "reward_update=20", "num_eval_episodes=1",
          "num_threads=1", "device=cpu"]  # fmt: skip
 
@@ -32,7 +32,7 @@ def test_a_comparison_trains_exports_each_run_and_reports_from_the_exports(tmp_p
     exported = pd.read_csv(repo / "figure" / "reference" / "compare_quick.csv")
     assert set(exported[["method", "seed"]].itertuples(index=False, name=None)) == {
         ("qpa", 1), ("qpa", 2), ("sac_true", 1), ("sac_true", 2)}  # fmt: skip
-    assert (exported.groupby(["method", "seed"]).step.max() == 2000).all()
+    assert (exported.groupby(["method", "seed"]).step.max() == 1400).all()
     alignment = pd.read_csv(repo / "figure" / "reference" / "compare_quick_alignment.csv")
     assert set(alignment.method) == {"qpa"} and alignment.query_log_likelihood.notna().all()
     # A second call finds every run finished: nothing is trained again.
@@ -41,14 +41,14 @@ def test_a_comparison_trains_exports_each_run_and_reports_from_the_exports(tmp_p
     assert again.returncode == 0 and "train_QPA.py" not in again.stdout
     reported = comparison("compare_quick", "--report", "--against", "sac_true:qpa", "--repo", str(repo))
     assert reported.returncode == 0, reported.stderr
-    finals = exported[exported.step == 2000].groupby("method").episode_reward.mean()
+    finals = exported[exported.step == 1400].groupby("method").episode_reward.mean()
     difference = finals["sac_true"] - finals["qpa"]
     assert f"| sac_true - qpa | {difference:+.1f} |" in reported.stdout
     assert (repo / "figure" / "compare_quick" / "walker_walk.png").is_file()
     # Runs of another schedule are refused in one line, not averaged with these.
     mixed = comparison("compare_quick", "--report", "--repo", str(repo),
                        "--with", f"{REPO_ROOT}/figure/reference/compare_quick.csv:pebble")  # fmt: skip
-    assert mixed.returncode == 2 and "end at different steps [2000, 60000]" in mixed.stderr
+    assert mixed.returncode == 2 and "end at different steps [1400, 60000]" in mixed.stderr
 
 
 def test_a_table_row_with_a_run_label_is_planned_under_that_label() -> None:
