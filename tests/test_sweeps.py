@@ -185,3 +185,18 @@ def test_the_summary_names_the_process_that_holds_a_run(joblib_sweep) -> None:
     assert summary(result.stdout)[1][0] == "running" and summary(result.stdout)[2][0] == "incomplete"
     assert f"held by PID {os.getpid()} on host {socket.gethostname()}, since" in result.stdout
     assert result.returncode == 1
+
+
+@pytest.mark.parametrize("table", ["benchmark", "compare_quick", "noisy_teachers", "pilot", "successors"])
+def test_every_run_of_the_cpu_scale_tables_composes_into_a_checked_config(table) -> None:
+    """A table's typo (a key, a value, a preset on the wrong family) fails here, not hours into a long comparison.
+    (Of the paper-scale tables, qpa is composed task by task above, policer and ppe run by run in
+    test_successors.py; baselines and ablations are not composed by any test.)"""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import sweep
+    from conftest import load_config
+
+    runs = sweep.plan_runs(sweep.load_table(table), [], [], [1], [])
+    assert runs
+    for run in runs:
+        load_config(*run.overrides, "seed=1")
