@@ -4,11 +4,12 @@
     python bench/benchmark.py --report                                       # the tables and figure, from exports
     python bench/benchmark.py --root /tmp/b --tasks walker_walk --seeds 2 --sac-seeds 1 -- num_train_steps=3000
 
-Trains the runs of scripts/sweeps/benchmark.yaml (--tasks of it; QPA and PEBBLE at --seeds seeds, SAC on the true
-reward at --sac-seeds), --jobs at a time with one torch thread each, each through scripts/sweep.py, so a finished run
-is skipped and a stopped one resumes from its checkpoint. Runs live under --root, outside the work tree. As each
-run finishes, its evaluations go into figure/reference/benchmark.csv and its query-alignment log into
-figure/reference/benchmark_alignment.csv (with --commit, committed at once), so a new machine loses no finished run.
+Trains the runs of scripts/sweeps/benchmark.yaml (--tasks of it; QPA and PEBBLE at --seeds seeds, on Meta-World at
+--metaworld-seeds, SAC on the true reward at --sac-seeds), --jobs at a time with one torch thread each, each
+through scripts/sweep.py, so a finished run is skipped and a stopped one resumes from its checkpoint. Runs live
+under --root, outside the work tree. As each run finishes, its evaluations go into figure/reference/benchmark.csv
+and its query-alignment log into figure/reference/benchmark_alignment.csv (with --commit, committed at once), so a
+new machine loses no finished run.
 
 --report reads only those two files: per task, each method's final return (Meta-World: success rate), mean ± std,
 IQM with its 95% interval, QPA − PEBBLE with a 95% percentile-bootstrap interval, and the log-likelihood under the
@@ -48,12 +49,15 @@ def load_tasks(path: Path = TABLE) -> dict[str, list[str]]:
     return {name: shlex.split(text) for name, text in yaml.safe_load(path.read_text())["tasks"].items()}
 
 
-def planned(tasks: list[str], seeds: int, sac_seeds: int) -> list[Planned]:
+def planned(tasks: list[str], seeds: int, sac_seeds: int, metaworld_seeds: int | None = None) -> list[Planned]:
     """The runs in training order: seed by seed, so that partial results cover every task and method; SAC's first
-    seed first on each task, as the pilot that checks the task learns at this budget."""
+    seed first on each task, as the pilot that checks the task learns at this budget. Meta-World tasks get
+    metaworld_seeds seeds of QPA and PEBBLE (default: seeds)."""
+    seeds_of = {task: metaworld_seeds if is_metaworld(task) and metaworld_seeds is not None else seeds
+                for task in tasks}  # fmt: skip
     order = [(task, "sac_true", 1) for task in tasks if sac_seeds >= 1]
-    for seed in range(1, seeds + 1):
-        order += [(task, method, seed) for task in tasks for method in PREFERENCE_METHODS]
+    for seed in range(1, max(seeds_of.values(), default=0) + 1):
+        order += [(task, method, seed) for task in tasks if seed <= seeds_of[task] for method in PREFERENCE_METHODS]
         order += [(task, "sac_true", seed) for task in tasks if 1 < seed <= sac_seeds]
     return [Planned(task, method, seed, (task, method, seed)) for task, method, seed in order]
 
@@ -154,6 +158,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", type=Path, help="where the runs go (outside the work tree)")
     parser.add_argument("--tasks", nargs="+", default=list(tasks), choices=list(tasks), help="tasks of the table")
     parser.add_argument("--seeds", type=int, default=5, help="QPA and PEBBLE seeds per task (1..N)")
+    parser.add_argument("--metaworld-seeds", type=int, default=3,
+                        help="QPA and PEBBLE seeds per Meta-World task (a 150k-step run takes 2.5x a 60k one)")
     parser.add_argument("--sac-seeds", type=int, default=2, help="seeds of SAC on the true reward per task")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose figure/reference gets the exports")
@@ -163,13 +169,14 @@ def main(argv: list[str]) -> int:
     if args.report:
         print(report(args.repo.resolve()))
         return 0
-    if args.root is None or args.jobs < 1 or args.seeds < 1 or args.sac_seeds < 0:
-        parser.error("needs --root, --jobs >= 1, --seeds >= 1 and --sac-seeds >= 0")
+    if args.root is None or args.jobs < 1 or args.seeds < 1 or args.metaworld_seeds < 1 or args.sac_seeds < 0:
+        parser.error("needs --root, --jobs >= 1, --seeds >= 1, --metaworld-seeds >= 1 and --sac-seeds >= 0")
     metaworld = [task for task in args.tasks if is_metaworld(task)]
     print(f"[benchmark] tasks {args.tasks} ({len(metaworld)} Meta-World)", flush=True)
     repo = args.repo.resolve()
-    failed = train_all(planned(args.tasks, args.seeds, args.sac_seeds), TABLE, args.root, args.jobs, extras,
-                       Exports.named("benchmark", repo), repo if args.commit else None, "benchmark")  # fmt: skip
+    runs = planned(args.tasks, args.seeds, args.sac_seeds, args.metaworld_seeds)
+    failed = train_all(runs, TABLE, args.root, args.jobs, extras, Exports.named("benchmark", repo),
+                       repo if args.commit else None, "benchmark")  # fmt: skip
     return 1 if failed else 0
 
 

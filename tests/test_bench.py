@@ -66,6 +66,13 @@ def test_the_benchmark_plans_sac_first_then_seed_by_seed() -> None:
     assert keys[2:6] == [("walker_walk", "qpa", 1), ("walker_walk", "pebble", 1), ("cheetah_run", "qpa", 1),
                          ("cheetah_run", "pebble", 1)]  # fmt: skip
     assert ("walker_walk", "sac_true", 2) in keys[6:] and len(keys) == 12
+    # Meta-World tasks take their own number of seeds; the order stays seed by seed.
+    keys = [run.key for run in benchmark.planned(["walker_walk", "metaworld_button-press-v3"], seeds=3, sac_seeds=1,
+                                                 metaworld_seeds=1)]  # fmt: skip
+    assert keys.count(("metaworld_button-press-v3", "qpa", 1)) == 1
+    assert not any(task.startswith("metaworld") and seed > 1 for task, _, seed in keys)
+    assert [key for key in keys if key[0] == "walker_walk" and key[1] == "qpa"] == [
+        ("walker_walk", "qpa", seed) for seed in (1, 2, 3)]  # fmt: skip
 
 
 def test_the_benchmark_report_is_made_from_its_exports_alone(tmp_path: Path) -> None:
