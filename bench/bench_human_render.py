@@ -19,6 +19,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import utils
+from episodes import EpisodeStore
 from human_teacher import SimStateRecorder, render_segment
 
 # env, segment length S, queries per round, episodes kept by QPA (N) and by the other schemes (history_episodes)
@@ -30,14 +31,19 @@ SETTINGS = [
 
 def measure(env_name: str, segment: int, queries: int, recent: int, history: int) -> None:
     env = utils.make_env(env_name, 0)
-    env.reset(seed=0)
-    recorder = SimStateRecorder(env, max_episodes=1)
+    obs, _ = env.reset(seed=0)
+    episodes = EpisodeStore(env.observation_space.shape[0], env.action_space.shape[0], max_episodes=1)
+    recorder = SimStateRecorder(env, episodes)
     recording = 0.0
-    for _ in range(env.max_episode_steps):
+    for step in range(env.max_episode_steps):
+        action = env.action_space.sample()
         start = time.perf_counter()
         recorder.record()
         recording += time.perf_counter() - start
-        env.step(env.action_space.sample())
+        next_obs, reward, *_, info = env.step(action)
+        recorder.record_outcome(info)
+        episodes.add(obs, action, reward, done=step == env.max_episode_steps - 1)
+        obs = next_obs
     record_us = recording / env.max_episode_steps * 1e6
     recorder.end_episode()
     episode_mb = recorder.nbytes / 2**20

@@ -4,6 +4,7 @@ from the exports alone."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,19 @@ def test_the_benchmark_report_is_made_from_its_exports_alone(tmp_path: Path) -> 
     text = benchmark.report(tmp_path)
     assert f"| {task} | return | qpa | 2 |" in text and "IQM of normalised scores, qpa" in text
     assert (tmp_path / "figure" / "benchmark" / "benchmark.png").is_file()
+
+
+def test_the_human_render_benchmark_prints_its_figures(capsys) -> None:
+    """bench/bench_human_render.py on one short walker_walk segment: recording, memory and rendering figures."""
+    from bench import bench_human_render
+
+    bench_human_render.measure("walker_walk", segment=3, queries=2, recent=2, history=4)
+    line = capsys.readouterr().out.strip()
+    figures = re.fullmatch(
+        r"walker_walk: record [\d.]+ us/step, ([\d.]+) MB/episode -> ([\d.]+) MB for QPA's N=2, \d+ MB for "
+        r"history_episodes=4; render \d+ ms/frame, [\d.]+ s per query \(2 x 3 frames, \d+ kB of JPEG\), \d+ s per "
+        r"round of 2",
+        line,
+    )
+    assert figures, line
+    assert float(figures[1]) > 0.3 and abs(float(figures[2]) - 2 * float(figures[1])) <= 0.1, line  # N=2 episodes
