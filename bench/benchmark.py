@@ -158,8 +158,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", type=Path, help="where the runs go (outside the work tree)")
     parser.add_argument("--tasks", nargs="+", default=list(tasks), choices=list(tasks), help="tasks of the table")
     parser.add_argument("--seeds", type=int, default=5, help="QPA and PEBBLE seeds per task (1..N)")
-    parser.add_argument("--metaworld-seeds", type=int, default=3,
-                        help="QPA and PEBBLE seeds per Meta-World task (a 150k-step run takes 2.5x a 60k one)")
+    parser.add_argument(
+        "--metaworld-seeds",
+        type=int,
+        default=3,
+        help="QPA and PEBBLE seeds per Meta-World task (a 150k-step run takes 2.5x a 60k one)",
+    )
     parser.add_argument("--sac-seeds", type=int, default=2, help="seeds of SAC on the true reward per task")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose figure/reference gets the exports")

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def train_all(
     the checkout `commit_to`). Runs finished earlier but never exported are exported first. Returns the failed."""
     done = finished_runs(root)
     exported = exports.exported()
-    take, git = threading.Lock(), threading.Lock()
+    git = threading.Lock()
 
     def finish(run: Planned, run_dir: Path, message: str) -> None:
         written = exports.write(run_dir)
@@ -132,29 +133,21 @@ def train_all(
         if run.key in done and run.key not in exported:  # finished while no export followed (a stopped comparison)
             finish(run, done[run.key], "exported")
     pending = [run for run in runs if run.key not in done]
-    failed: list[Planned] = []
 
-    def worker() -> None:
-        while True:
-            with take:
-                if not pending:
-                    return
-                run = pending.pop(0)
-            command = [sys.executable, str(REPO / "scripts" / "sweep.py"), str(table), run.task_row, "--root",
-                       str(root), "--methods", run.method_row, "--seeds", str(run.seed), "--", *extras]  # fmt: skip
-            print(f"[{tag}] {' '.join(map(str, run.key))}: {shlex.join(command)}", flush=True)
-            finished = subprocess.run(command, cwd=REPO).returncode == 0
-            run_dir = finished_runs(root).get(run.key)
-            if not finished or run_dir is None:
-                failed.append(run)
-                continue
-            finish(run, run_dir, "finished")
+    def train(run: Planned) -> bool:
+        command = [sys.executable, str(REPO / "scripts" / "sweep.py"), str(table), run.task_row, "--root", str(root),
+                   "--methods", run.method_row, "--seeds", str(run.seed), "--", *extras]  # fmt: skip
+        print(f"[{tag}] {' '.join(map(str, run.key))}: {shlex.join(command)}", flush=True)
+        finished = subprocess.run(command, cwd=REPO).returncode == 0
+        run_dir = finished_runs(root).get(run.key)
+        if not finished or run_dir is None:
+            return False
+        finish(run, run_dir, "finished")
+        return True
 
-    threads = [threading.Thread(target=worker) for _ in range(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # in table order, `jobs` at a time
+        trained = list(pool.map(train, pending))
+    failed = [run for run, ok in zip(pending, trained, strict=True) if not ok]
     for run in failed:
         print(f"[{tag}] {' '.join(map(str, run.key))} did not finish; see its run directory", file=sys.stderr)
     return failed

@@ -20,8 +20,8 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -86,24 +86,10 @@ def train_watched(name: str, overrides: list[str], run_dir: Path) -> int:
 
 def train_all(entries: dict[str, list[str]], root: Path, jobs: int, extras: list[str]) -> bool:
     pending = [name for name in entries if not done(root / name)]
-    failed: list[str] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if not pending:
-                    return
-                name = pending.pop(0)
-            if train_watched(name, [*entries[name], *extras], root / name) != 0:
-                failed.append(name)
-
     root.mkdir(parents=True, exist_ok=True)
-    threads = [threading.Thread(target=worker) for _ in range(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # in table order, `jobs` at a time
+        statuses = list(pool.map(lambda name: train_watched(name, [*entries[name], *extras], root / name), pending))
+    failed = [name for name, status in zip(pending, statuses, strict=True) if status != 0]
     for name in failed:
         print(f"[pilot] {name} did not finish: see {root / f'{name}.log'}", file=sys.stderr)
     return not failed
