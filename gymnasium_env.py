@@ -118,5 +118,21 @@ class GymnasiumEnv(gym.Env):
             frame = np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
         return frame
 
+    def center_camera(self, height: int, width: int) -> None:
+        """Place the free camera on the current state as Gymnasium does when its viewer draws a first frame (at the
+        geoms' median position, then the task's camera settings). Its camera does not follow the body, so a
+        person's segment rendered after the fact would otherwise be framed wherever the first one was."""
+        renderer = getattr(self._env.unwrapped, "mujoco_renderer", None)
+        if renderer is None:
+            return
+        self.render(height, width)  # Gymnasium makes its viewer at the first frame
+        camera = renderer.viewer.cam
+        camera.lookat[:] = np.median(self._env.unwrapped.data.geom_xpos, axis=0)
+        for key, value in (renderer.default_cam_config or {}).items():
+            if isinstance(value, np.ndarray):
+                getattr(camera, key)[:] = value
+            else:
+                setattr(camera, key, value)
+
     def close(self) -> None:
         self._env.close()

@@ -36,6 +36,7 @@ from PIL import Image
 import utils
 from config_schema import TeacherConfig
 from episodes import EpisodeStore
+from gymnasium_env import GymnasiumEnv
 from labelling_app import LabellingServer, bind
 from run_dir import LABELS_NAME, publish_url, withdraw_url
 from task_goals import describe_task
@@ -153,13 +154,15 @@ def render_segment(env: Any, layout: Layout, states: np.ndarray) -> bytes:
     for name, value in layout.items():
         getattr(model, name)[:] = value
     frames = []
-    for state in states:
+    for index, state in enumerate(states):
         mujoco.mj_setState(model, data, state.astype(np.float64), SIM_STATE)
         mujoco.mj_forward(model, data)
+        if index == 0 and isinstance(env, GymnasiumEnv):
+            env.center_camera(FRAME_HEIGHT, FRAME_WIDTH)
         if isinstance(env, utils.MetaWorldEnv):  # renders at its own size
             frame = Image.fromarray(env.render()).resize((FRAME_WIDTH, FRAME_HEIGHT), Image.Resampling.BILINEAR)
         else:
-            frame = Image.fromarray(env.render(height=FRAME_HEIGHT, width=FRAME_WIDTH, camera_id=0))
+            frame = Image.fromarray(env.render(height=FRAME_HEIGHT, width=FRAME_WIDTH))
         frames.append(np.asarray(frame))
     buffer = BytesIO()
     Image.fromarray(np.concatenate(frames)).save(buffer, format="JPEG", quality=JPEG_QUALITY)
