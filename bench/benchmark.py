@@ -15,7 +15,8 @@ new machine loses no finished run.
 IQM with its 95% interval, QPA − PEBBLE with a 95% percentile-bootstrap interval, and the log-likelihood under the
 policy of the queried segments against the history; across tasks, rliable's IQM of scores normalised between the
 random policy (0) and SAC on the true reward (1), and the probability that QPA improves on PEBBLE, with stratified
-bootstrap intervals. It writes figure/benchmark/ (results.md, the figure with a panel per task, the CSV tables).
+bootstrap intervals. It writes figure/benchmark/ (results.md, whose first table has a row per task as the README
+shows it; the figure with a panel per task; the CSV tables).
 """
 
 from __future__ import annotations
@@ -110,11 +111,14 @@ def report(repo: Path = REPO) -> str:
     lines = ["| task | metric | method | seeds | final (mean ± std) | IQM [95% CI] | log π queried vs history |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     differences = ["| task | QPA - PEBBLE, final | 95% bootstrap CI | QPA ahead on seed pairs |", "|---|---|---|---|"]
+    summary = ["| task (final) | QPA | PEBBLE | SAC, true reward | QPA - PEBBLE [95% CI] |", "|---|---|---|---|---|"]
     for task, group in scores.groupby("task", sort=False):
         iqm = iqm_table(group.drop(columns="score"), normalise="none", reps=BOOTSTRAP_REPS).set_index("method")
         metric = "success %" if group["metric"].iloc[0] == "success_rate" else "return"
+        cells = {}
         for method in ("qpa", "pebble", "sac_true"):
             values = group.loc[group.method == method].sort_values("seed")["final"].to_numpy()
+            cells[method] = f"{values.mean():.1f} ± {values.std():.1f} (n={values.size})" if values.size else ""
             if values.size == 0:
                 continue
             logged = alignment[(alignment.task == task) & (alignment.method == method)]
@@ -131,9 +135,13 @@ def report(repo: Path = REPO) -> str:
             ahead = int((qpa[paired] > pebble[paired]).sum())
             differences.append(f"| {task} | {qpa.mean() - pebble.mean():+.1f} | [{low:+.1f}, {high:+.1f}] | "
                                f"{ahead} of {len(paired)} |")  # fmt: skip
+            cells["difference"] = f"{qpa.mean() - pebble.mean():+.1f} [{low:+.1f}, {high:+.1f}]"
+        summary.append(f"| {task} ({metric}) | {cells['qpa']} | {cells['pebble']} | {cells['sac_true']} | "
+                       f"{cells.get('difference', '')} |")  # fmt: skip
     aggregate = iqm_table(scores.assign(final=scores["score"]).drop(columns="score"), normalise="none",
                           reps=BOOTSTRAP_REPS)  # fmt: skip
-    text = "\n".join(["## Per task", "", *lines, "", *differences, "", "## Across tasks", ""])
+    text = "\n".join(["## One row per task", "", *summary, "", "## Per task", "", *lines, "", *differences, "",
+                      "## Across tasks", ""])  # fmt: skip
     text += "\n".join(f"- IQM of normalised scores, {row.method}: {row.iqm:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
                       f" ({row.tasks} tasks, {row.runs} runs)" for row in aggregate.itertuples())  # fmt: skip
     preference = scores[scores.method.isin(PREFERENCE_METHODS)]

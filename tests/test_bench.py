@@ -81,14 +81,20 @@ def test_the_benchmark_report_is_made_from_its_exports_alone(tmp_path: Path) -> 
     reference = tmp_path / "figure" / "reference"
     reference.mkdir(parents=True)
     shipped = pd.read_csv(REPO_ROOT / "figure" / "reference" / "benchmark.csv")
-    task = shipped.task.iloc[0]
-    runs = shipped[shipped.task == task]
+    task, method, seed = shipped.iloc[0][["task", "method", "seed"]]
+    run = shipped[(shipped.task == task) & (shipped.method == method) & (shipped.seed == seed)]
     # Two seeds of SAC and of a second method, so that every column of the report has something to show.
-    table = pd.concat([runs.assign(seed=runs.seed + offset, method=method) for offset in (0, 10)
-                       for method in ("sac_true", "qpa")], ignore_index=True)  # fmt: skip
+    table = pd.concat([run.assign(seed=offset + 1, method=method, episode_reward=run.episode_reward + offset)
+                       for offset in (0, 10) for method in ("sac_true", "qpa")], ignore_index=True)  # fmt: skip
     table.to_csv(reference / "benchmark.csv", index=False)
     text = benchmark.report(tmp_path)
     assert f"| {task} | return | qpa | 2 |" in text and "IQM of normalised scores, qpa" in text
+    finals = table.groupby(["method", "seed"]).episode_reward.last()
+    qpa, sac = (finals[method].to_numpy() for method in ("qpa", "sac_true"))
+    assert (
+        f"| {task} (return) | {qpa.mean():.1f} ± {qpa.std():.1f} (n=2) |  | {sac.mean():.1f} ± {sac.std():.1f} "
+        "(n=2) |  |"
+    ) in text  # one row per task, the README's; no PEBBLE runs, so no difference
     assert (tmp_path / "figure" / "benchmark" / "benchmark.png").is_file()
 
 
