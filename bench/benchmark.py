@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.compare_quick import difference_ci  # noqa: E402
 from bench.exports import ALIGNMENT_COLUMNS, Exports, Planned, train_all  # noqa: E402
+from bench.run_pool import StoppedError  # noqa: E402
 from plot import Run, draw_curves, final_scores, iqm_table, load_reference, random_policy_scores  # noqa: E402
 from utils import is_metaworld  # noqa: E402
 
@@ -187,8 +188,11 @@ def main(argv: list[str]) -> int:
     print(f"[benchmark] tasks {args.tasks} ({len(metaworld)} Meta-World)", flush=True)
     repo = args.repo.resolve()
     runs = planned(args.tasks, args.seeds, args.sac_seeds, args.metaworld_seeds)
-    failed = train_all(runs, TABLE, args.root, args.jobs, extras, Exports.named("benchmark", repo),
-                       repo if args.commit else None, "benchmark")  # fmt: skip
+    try:
+        failed = train_all(runs, TABLE, args.root, args.jobs, extras, Exports.named("benchmark", repo),
+                           repo if args.commit else None, "benchmark")  # fmt: skip
+    except StoppedError:
+        return 130
     return 1 if failed else 0
 
 

@@ -23,10 +23,7 @@ evaluations only, so their query log-likelihoods are not reported): legitimate o
 from __future__ import annotations
 
 import argparse
-import queue
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench.run_pool import RunPool, StoppedError  # noqa: E402
 from plot import Run, aggregate_curve, compare, final_scores, iqm_table, load_reference, load_runs  # noqa: E402
 
 TABLE = "compare_quick"
@@ -62,32 +60,29 @@ def difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[fl
 
 
 def train_all(runs: list[tuple[str, int]], task: str, root: Path, jobs: int, overrides: list[str]) -> bool:
-    """Train every (method, seed), `jobs` at a time, each run its own `scripts/sweep.py` call; True if all ended."""
-    pending: queue.Queue[tuple[str, int]] = queue.Queue()
-    for run in runs:
-        pending.put(run)
-    failed: list[tuple[str, int]] = []
+    """Train every (method, seed), `jobs` at a time, each run its own `scripts/sweep.py` call; True if all ended.
+    Raises StoppedError when SIGINT or SIGTERM stopped the training (bench/run_pool.py)."""
+    pool = RunPool()
 
-    def worker() -> None:
-        while True:
-            try:
-                method, seed = pending.get_nowait()
-            except queue.Empty:
-                return
-            command = [sys.executable, str(REPO / "scripts" / "sweep.py"), TABLE, task, "--root", str(root),
-                       "--methods", method, "--seeds", str(seed), "--", *overrides]  # fmt: skip
-            print("[compare_quick]", " ".join(command), flush=True)
-            if subprocess.run(command, cwd=REPO).returncode != 0:
-                failed.append((method, seed))
+    def train(run: tuple[str, int]) -> bool:
+        method, seed = run
+        if pool.stopped:
+            return False
+        command = [sys.executable, str(REPO / "scripts" / "sweep.py"), TABLE, task, "--root", str(root),
+                   "--methods", method, "--seeds", str(seed), "--", *overrides]  # fmt: skip
+        print("[compare_quick]", " ".join(command), flush=True)
+        return pool.call(command, cwd=REPO) == 0
 
-    threads = [threading.Thread(target=worker) for _ in range(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for method, seed in failed:
-        print(f"[compare_quick] {method} seed {seed} did not finish; see its run directory", file=sys.stderr)
-    return not failed
+    try:
+        trained = pool.map(train, runs, jobs)
+    except StoppedError:
+        print("[compare_quick] stopped by a signal: re-run the same command to go on from the runs' checkpoints",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise
+    for (method, seed), ok in zip(runs, trained, strict=True):
+        if not ok:
+            print(f"[compare_quick] {method} seed {seed} did not finish; see its run directory", file=sys.stderr)
+    return all(trained)
 
 
 def comparison_runs(root: Path, task: str, reused: list[Run]) -> list[Run]:
@@ -229,8 +224,11 @@ def main(argv: list[str]) -> int:
         trained = [method for method in args.methods if method not in reused_methods]
         runs = [(method, seed) for method in sorted(trained, key=LONGEST_FIRST.index)
                 for seed in range(1, (args.ablation_seeds if method in ABLATIONS else args.seeds) + 1)]  # fmt: skip
-        if not train_all(runs, args.task, args.root, args.jobs, overrides):
-            return 1
+        try:
+            if not train_all(runs, args.task, args.root, args.jobs, overrides):
+                return 1
+        except StoppedError:
+            return 130
     try:
         report(args.root, args.task, args.out_dir, reused)
     except ValueError as error:

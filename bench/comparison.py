@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.compare_quick import difference_ci  # noqa: E402
 from bench.exports import Exports, Planned, train_all  # noqa: E402
+from bench.run_pool import StoppedError  # noqa: E402
 from plot import Run, draw_curves, final_scores, iqm_table, load_reference  # noqa: E402
 from scripts.sweep import TABLES_DIR, SweepError, load_table  # noqa: E402
 
@@ -168,8 +169,11 @@ def main(argv: list[str]) -> int:
         parser.error("needs --root, --jobs >= 1 and --seeds >= 1")
     runs = planned(table.name, args.task, args.methods or list(table.methods), args.seeds)
     print(f"[comparison] {len(runs)} runs of {table.name} on {args.task}: {shlex.join(extras)}", flush=True)
-    failed = train_all(runs, TABLES_DIR / f"{table.name}.yaml", args.root, args.jobs, extras,
-                       Exports.named(table.name, repo), repo if args.commit else None, table.name)  # fmt: skip
+    try:
+        failed = train_all(runs, TABLES_DIR / f"{table.name}.yaml", args.root, args.jobs, extras,
+                           Exports.named(table.name, repo), repo if args.commit else None, table.name)  # fmt: skip
+    except StoppedError:
+        return 130
     return 1 if failed else 0
 
 

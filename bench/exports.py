@@ -12,7 +12,6 @@ import shlex
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.run_pool import RunPool, StoppedError  # noqa: E402
 from plot import REFERENCE_COLUMNS, find_run_dirs, load_run  # noqa: E402
 from utils import atomic_write_bytes  # noqa: E402
 
@@ -119,7 +119,8 @@ def train_all(
     tag: str,
 ) -> list[Planned]:
     """Train the runs not finished under `root`, `jobs` at a time; export each as it finishes (and commit it into
-    the checkout `commit_to`). Runs finished earlier but never exported are exported first. Returns the failed."""
+    the checkout `commit_to`). Runs finished earlier but never exported are exported first. Returns the failed;
+    raises StoppedError when SIGINT or SIGTERM stopped the training (bench/run_pool.py)."""
     done = finished_runs(root)
     exported = exports.exported()
     git = threading.Lock()
@@ -133,20 +134,27 @@ def train_all(
         if run.key in done and run.key not in exported:  # finished while no export followed (a stopped comparison)
             finish(run, done[run.key], "exported")
     pending = [run for run in runs if run.key not in done]
+    pool = RunPool()
 
     def train(run: Planned) -> bool:
+        if pool.stopped:
+            return False
         command = [sys.executable, str(REPO / "scripts" / "sweep.py"), str(table), run.task_row, "--root", str(root),
                    "--methods", run.method_row, "--seeds", str(run.seed), "--", *extras]  # fmt: skip
         print(f"[{tag}] {' '.join(map(str, run.key))}: {shlex.join(command)}", flush=True)
-        finished = subprocess.run(command, cwd=REPO).returncode == 0
+        finished = pool.call(command, cwd=REPO) == 0
         run_dir = finished_runs(root).get(run.key)
         if not finished or run_dir is None:
             return False
         finish(run, run_dir, "finished")
         return True
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # in table order, `jobs` at a time
-        trained = list(pool.map(train, pending))
+    try:
+        trained = pool.map(train, pending, jobs)  # in table order, `jobs` at a time
+    except StoppedError:
+        print(f"[{tag}] stopped by a signal: re-run the same command to go on from the runs' checkpoints",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise
     failed = [run for run, ok in zip(pending, trained, strict=True) if not ok]
     for run in failed:
         print(f"[{tag}] {' '.join(map(str, run.key))} did not finish; see its run directory", file=sys.stderr)

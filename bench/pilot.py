@@ -21,13 +21,16 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.run_pool import RunPool, StoppedError  # noqa: E402
+
 TABLE = REPO / "scripts" / "sweeps" / "pilot.yaml"
 BAR = 80.0  # evaluation success rate (%) a Meta-World task needs, at two evaluations in a row
 POLL_SECONDS = 20
@@ -68,12 +71,17 @@ def done(run_dir: Path) -> bool:
     return qualified_at(evals) is not None or int(evals["step"].iloc[-1]) >= (budget(run_dir) or float("inf"))
 
 
-def train_watched(name: str, overrides: list[str], run_dir: Path) -> int:
-    """Train one entry, stopping it at the bar; the training process's exit status (0 when stopped there)."""
+def train_watched(pool: RunPool, name: str, overrides: list[str], run_dir: Path) -> int | None:
+    """Train one entry, stopping it at the bar; the training process's exit status (0 when stopped there), None
+    when the pool was stopped before it started."""
+    if pool.stopped:
+        return None
     command = [sys.executable, "train_QPA.py", *overrides, "seed=1", f"hydra.run.dir={run_dir}"]
     print(f"[pilot] {name}: {shlex.join(command)}", flush=True)
     with open(run_dir.parent / f"{name}.log", "a") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        process = pool.popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        if process is None:
+            return None
         while process.poll() is None:
             time.sleep(POLL_SECONDS)
             if qualified_at(evaluations(run_dir)) is not None:
@@ -85,10 +93,18 @@ def train_watched(name: str, overrides: list[str], run_dir: Path) -> int:
 
 
 def train_all(entries: dict[str, list[str]], root: Path, jobs: int, extras: list[str]) -> bool:
+    """Train the entries not done under `root`, `jobs` at a time; True if each reached the bar or its budget.
+    Raises StoppedError when SIGINT or SIGTERM stopped the training (bench/run_pool.py)."""
     pending = [name for name in entries if not done(root / name)]
     root.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # in table order, `jobs` at a time
-        statuses = list(pool.map(lambda name: train_watched(name, [*entries[name], *extras], root / name), pending))
+    pool = RunPool()
+    try:
+        statuses = pool.map(lambda name: train_watched(pool, name, [*entries[name], *extras], root / name), pending,
+                            jobs)  # fmt: skip
+    except StoppedError:
+        print("[pilot] stopped by a signal: re-run the same command to go on from the runs' checkpoints",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise
     failed = [name for name, status in zip(pending, statuses, strict=True) if status != 0]
     for name in failed:
         print(f"[pilot] {name} did not finish: see {root / f'{name}.log'}", file=sys.stderr)
@@ -135,7 +151,10 @@ def main(argv: list[str]) -> int:
         parser.error(f"--entries {unknown[0]} is invalid; allowed: {', '.join(entries)}")
     if args.entries:
         entries = {name: entries[name] for name in args.entries}
-    finished = args.report_only or train_all(entries, args.root, args.jobs, extras)
+    try:
+        finished = args.report_only or train_all(entries, args.root, args.jobs, extras)
+    except StoppedError:
+        return 130
     table = report(entries, args.root)
     if args.csv is not None:
         table.to_csv(args.csv, index=False)

@@ -4,12 +4,17 @@ from the exports alone."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from conftest import REPO_ROOT
 
 from bench import benchmark
@@ -27,9 +32,26 @@ def comparison(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_comparison_trains_exports_each_run_and_reports_from_the_exports(tmp_path) -> None:
     root, repo = tmp_path / "runs", tmp_path / "checkout"
-    trained = comparison("compare_quick", "--methods", "qpa", "sac_true", "--seeds", "2", "--root", str(root),
-                         "--jobs", "2", "--repo", str(repo), "--", *SHORT)  # fmt: skip
+    table = ["compare_quick", "--methods", "qpa", "sac_true", "--seeds", "2", "--root", str(root)]
+    # Stopped with SIGINT (Ctrl-C, kill -INT) once its first run has a checkpoint: that run stops keeping it, no
+    # other run starts, and the same command goes on from there.
+    stopped = subprocess.Popen([sys.executable, "bench/comparison.py", *table, "--jobs", "1", "--repo", str(repo),
+                                "--", *SHORT], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and stopped.poll() is None and not list(root.rglob("checkpoint.pt")):
+        time.sleep(0.1)
+    os.kill(stopped.pid, signal.SIGINT)
+    _, stderr = stopped.communicate(timeout=300)
+    assert stopped.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == ("[compare_quick] stopped by a signal: re-run the same command to go "
+                                               "on from the runs' checkpoints")  # fmt: skip
+    (status,) = root.rglob("status.json")
+    assert json.loads(status.read_text())["state"] == "interrupted"
+    assert yaml.safe_load((status.parent / "config.yaml").read_text())["method"] == "qpa"  # the first in order
+    trained = comparison(*table, "--jobs", "2", "--repo", str(repo), "--", *SHORT)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    assert f"resumed from {status.parent / 'checkpoint.pt'}" in trained.stdout
     exported = pd.read_csv(repo / "figure" / "reference" / "compare_quick.csv")
     assert set(exported[["method", "seed"]].itertuples(index=False, name=None)) == {
         ("qpa", 1), ("qpa", 2), ("sac_true", 1), ("sac_true", 2)}  # fmt: skip
@@ -37,8 +59,7 @@ def test_a_comparison_trains_exports_each_run_and_reports_from_the_exports(tmp_p
     alignment = pd.read_csv(repo / "figure" / "reference" / "compare_quick_alignment.csv")
     assert set(alignment.method) == {"qpa"} and alignment.query_log_likelihood.notna().all()
     # A second call finds every run finished: nothing is trained again.
-    again = comparison("compare_quick", "--methods", "qpa", "sac_true", "--seeds", "2", "--root", str(root),
-                       "--jobs", "1", "--repo", str(repo), "--", *SHORT)  # fmt: skip
+    again = comparison(*table, "--jobs", "1", "--repo", str(repo), "--", *SHORT)
     assert again.returncode == 0 and "train_QPA.py" not in again.stdout
     reported = comparison("compare_quick", "--report", "--against", "sac_true:qpa", "--repo", str(repo))
     assert reported.returncode == 0, reported.stderr

@@ -1,0 +1,74 @@
+"""Child processes (training runs, sweeps of them) run a few at a time by a long comparison, and stopped as a whole.
+
+A driver that trains for hours is stopped with Ctrl-C or `kill`: then no further run may start, and the running ones
+must stop the way a training run stops on SIGINT (at once, keeping its last checkpoint, its status "interrupted"), so
+that the same command goes on from there. A thread pool alone does neither: its queued runs still start after the
+interrupt. So each child gets its own session (a terminal's Ctrl-C reaches only the driver) and the driver passes
+SIGINT on to every running child's session, the child's own children included.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from typing import Any, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StoppedError(Exception):
+    """The driver was stopped by a signal: some runs were interrupted or never started."""
+
+
+class RunPool:
+    """Starts children for `map`'s calls until SIGINT or SIGTERM reaches this process; from then on `popen` starts
+    none (it returns None) and every running child's session gets SIGINT."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.children: list[subprocess.Popen] = []
+        self.lock = threading.Lock()
+
+    def popen(self, command: list[str], **kwargs: Any) -> subprocess.Popen | None:
+        """The started child, or None once the pool is stopped."""
+        with self.lock:
+            if self.stopped:
+                return None
+            child = subprocess.Popen(command, start_new_session=True, **kwargs)
+            self.children.append(child)
+            return child
+
+    def call(self, command: list[str], **kwargs: Any) -> int | None:
+        """The child's exit status, or None when it was not started."""
+        child = self.popen(command, **kwargs)
+        return None if child is None else child.wait()
+
+    def stop(self, signum: int, frame: object = None) -> None:
+        with self.lock:
+            self.stopped = True
+            for child in self.children:
+                if child.poll() is None:
+                    with suppress(ProcessLookupError):  # it ended just now
+                        os.killpg(child.pid, signal.SIGINT)
+
+    def map(self, function: Callable[[Item], Result], items: Iterable[Item], jobs: int) -> list[Result]:
+        """`function` over `items` in order, `jobs` at a time, with SIGINT and SIGTERM stopping the pool; raises
+        StoppedError after the calls have returned if a signal came."""
+        replaced = {sig: signal.signal(sig, self.stop) for sig in STOP_SIGNALS}
+        try:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                results = list(pool.map(function, items))
+        finally:
+            for sig, handler in replaced.items():
+                signal.signal(sig, handler)
+        if self.stopped:
+            raise StoppedError
+        return results
