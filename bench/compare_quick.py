@@ -61,7 +61,7 @@ def difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[fl
 
 def train_all(runs: list[tuple[str, int]], task: str, root: Path, jobs: int, overrides: list[str]) -> bool:
     """Train every (method, seed), `jobs` at a time, each run its own `scripts/sweep.py` call; True if all ended.
-    Raises StoppedError when SIGINT or SIGTERM stopped the training (bench/run_pool.py)."""
+    Raises StoppedError when a signal stopped the training (bench/run_pool.py)."""
     pool = RunPool()
 
     def train(run: tuple[str, int]) -> bool:

@@ -120,7 +120,7 @@ def train_all(
 ) -> list[Planned]:
     """Train the runs not finished under `root`, `jobs` at a time; export each as it finishes (and commit it into
     the checkout `commit_to`). Runs finished earlier but never exported are exported first. Returns the failed;
-    raises StoppedError when SIGINT or SIGTERM stopped the training (bench/run_pool.py)."""
+    raises StoppedError when a signal stopped the training (bench/run_pool.py)."""
     done = finished_runs(root)
     exported = exports.exported()
     git = threading.Lock()

@@ -94,7 +94,7 @@ def train_watched(pool: RunPool, name: str, overrides: list[str], run_dir: Path)
 
 def train_all(entries: dict[str, list[str]], root: Path, jobs: int, extras: list[str]) -> bool:
     """Train the entries not done under `root`, `jobs` at a time; True if each reached the bar or its budget.
-    Raises StoppedError when SIGINT or SIGTERM stopped the training (bench/run_pool.py)."""
+    Raises StoppedError when a signal stopped the training (bench/run_pool.py)."""
     pending = [name for name in entries if not done(root / name)]
     root.mkdir(parents=True, exist_ok=True)
     pool = RunPool()

@@ -4,7 +4,9 @@ A driver that trains for hours is stopped with Ctrl-C or `kill`: then no further
 must stop the way a training run stops on SIGINT (at once, keeping its last checkpoint, its status "interrupted"), so
 that the same command goes on from there. A thread pool alone does neither: its queued runs still start after the
 interrupt. So each child gets its own session (a terminal's Ctrl-C reaches only the driver) and the driver passes
-SIGINT on to every running child's session, the child's own children included.
+SIGINT on to every running child's session, the child's own children included. SIGUSR2 stops the driver the same
+way but is passed on as SIGUSR2, on which a training run stops at its next episode end after a checkpoint there, so
+that nothing is trained twice (scripts/sweep.py outlives it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class StoppedError(Exception):
@@ -29,8 +31,8 @@ class StoppedError(Exception):
 
 
 class RunPool:
-    """Starts children for `map`'s calls until SIGINT or SIGTERM reaches this process; from then on `popen` starts
-    none (it returns None) and every running child's session gets SIGINT."""
+    """Starts children for `map`'s calls until SIGINT, SIGTERM or SIGUSR2 reaches this process; from then on `popen`
+    starts none (it returns None) and every running child's session gets SIGINT (SIGUSR2 for SIGUSR2)."""
 
     def __init__(self) -> None:
         self.stopped = False
@@ -52,16 +54,17 @@ class RunPool:
         return None if child is None else child.wait()
 
     def stop(self, signum: int, frame: object = None) -> None:
+        passed_on = signal.SIGUSR2 if signum == signal.SIGUSR2 else signal.SIGINT
         with self.lock:
             self.stopped = True
             for child in self.children:
                 if child.poll() is None:
                     with suppress(ProcessLookupError):  # it ended just now
-                        os.killpg(child.pid, signal.SIGINT)
+                        os.killpg(child.pid, passed_on)
 
     def map(self, function: Callable[[Item], Result], items: Iterable[Item], jobs: int) -> list[Result]:
-        """`function` over `items` in order, `jobs` at a time, with SIGINT and SIGTERM stopping the pool; raises
-        StoppedError after the calls have returned if a signal came."""
+        """`function` over `items` in order, `jobs` at a time, with STOP_SIGNALS stopping the pool; raises
+        StoppedError after the calls have returned if one came."""
         replaced = {sig: signal.signal(sig, self.stop) for sig in STOP_SIGNALS}
         try:
             with ThreadPoolExecutor(max_workers=jobs) as pool:

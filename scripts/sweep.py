@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -580,6 +581,9 @@ def main(argv: list[str]) -> int:
         for launch in launches:
             print(shell_line(launch))
         return 0
+    # SIGUSR2 sent to the sweep's process group is for its runs (each stops at its next episode end after a
+    # checkpoint there); the sweep outlives it, so that it still reports them.
+    signal.signal(signal.SIGUSR2, lambda signum, frame: None)
     try:
         if args.runs_per_gpu is not None:
             launch_queues(queues)

@@ -10,15 +10,18 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from conftest import REPO_ROOT
 
 from bench import benchmark
 from bench.comparison import planned
+from bench.run_pool import RunPool, StoppedError
 
 SHORT = ["num_train_steps=1400", "num_seed_steps=300", "num_unsup_steps=700", "num_interact=300", "max_feedback=20",
          "reward_batch=10", "segment=20", "reward_update=20", "num_eval_episodes=1",
@@ -33,15 +36,15 @@ def comparison(*args: str) -> subprocess.CompletedProcess:
 def test_a_comparison_trains_exports_each_run_and_reports_from_the_exports(tmp_path) -> None:
     root, repo = tmp_path / "runs", tmp_path / "checkout"
     table = ["compare_quick", "--methods", "qpa", "sac_true", "--seeds", "2", "--root", str(root)]
-    # Stopped with SIGINT (Ctrl-C, kill -INT) once its first run has a checkpoint: that run stops keeping it, no
-    # other run starts, and the same command goes on from there.
+    # Stopped with SIGUSR2 once its first run has a checkpoint: that run stops at its episode end after a checkpoint
+    # there, no other run starts, and the same command goes on from there.
     stopped = subprocess.Popen([sys.executable, "bench/comparison.py", *table, "--jobs", "1", "--repo", str(repo),
                                 "--", *SHORT], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and stopped.poll() is None and not list(root.rglob("checkpoint.pt")):
         time.sleep(0.1)
-    os.kill(stopped.pid, signal.SIGINT)
+    os.kill(stopped.pid, signal.SIGUSR2)
     _, stderr = stopped.communicate(timeout=300)
     assert stopped.returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == ("[compare_quick] stopped by a signal: re-run the same command to go "
@@ -71,6 +74,33 @@ def test_a_comparison_trains_exports_each_run_and_reports_from_the_exports(tmp_p
     mixed = comparison("compare_quick", "--report", "--repo", str(repo),
                        "--with", f"{REPO_ROOT}/figure/reference/compare_quick.csv:pebble")  # fmt: skip
     assert mixed.returncode == 2 and "end at different steps [1400, 60000]" in mixed.stderr
+
+
+CHILD = """import pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+for sig in (signal.SIGINT, signal.SIGUSR2):
+    signal.signal(sig, lambda signum, frame: (out.write_text(signal.Signals(signum).name), sys.exit(1)))
+out.with_suffix(".started").touch()
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize(("sent", "passed_on"), [("SIGINT", "SIGINT"), ("SIGTERM", "SIGINT"), ("SIGUSR2", "SIGUSR2")])
+def test_a_signal_stops_the_run_pool_reaches_each_running_child_and_starts_no_other(tmp_path, sent, passed_on) -> None:
+    pool = RunPool()
+
+    def send() -> None:
+        while not (tmp_path / "first.started").exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.Signals[sent])
+
+    threading.Thread(target=send, daemon=True).start()
+    before = signal.getsignal(signal.Signals[sent])
+    with pytest.raises(StoppedError):
+        pool.map(lambda name: pool.call([sys.executable, "-c", CHILD, str(tmp_path / name)]), ["first", "second"], 1)
+    assert (tmp_path / "first").read_text() == passed_on
+    assert not (tmp_path / "second.started").exists()
+    assert signal.getsignal(signal.Signals[sent]) == before  # the caller's handler is back
 
 
 def test_a_table_row_with_a_run_label_is_planned_under_that_label() -> None:
