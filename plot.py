@@ -391,13 +391,41 @@ def draw_curves(
             ax.set_ylabel(METRIC_LABELS.get(task_metric, task_metric))
             ax.grid(alpha=0.3)
     # One legend beside the subplots: methods keep their colour across tasks, and no curve or phase hides under it.
-    entries = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            entries.setdefault(label, handle)
+    entries = _legend_entries([entry for ax in axes.flat for entry in zip(*ax.get_legend_handles_labels())])
     fig.legend(entries.values(), entries.keys(), loc="outside right upper", fontsize="small",
                title=f"mean over seeds; band: {BANDS[band]}", title_fontsize="small")  # fmt: skip
     return fig
+
+
+SEEDS_LABEL = re.compile(r"^(?P<name>.*) \((?P<seeds>\d+) seeds?\)$")  # _draw's labels
+RANDOM_LABEL = re.compile(r"^uniformly random policy: (?P<score>\S+) \((?P<episodes>\d+) episodes\)$")
+
+
+def _legend_entries(entries: list[tuple[Any, str]]) -> dict[str, Any]:
+    """Label -> handle for the figure's one legend, one entry per curve: where the panels differ in its number of
+    seeds, the entry gives their range; where they differ in the random policy's score, the panels show it."""
+    handles: dict[str, Any] = {}
+    labels: dict[str, set[str]] = {}
+    seeds: dict[str, set[int]] = {}
+    for handle, label in entries:
+        name = label
+        if match := SEEDS_LABEL.match(label):
+            name = match["name"]
+            seeds.setdefault(name, set()).add(int(match["seeds"]))
+        elif match := RANDOM_LABEL.match(label):
+            name = f"uniformly random policy ({match['episodes']} episodes)"
+        handles.setdefault(name, handle)
+        labels.setdefault(name, set()).add(label)
+    merged = {}
+    for name, handle in handles.items():
+        if len(labels[name]) == 1:
+            (label,) = labels[name]
+        elif name in seeds:
+            label = f"{name} ({min(seeds[name])}-{max(seeds[name])} seeds per task)"
+        else:
+            label = name
+        merged[label] = handle
+    return merged
 
 
 def plot_curves(

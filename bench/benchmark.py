@@ -65,17 +65,22 @@ def planned(tasks: list[str], seeds: int, sac_seeds: int, metaworld_seeds: int |
 
 
 # ---------------------------------------------------------------------------------------------------- the report
-def probability_of_improvement(scores: pd.DataFrame, better: str, worse: str) -> tuple[float, float, float]:
-    """rliable's P(better > worse) over the tasks both have, with a 95% stratified-bootstrap interval."""
+def score_matrix(scores: pd.DataFrame, method: str, tasks: list[str]) -> np.ndarray:
+    """The method's scores [seeds, tasks] on the seeds that every one of `tasks` has (rliable takes one number of
+    runs per method; a partial table's extra seeds on some tasks are left out)."""
+    runs = scores[(scores.method == method) & scores.task.isin(tasks)]
+    seeds = sorted(set.intersection(*(set(runs.loc[runs.task == task, "seed"]) for task in tasks)))
+    return np.stack([runs[runs.task == task].set_index("seed").loc[seeds, "score"].to_numpy() for task in tasks], 1)
+
+
+def probability_of_improvement(scores: pd.DataFrame, better: str, worse: str) -> tuple[float, float, float, int]:
+    """rliable's P(better > worse) over the tasks both have, with a 95% stratified-bootstrap interval, and the
+    number of those tasks."""
     from rliable import library as rly
     from rliable import metrics
 
     tasks = sorted(set(scores.loc[scores.method == better, "task"]) & set(scores.loc[scores.method == worse, "task"]))
-    matrices = {
-        method: np.stack([scores.loc[(scores.method == method) & (scores.task == task), "score"].to_numpy()
-                          for task in tasks], axis=1)  # [seeds, tasks]
-        for method in (better, worse)
-    }  # fmt: skip
+    matrices = {method: score_matrix(scores, method, tasks) for method in (better, worse)}
     saved = np.random.get_state()
     np.random.seed(0)
     try:
@@ -87,7 +92,7 @@ def probability_of_improvement(scores: pd.DataFrame, better: str, worse: str) ->
         np.random.set_state(saved)
     key = f"{better},{worse}"
     low, high = np.ravel(interval[key])
-    return float(np.ravel(point[key])[0]), float(low), float(high)
+    return float(np.ravel(point[key])[0]), float(low), float(high), len(tasks)
 
 
 def normalised(scores: pd.DataFrame) -> pd.DataFrame:
@@ -147,8 +152,8 @@ def report(repo: Path = REPO) -> str:
                       f" ({row.tasks} tasks, {row.runs} runs)" for row in aggregate.itertuples())  # fmt: skip
     preference = scores[scores.method.isin(PREFERENCE_METHODS)]
     if preference.method.nunique() == 2:
-        point, low, high = probability_of_improvement(preference, "qpa", "pebble")
-        text += f"\n- P(QPA > PEBBLE): {point:.2f} [{low:.2f}, {high:.2f}]"
+        point, low, high, tasks = probability_of_improvement(preference, "qpa", "pebble")
+        text += f"\n- P(QPA > PEBBLE): {point:.2f} [{low:.2f}, {high:.2f}] ({tasks} tasks)"
     text += "\n\nNormalisation: (final - random policy) / (SAC on the true reward's mean - random policy), per task.\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.md").write_text(text)

@@ -149,6 +149,23 @@ def test_the_benchmark_report_is_made_from_its_exports_alone(tmp_path: Path) -> 
     assert (tmp_path / "figure" / "benchmark" / "benchmark.png").is_file()
 
 
+def test_a_partial_table_with_more_seeds_on_some_tasks_gives_the_probability_of_improvement() -> None:
+    """rliable takes one number of runs per method: the seeds every task has are used, the extra ones left out."""
+    rows = [
+        ("walker_walk", "qpa", 1, 0.9),
+        ("walker_walk", "qpa", 2, 0.1),
+        ("cheetah_run", "qpa", 1, 0.8),
+        ("walker_walk", "pebble", 1, 0.5),
+        ("cheetah_run", "pebble", 1, 0.6),
+        ("cheetah_run", "pebble", 2, 0.7),
+    ]
+    scores = pd.DataFrame(rows, columns=["task", "method", "seed", "score"])
+    tasks = ["cheetah_run", "walker_walk"]
+    assert benchmark.score_matrix(scores, "qpa", tasks).tolist() == [[0.8, 0.9]]
+    point, low, high, used = benchmark.probability_of_improvement(scores, "qpa", "pebble")
+    assert (point, low, high, used) == (1.0, 1.0, 1.0, 2)  # seed 1 of each: QPA ahead on both tasks
+
+
 def test_the_human_render_benchmark_prints_its_figures(capsys) -> None:
     """bench/bench_human_render.py on one short walker_walk segment: recording, memory and rendering figures."""
     from bench import bench_human_render

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from logger import Logger
-from plot import align_seeds, bootstrap_ci, load_reference, load_runs, main
+from plot import _legend_entries, align_seeds, bootstrap_ci, load_reference, load_runs, main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DMC_TASK = "walker_walk"
@@ -233,3 +233,14 @@ def test_compare_on_a_train_metric_logged_at_query_rounds(tmp_path) -> None:
     assert table.loc["QPA", "mean"] == pytest.approx(-2.0 + 2 - 1.5)  # last round, mean over seeds 1 and 2
     assert table.loc["PEBBLE", "mean"] == pytest.approx(-40.0 + 2 - 1.5)
     assert (table["metric"] == "query_log_likelihood").all()
+
+
+def test_the_one_legend_of_a_figure_of_several_tasks_has_one_entry_per_curve() -> None:
+    """Panels that differ in seeds give the range; in the random policy's score, the panels show it."""
+    entries = [("qpa", "QPA (1 seed)"), ("random", "uniformly random policy: 3.7 (10 episodes)"),
+               ("pebble", "PEBBLE (1 seed)"), ("qpa 2", "QPA (2 seeds)"), ("pebble 2", "PEBBLE (1 seed)"),
+               ("random 2", "uniformly random policy: 33.3 (10 episodes)")]  # fmt: skip
+    assert _legend_entries(entries) == {"QPA (1-2 seeds per task)": "qpa", "PEBBLE (1 seed)": "pebble",
+                                             "uniformly random policy (10 episodes)": "random"}  # fmt: skip
+    one_task = entries[:3]
+    assert _legend_entries(one_task) == {label: handle for handle, label in one_task}
