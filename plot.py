@@ -70,7 +70,13 @@ METRIC_LABELS = {
     "query_log_likelihood": "mean log-likelihood of queried actions",
     "history_log_likelihood": "mean log-likelihood of replayed actions",
 }
-METHOD_NAMES = {"qpa": "QPA", "pebble": "PEBBLE", "surf": "SURF", "rune": "RUNE", "sac_true": "SAC on the true reward"}
+METHOD_NAMES = {
+    "qpa": "QPA", "pebble": "PEBBLE", "surf": "SURF", "rune": "RUNE", "sac_true": "SAC on the true reward",
+    "policer": "PoLiCER", "ppe": "PPE", "mrn": "MRN", "rime": "RIME",
+    "ppe_extension_only": "PPE, extension only", "ppe_mixture_only": "PPE, mixture query only",
+    "qpa_mistake": "QPA, mistake teacher", "pebble_mistake": "PEBBLE, mistake teacher",
+    "rime_mistake": "RIME, mistake teacher",
+}  # fmt: skip
 BANDS = {"ci": "95% CI of the mean", "range": "min to max over seeds"}
 # Hues that method curves (C0 to C3 for up to four methods) do not use.
 PHASE_COLORS = {
