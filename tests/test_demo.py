@@ -36,11 +36,18 @@ def make_demo(root: Path) -> tuple[Path, subprocess.CompletedProcess]:
         "DEMO_FIGURE": str(root / "demo.png"),
         "DEMO_STILL": str(root / "demo_last_frame.png"),
         "DEMO_OVERRIDES": shlex.join([*TINY, "video_fps=10"]),
+        "DEMO_THREADS": "1",  # beside the other test worker
     }
     command = ["make", "--no-print-directory", "-o", "install", "demo", *(f"{k}={v}" for k, v in variables.items())]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return root, result
+
+
+def test_make_demo_trains_with_two_threads() -> None:
+    planned = subprocess.run(["make", "--no-print-directory", "-n", "-o", "install", "demo"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    assert "train_QPA.py +preset=quick env=walker_walk save_video=true num_threads=2 " in planned
 
 
 @pytest.mark.slow
