@@ -118,9 +118,10 @@ def train_all(
     commit_to: Path | None,
     tag: str,
 ) -> list[Planned]:
-    """Train the runs not finished under `root`, `jobs` at a time; export each as it finishes (and commit it into
-    the checkout `commit_to`). Runs finished earlier but never exported are exported first. Returns the failed;
-    raises StoppedError when a signal stopped the training (bench/run_pool.py)."""
+    """Train the runs neither finished under `root` nor exported already, `jobs` at a time; export each as it
+    finishes (and commit it into the checkout `commit_to`). Runs finished earlier but never exported are exported
+    first. An exported run counts as finished even where `root` no longer holds it (a new machine), so it is not
+    trained again. Returns the failed; raises StoppedError when a signal stopped the training (bench/run_pool.py)."""
     done = finished_runs(root)
     exported = exports.exported()
     git = threading.Lock()
@@ -133,7 +134,7 @@ def train_all(
     for run in runs:
         if run.key in done and run.key not in exported:  # finished while no export followed (a stopped comparison)
             finish(run, done[run.key], "exported")
-    pending = [run for run in runs if run.key not in done]
+    pending = [run for run in runs if run.key not in done and run.key not in exported]
     pool = RunPool()
 
     def train(run: Planned) -> bool:

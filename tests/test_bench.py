@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,10 @@ def test_a_comparison_trains_exports_each_run_and_reports_from_the_exports(tmp_p
     # A second call finds every run finished: nothing is trained again.
     again = comparison(*table, "--jobs", "1", "--repo", str(repo), "--", *SHORT)
     assert again.returncode == 0 and "train_QPA.py" not in again.stdout
+    # Nor on a new machine, where the runs directory is gone and the checkout's exports remain.
+    shutil.rmtree(root)
+    moved = comparison(*table, "--jobs", "1", "--repo", str(repo), "--", *SHORT)
+    assert moved.returncode == 0 and "train_QPA.py" not in moved.stdout, moved.stderr[-3000:]
     reported = comparison("compare_quick", "--report", "--against", "sac_true:qpa", "--repo", str(repo))
     assert reported.returncode == 0, reported.stderr
     finals = exported[exported.step == 1400].groupby("method").episode_reward.mean()
