@@ -62,7 +62,7 @@ def difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[fl
 def train_all(runs: list[tuple[str, int]], task: str, root: Path, jobs: int, overrides: list[str]) -> bool:
     """Train every (method, seed), `jobs` at a time, each run its own `scripts/sweep.py` call; True if all ended.
     Raises StoppedError when a signal stopped the training (bench/run_pool.py)."""
-    pool = RunPool()
+    pool = RunPool("compare_quick")
 
     def train(run: tuple[str, int]) -> bool:
         method, seed = run
@@ -73,12 +73,7 @@ def train_all(runs: list[tuple[str, int]], task: str, root: Path, jobs: int, ove
         print("[compare_quick]", " ".join(command), flush=True)
         return pool.call(command, cwd=REPO) == 0
 
-    try:
-        trained = pool.map(train, runs, jobs)
-    except StoppedError:
-        print("[compare_quick] stopped by a signal: re-run the same command to go on from the runs' checkpoints",
-              file=sys.stderr, flush=True)  # fmt: skip
-        raise
+    trained = pool.map(train, runs, jobs)
     for (method, seed), ok in zip(runs, trained, strict=True):
         if not ok:
             print(f"[compare_quick] {method} seed {seed} did not finish; see its run directory", file=sys.stderr)

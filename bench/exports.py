@@ -20,7 +20,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.run_pool import RunPool, StoppedError  # noqa: E402
+from bench.run_pool import RunPool  # noqa: E402
 from plot import REFERENCE_COLUMNS, find_run_dirs, load_run  # noqa: E402
 from utils import atomic_write_bytes  # noqa: E402
 
@@ -135,7 +135,7 @@ def train_all(
         if run.key in done and run.key not in exported:  # finished while no export followed (a stopped comparison)
             finish(run, done[run.key], "exported")
     pending = [run for run in runs if run.key not in done and run.key not in exported]
-    pool = RunPool()
+    pool = RunPool(tag)
 
     def train(run: Planned) -> bool:
         if pool.stopped:
@@ -150,12 +150,7 @@ def train_all(
         finish(run, run_dir, "finished")
         return True
 
-    try:
-        trained = pool.map(train, pending, jobs)  # in table order, `jobs` at a time
-    except StoppedError:
-        print(f"[{tag}] stopped by a signal: re-run the same command to go on from the runs' checkpoints",
-              file=sys.stderr, flush=True)  # fmt: skip
-        raise
+    trained = pool.map(train, pending, jobs)  # in table order, `jobs` at a time
     failed = [run for run, ok in zip(pending, trained, strict=True) if not ok]
     for run in failed:
         print(f"[{tag}] {' '.join(map(str, run.key))} did not finish; see its run directory", file=sys.stderr)

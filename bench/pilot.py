@@ -97,14 +97,9 @@ def train_all(entries: dict[str, list[str]], root: Path, jobs: int, extras: list
     Raises StoppedError when a signal stopped the training (bench/run_pool.py)."""
     pending = [name for name in entries if not done(root / name)]
     root.mkdir(parents=True, exist_ok=True)
-    pool = RunPool()
-    try:
-        statuses = pool.map(lambda name: train_watched(pool, name, [*entries[name], *extras], root / name), pending,
-                            jobs)  # fmt: skip
-    except StoppedError:
-        print("[pilot] stopped by a signal: re-run the same command to go on from the runs' checkpoints",
-              file=sys.stderr, flush=True)  # fmt: skip
-        raise
+    pool = RunPool("pilot")
+    statuses = pool.map(lambda name: train_watched(pool, name, [*entries[name], *extras], root / name), pending,
+                        jobs)  # fmt: skip
     failed = [name for name, status in zip(pending, statuses, strict=True) if status != 0]
     for name in failed:
         print(f"[pilot] {name} did not finish: see {root / f'{name}.log'}", file=sys.stderr)

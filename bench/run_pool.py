@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +33,11 @@ class StoppedError(Exception):
 
 class RunPool:
     """Starts children for `map`'s calls until SIGINT, SIGTERM or SIGUSR2 reaches this process; from then on `popen`
-    starts none (it returns None) and every running child's session gets SIGINT (SIGUSR2 for SIGUSR2)."""
+    starts none (it returns None) and every running child's session gets SIGINT (SIGUSR2 for SIGUSR2). `tag` names
+    the driver in the line that tells a person how to go on after a stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
         self.stopped = False
         self.children: list[subprocess.Popen] = []
         self.lock = threading.Lock()
@@ -63,8 +66,8 @@ class RunPool:
                         os.killpg(child.pid, passed_on)
 
     def map(self, function: Callable[[Item], Result], items: Iterable[Item], jobs: int) -> list[Result]:
-        """`function` over `items` in order, `jobs` at a time, with STOP_SIGNALS stopping the pool; raises
-        StoppedError after the calls have returned if one came."""
+        """`function` over `items` in order, `jobs` at a time, with STOP_SIGNALS stopping the pool; if one came, says
+        so on stderr and raises StoppedError after the calls have returned."""
         replaced = {sig: signal.signal(sig, self.stop) for sig in STOP_SIGNALS}
         try:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -73,5 +76,7 @@ class RunPool:
             for sig, handler in replaced.items():
                 signal.signal(sig, handler)
         if self.stopped:
+            print(f"[{self.tag}] stopped by a signal: re-run the same command to go on from the runs' checkpoints",
+                  file=sys.stderr, flush=True)  # fmt: skip
             raise StoppedError
         return results

@@ -91,8 +91,10 @@ time.sleep(120)
 
 
 @pytest.mark.parametrize(("sent", "passed_on"), [("SIGINT", "SIGINT"), ("SIGTERM", "SIGINT"), ("SIGUSR2", "SIGUSR2")])
-def test_a_signal_stops_the_run_pool_reaches_each_running_child_and_starts_no_other(tmp_path, sent, passed_on) -> None:
-    pool = RunPool()
+def test_a_signal_stops_the_run_pool_reaches_each_running_child_and_starts_no_other(
+    tmp_path, capsys, sent, passed_on
+) -> None:
+    pool = RunPool("tiny")
 
     def send() -> None:
         while not (tmp_path / "first.started").exists():
@@ -106,6 +108,10 @@ def test_a_signal_stops_the_run_pool_reaches_each_running_child_and_starts_no_ot
     assert (tmp_path / "first").read_text() == passed_on
     assert not (tmp_path / "second.started").exists()
     assert signal.getsignal(signal.Signals[sent]) == before  # the caller's handler is back
+    assert (
+        capsys.readouterr().err
+        == "[tiny] stopped by a signal: re-run the same command to go on from the runs' checkpoints\n"
+    )
 
 
 def test_a_table_row_with_a_run_label_is_planned_under_that_label() -> None:
