@@ -18,14 +18,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SMALL_NETWORKS
 
 from bench import benchmark
 from bench.comparison import planned
 from bench.run_pool import RunPool, StoppedError
 
+# The comparison's own schedule cut short, on small networks: what is tested is the running, not the learning.
 SHORT = ["num_train_steps=1400", "num_seed_steps=300", "num_unsup_steps=700", "num_interact=300", "max_feedback=20",
-         "reward_batch=10", "segment=20", "reward_update=20", "num_eval_episodes=1",
+         "reward_batch=10", "segment=20", "reward_update=20", "agent.params.batch_size=64", *SMALL_NETWORKS,
          "num_threads=1", "device=cpu"]  # fmt: skip
 
 
