@@ -18,13 +18,14 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TIME_COLUMNS, load_config, train
 from test_methods import fill, make_workspace
+from test_run_dir import status_step
 from test_train import TINY
 
 from methods.rime import KLStatistics, pair_kl
 
 # Three rounds, at steps 1100, 1600 and 2100: a checkpoint at 2000 holds RIME's statistics between two of them.
 TINY_ROUNDS = [*(item for item in TINY if not item.startswith(("num_train_steps", "num_interact", "max_feedback"))),
-               "num_train_steps=3000", "num_interact=500", "max_feedback=30", "env=walker_walk", "num_threads=1",
+               "num_train_steps=2500", "num_interact=500", "max_feedback=30", "env=walker_walk", "num_threads=1",
                "device=cpu"]  # fmt: skip
 RUNS = {
     "rime": ["method=rime", "teacher=mistake", "teacher_eps_mistake=0.3"],
@@ -179,13 +180,14 @@ def test_a_killed_rime_or_mrn_run_resumes_exactly(tmp_path, method) -> None:
     command = [sys.executable, "train_QPA.py", *TINY_ROUNDS, *RUNS[method], f"hydra.run.dir={run_dir}"]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:  # the step-2000 checkpoint is written with its row
-        if (run_dir / "eval.csv").exists() and (run_dir / "eval.csv").read_text().count("\n") >= 3:
+    while time.time() < deadline and process.poll() is None:  # status.json names a checkpoint once it is written
+        if status_step(run_dir) == 2000:
             break
         time.sleep(0.2)
     assert process.poll() is None, "the run finished before it could be killed; give it more steps"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert "resumed from" in train(run_dir, *TINY_ROUNDS, *RUNS[method]).stderr
+    resumed = train(run_dir, *TINY_ROUNDS, *RUNS[method]).stderr
+    assert f"resumed from {run_dir / 'checkpoint.pt'} at step 2000" in resumed  # between the second and third rounds
     for name, frame in logs(tmp_path / "whole").items():
         pd.testing.assert_frame_equal(logs(run_dir)[name], frame, check_exact=True, obj=name)
