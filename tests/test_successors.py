@@ -19,6 +19,7 @@ import torch
 from conftest import REPO_ROOT, TIME_COLUMNS, load_config, train
 from scipy.stats import rankdata
 from test_methods import fill, make_workspace
+from test_run_dir import status_step
 from test_train import TINY
 
 import queries
@@ -325,9 +326,9 @@ def test_policer_trains_on_crops_of_45_to_55_steps_of_its_60_step_windows_on_dmc
 
 
 # ---------------------------------------------------------------------------------------------- runs
-# Three rounds, at steps 1100, 1700 and 2300, so the step-2000 checkpoint holds a method's state between two of them.
+# Three rounds, at steps 1100, 1600 and 2100, so the step-2000 checkpoint holds a method's state between two of them.
 TINY_SUCCESSOR = [*(item for item in TINY if not item.startswith(("num_train_steps", "num_interact", "max_feedback"))),
-                  "num_train_steps=3000", "num_interact=600", "max_feedback=30", "env=walker_walk", "num_threads=1",
+                  "num_train_steps=2500", "num_interact=500", "max_feedback=30", "env=walker_walk", "num_threads=1",
                   "device=cpu"]  # fmt: skip
 ROUNDS, QUERIES = 3, 10  # max_feedback=30 in rounds of TINY's reward_batch=10
 TRIGGER = "policer_q_threshold=-1000"  # every round after the first resets: the whole path runs in a tiny run
@@ -454,14 +455,14 @@ def test_a_person_teaches_each_successor_and_a_killed_replay_of_the_answers_resu
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:  # after the step-2000 checkpoint, in the next episode
-        if (killed / "eval.csv").exists() and (killed / "eval.csv").read_text().count("\n") >= 4:
-            time.sleep(1.0)
+        if status_step(killed) == 2000:
+            time.sleep(0.5)
             break
         time.sleep(0.2)
     assert process.poll() is None, "the run finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    train(killed, *replay)
+    assert f"resumed from {killed / 'checkpoint.pt'} at step 2000" in train(killed, *replay).stderr
     for log in ("eval.csv", "train.csv"):
         resumed, taught = (
             pd.read_csv(run / log).drop(columns=TIME_COLUMNS, errors="ignore") for run in (killed, tmp_path / "human")
