@@ -32,10 +32,10 @@ def with_module(module_dir: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(module_dir), "PYTHON": sys.executable}
 
 
-def train_command(run_dir: Path, *overrides: str) -> list[str]:
+def train_command(run_dir: Path, *overrides: str, steps: int = 2200) -> list[str]:
     schedule = [item for item in TINY if not item.startswith(("num_train_steps", "num_interact"))]
-    return [sys.executable, "train_QPA.py", "env=walker_walk", *schedule, "num_train_steps=3000", "num_interact=1000",
-            "num_threads=1", *overrides, f"hydra.run.dir={run_dir}"]  # fmt: skip
+    return [sys.executable, "train_QPA.py", "env=walker_walk", *schedule, f"num_train_steps={steps}",
+            "num_interact=1000", "num_threads=1", *overrides, f"hydra.run.dir={run_dir}"]  # fmt: skip
 
 
 CHECK_CONFIG = """
@@ -93,10 +93,10 @@ def test_a_sweep_takes_the_method(module_dir: Path, tmp_path: Path) -> None:
     assert len(commands) == 2 and all("method=most_likely" in command for command in commands)
 
 
-def run_tiny(module_dir: Path, run_dir: Path, *overrides: str) -> pd.DataFrame:
-    """A tiny walker_walk run from the command line; its train.csv. Its two query rounds, at steps 1100 and 2100,
-    fall in two episodes, so train.csv has a row for each."""
-    result = subprocess.run(train_command(run_dir, *overrides), cwd=REPO_ROOT, env=with_module(module_dir),
+def run_tiny(module_dir: Path, run_dir: Path, *overrides: str, steps: int = 2200) -> pd.DataFrame:
+    """A tiny walker_walk run from the command line; its train.csv. Its query rounds, at steps 1100 and 2100, fall in
+    the episodes that end at steps 2000 and 2200 (the run's end), so train.csv has a row for each."""
+    result = subprocess.run(train_command(run_dir, *overrides, steps=steps), cwd=REPO_ROOT, env=with_module(module_dir),
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return pd.read_csv(run_dir / "train.csv")
@@ -108,7 +108,7 @@ def test_the_method_trains_from_the_command_line_asks_likelier_queries_and_its_t
 ) -> None:
     never = run_tiny(module_dir, tmp_path / "never", *TOY)  # q_limit 100: no critic this small gets there
     always = run_tiny(module_dir, tmp_path / "always", *TOY, "q_limit=1e-9")
-    uniform = run_tiny(module_dir, tmp_path / "uniform", "query_scheme=uniform")
+    uniform = run_tiny(module_dir, tmp_path / "uniform", "query_scheme=uniform", steps=2000)  # its first round only
     rounds = never.dropna(subset=["query_log_likelihood"])
     assert len(rounds) == 2
     # The trigger watched |Q| on every update's batch from the first round on and restarted the critic at the
