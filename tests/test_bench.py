@@ -35,6 +35,7 @@ def comparison(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_a_comparison_trains_exports_each_run_and_reports_from_the_exports(tmp_path) -> None:
     root, repo = tmp_path / "runs", tmp_path / "checkout"
     table = ["compare_quick", "--methods", "qpa", "sac_true", "--seeds", "2", "--root", str(root)]
