@@ -1,6 +1,6 @@
 """Shared test setup and helpers: headless rendering, single-threaded torch (CI has 2 cores), the repo root on
 sys.path, config composition, a CLI training run, the network sizes of every tiny run, the `slow` marker, and the
-SLURM tests on one pytest-xdist worker."""
+modules one pytest-xdist worker runs whole (the SLURM tests, the demo's)."""
 
 from __future__ import annotations
 
@@ -125,21 +125,26 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
         return built
 
 
+# test_slurm.py's tests share the machine's one SLURM cluster. Every test of test_demo.py but two quick ones reads the
+# demo run: spread over both workers, the second would wait idle while the first trains it.
+ONE_WORKER_MODULES = ("test_slurm.py", "test_demo.py")
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`-n auto` (Makefile) spreads the tests one by one over the workers, except those of test_slurm.py: they share
-    the machine's one SLURM cluster, so one worker runs them all. (xdist's `--dist loadgroup` would, but under
-    pytest 9.2 it groups nothing: pytest-xdist issue 1386.)"""
+    """`-n auto` (Makefile) spreads the tests one by one over the workers, except those of a module in
+    `ONE_WORKER_MODULES`, which one worker runs together. (xdist's `--dist loadgroup` would, but under pytest 9.2 it
+    groups nothing: pytest-xdist issue 1386.)"""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class SlurmTestsTogether(LoadScopeScheduling):
+    class ModulesTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return module if module.endswith("/test_slurm.py") else nodeid
+            return module if module.rsplit("/", 1)[-1] in ONE_WORKER_MODULES else nodeid
 
-    return SlurmTestsTogether(config, log)
+    return ModulesTogether(config, log)
 
 
 def pytest_configure(config) -> None:
